@@ -1,0 +1,1 @@
+//! The tutorial's sample app (`gcr.io/google-samples/hello-app`).
