@@ -39,17 +39,21 @@ pub fn load(engine: &Engine, wasm: &[u8], dir: Option<&Path>) -> Result<Componen
         return Component::new(engine, wasm).map_err(HostError::Compile);
     };
     let path = artifact_path(engine, wasm, dir);
-    if path.exists() {
+    // Read into memory rather than mapped: a mapped file truncated by another process would
+    // kill this one with SIGBUS, and the artifact is only a few hundred KB.
+    if let Ok(bytes) = std::fs::read(&path) {
         // SAFETY: wasmtime trusts a precompiled artifact to be one it produced. This file is
         // named after the SHA-256 of the component and this engine's compatibility hash, and
-        // only `store` below writes such names (atomically, by rename), so it holds exactly
-        // what this engine compiled from these bytes; wasmtime also checks its version header.
+        // only `store` below writes such names (atomically, by rename), so it holds what this
+        // engine compiled from these bytes; wasmtime also checks the artifact's header.
         #[allow(unsafe_code)]
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        match unsafe { Component::deserialize(engine, &bytes) } {
             Ok(component) => return Ok(component),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached component")
-            }
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "ignoring an unusable cached component"
+            ),
         }
     }
     let component = Component::new(engine, wasm).map_err(HostError::Compile)?;
