@@ -94,7 +94,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let port = port_from_env(std::env::var("PORT").ok().as_deref())?;
     match cli.command {
         None => {
-            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            // Worker threads only help with more than one CPU; on one (a pinned process, a
+            // one-core Pod) waking them costs more than the request itself.
+            let runtime = if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+                tokio::runtime::Builder::new_multi_thread()
+            } else {
+                tokio::runtime::Builder::new_current_thread()
+            }
+            .enable_all()
+            .build()
+            .context("starting the runtime")?;
             let hostname = cli.hostname.map_or(Hostname::Kernel, Hostname::Fixed);
             let app = NativeApp::new(cli.app_version, hostname);
             runtime.block_on(async {
