@@ -96,6 +96,8 @@ fn main() {
     println!("cargo:rustc-env=HELLO_APP_GUEST_WASM={}", wasm.display());
 }
 
+/// Installs the wasm target through rustup when it is missing, so that a fresh clone builds
+/// with a plain `cargo build`; says exactly what to run when that is not possible.
 fn check_target_installed() {
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
     let sysroot = Command::new(rustc)
@@ -104,12 +106,19 @@ fn check_target_installed() {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    if let Some(sysroot) = sysroot
-        && !sysroot.join("lib/rustlib").join(TARGET).exists()
-    {
+    let Some(sysroot) = sysroot else { return };
+    if sysroot.join("lib/rustlib").join(TARGET).exists() {
+        return;
+    }
+    println!("cargo:warning=installing the Rust target {TARGET} (rustup target add {TARGET})");
+    let installed = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
         panic!(
-            "the Rust target {TARGET} is not installed; hello-app's wasm host needs it to build \
-             its component. Run: rustup target add {TARGET}"
+            "the Rust target {TARGET} is not installed, and `rustup target add {TARGET}` failed; \
+             hello-app's wasm host needs it to build its component. Run: rustup target add {TARGET}"
         );
     }
 }

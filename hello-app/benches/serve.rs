@@ -63,7 +63,12 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; this target has no filters or options of its own.
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this target without it,
+    // and a test run must not start a minute of load.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("serve bench: run it with `cargo bench -p hello-app --bench serve`");
+        return;
+    }
     let secs: u64 = env_or("SERVE_BENCH_SECS", 4);
     let rounds: usize = env_or("SERVE_BENCH_ROUNDS", 3);
     let conns: usize = env_or("SERVE_BENCH_CONNS", 32);

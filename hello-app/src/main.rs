@@ -1,6 +1,7 @@
 //! `hello-app`: the tutorial's sample app, natively or as a wasm component in an embedded host.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+#[cfg(feature = "wasm-host")]
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,6 +40,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[cfg(feature = "wasm-host")]
     /// Serve the app's WebAssembly component from an embedded wasmtime host, one instance set
     /// per Pod; each Pod answers with its own name as host name.
     ///
@@ -59,6 +61,7 @@ enum Command {
     },
 }
 
+#[cfg(feature = "wasm-host")]
 fn parse_pod(s: &str) -> Result<(String, SocketAddr), String> {
     let (name, addr) = s
         .split_once('=')
@@ -107,7 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let hostname = cli.hostname.map_or(Hostname::Kernel, Hostname::Fixed);
             let app = NativeApp::new(cli.app_version, hostname);
             runtime.block_on(async {
-                let listener = bind(SocketAddr::new(cli.bind, port)).await?;
+                let listener = bind_and_log(SocketAddr::new(cli.bind, port)).await?;
                 serve(
                     listener,
                     move |_, _| app.clone(),
@@ -118,63 +121,75 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("serving")
             })
         }
+        #[cfg(feature = "wasm-host")]
         Some(Command::Wasm {
             pods,
             component,
             cache_dir,
-        }) => {
-            use hello_app::wasm_host::{ComponentSource, HostConfig, PodSpec, WasmHost};
-            let mut config = HostConfig::default();
-            if let Some(path) = component {
-                config.component = ComponentSource::File(path);
-            }
-            if cache_dir.is_some() {
-                config.cache_dir = cache_dir;
-            }
-            let pods = if pods.is_empty() {
-                let name = rustix::system::uname()
-                    .nodename()
-                    .to_string_lossy()
-                    .into_owned();
-                vec![(name, SocketAddr::new(cli.bind, port))]
-            } else {
-                pods
-            };
-            // One thread: per-request work is a few microseconds, and on small VMs waking
-            // other worker threads costs more than it saves (see the serve benchmark).
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the runtime")?;
-            runtime.block_on(async {
-                let host = WasmHost::new(config).context("starting the wasm host")?;
-                let mut tasks = tokio::task::JoinSet::new();
-                let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
-                for (name, addr) in pods {
-                    let listener = bind(addr).await?;
-                    let pod = host.pod(PodSpec::new(name).version(cli.app_version));
-                    let mut stopped = stop.subscribe();
-                    tasks.spawn(async move {
-                        pod.serve(listener, async move {
-                            let _ = stopped.recv().await;
-                        })
-                        .await
-                    });
-                }
-                termination_signal().await;
-                let _ = stop.send(());
-                while let Some(done) = tasks.join_next().await {
-                    done.context("a Pod's server panicked")?
-                        .context("serving")?;
-                }
-                Ok(())
-            })
-        }
+        }) => run_wasm(cli.bind, port, cli.app_version, pods, component, cache_dir),
     }
 }
 
+/// Serves the wasm component, one Pod per `NAME=ADDRESS`.
+#[cfg(feature = "wasm-host")]
+fn run_wasm(
+    bind: IpAddr,
+    port: u16,
+    version: AppVersion,
+    pods: Vec<(String, SocketAddr)>,
+    component: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use hello_app::wasm_host::{ComponentSource, HostConfig, PodSpec, WasmHost};
+    let mut config = HostConfig::default();
+    if let Some(path) = component {
+        config.component = ComponentSource::File(path);
+    }
+    if cache_dir.is_some() {
+        config.cache_dir = cache_dir;
+    }
+    let pods = if pods.is_empty() {
+        let name = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        vec![(name, SocketAddr::new(bind, port))]
+    } else {
+        pods
+    };
+    // One thread: per-request work is a few microseconds, and on small VMs waking
+    // other worker threads costs more than it saves (see the serve benchmark).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let host = WasmHost::new(config).context("starting the wasm host")?;
+        let mut tasks = tokio::task::JoinSet::new();
+        let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+        for (name, addr) in pods {
+            let listener = bind_and_log(addr).await?;
+            let pod = host.pod(PodSpec::new(name).version(version));
+            let mut stopped = stop.subscribe();
+            tasks.spawn(async move {
+                pod.serve(listener, async move {
+                    let _ = stopped.recv().await;
+                })
+                .await
+            });
+        }
+        termination_signal().await;
+        let _ = stop.send(());
+        while let Some(done) = tasks.join_next().await {
+            done.context("a Pod's server panicked")?
+                .context("serving")?;
+        }
+        Ok(())
+    })
+}
+
 /// Binds like the original and logs `Server listening on port N` with the bound port.
-async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+async fn bind_and_log(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
