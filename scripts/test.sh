@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 # Integration tests start servers on loopback; they must not inherit a backtrace setting
 # that makes wasmtime capture a backtrace for every error it builds.
 export RUST_BACKTRACE=0
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast

@@ -197,3 +197,35 @@ async fn bind_and_log(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListene
     log(&format!("Server listening on port {port}"));
     Ok(listener)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pods_parse_as_name_and_address() {
+        assert_eq!(
+            parse_pod("hello-a=127.0.0.1:8081").unwrap(),
+            ("hello-a".to_owned(), "127.0.0.1:8081".parse().unwrap())
+        );
+        assert!(parse_pod("=127.0.0.1:1").unwrap_err().contains("empty"));
+        assert!(
+            parse_pod("a=nowhere")
+                .unwrap_err()
+                .contains("bad address \"nowhere\"")
+        );
+    }
+
+    #[test]
+    fn versions_come_from_the_flag() {
+        let cli = Cli::try_parse_from(["hello-app", "--app-version", "2.0"]).unwrap();
+        assert_eq!(cli.app_version, AppVersion::V2);
+        assert!(Cli::try_parse_from(["hello-app", "--app-version", "3"]).is_err());
+    }
+}

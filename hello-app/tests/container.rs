@@ -45,7 +45,10 @@ fn on_path(tool: &str) -> bool {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// `podman system service` on a private socket; stopped by PID on drop.
@@ -112,7 +115,13 @@ fn image_builds_offline_runs_non_root_and_answers_on_loopback() {
         Command::new(cargo)
             .current_dir(&root)
             .args(["build", "--release", "--locked", "-p", "hello-app"])
-            .args(["--no-default-features", "--features", "server", "--target", MUSL]),
+            .args([
+                "--no-default-features",
+                "--features",
+                "server",
+                "--target",
+                MUSL,
+            ]),
         "building the static binary (needs `rustup target add x86_64-unknown-linux-musl`)",
     );
     let tag = format!("test-{}", std::process::id());
@@ -126,18 +135,32 @@ fn image_builds_offline_runs_non_root_and_answers_on_loopback() {
         Command::new(engine)
             .current_dir(&root)
             .env("CONTAINERS_CONF", &conf)
-            .args(["build", "--build-arg", "BINARY_FROM=prebuilt", "--target", "runtime"])
+            .args([
+                "build",
+                "--build-arg",
+                "BINARY_FROM=prebuilt",
+                "--target",
+                "runtime",
+            ])
             .args(["-t", &format!("{image}:{tag}"), "."]),
         "building the image",
     );
     let inspect = Command::new(engine)
         .env("CONTAINERS_CONF", &conf)
-        .args(["image", "inspect", "--format", "{{.Config.User}} {{json .Config.ExposedPorts}}"])
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{.Config.User}} {{json .Config.ExposedPorts}}",
+        ])
         .arg(format!("{image}:{tag}"))
         .output()
         .unwrap();
     let config = String::from_utf8_lossy(&inspect.stdout);
-    assert!(config.starts_with("65532:65532 "), "runs as non-root: {config}");
+    assert!(
+        config.starts_with("65532:65532 "),
+        "runs as non-root: {config}"
+    );
     assert!(config.contains("8080/tcp"), "exposes 8080: {config}");
 
     let _service = if engine == "podman" && std::env::var_os("DOCKER_HOST").is_none() {
@@ -189,7 +212,13 @@ impl Drop for RemoveImage {
         // The `prebuilt` stage leaves an unnamed image; only ours carry this label.
         let _ = Command::new(self.engine)
             .env("CONTAINERS_CONF", &self.conf)
-            .args(["image", "prune", "-f", "--filter", "label=org.services-lab.stage=prebuilt"])
+            .args([
+                "image",
+                "prune",
+                "-f",
+                "--filter",
+                "label=org.services-lab.stage=prebuilt",
+            ])
             .output();
     }
 }

@@ -80,7 +80,7 @@ mod tests {
         let resp = app.answer(&req);
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
-        assert_eq!(resp.headers()["content-length"], "46");
+        assert_eq!(resp.headers()["content-length"], "45");
     }
 
     #[test]
