@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tokio::net::TcpListener;
 use wasmtime::Store;
@@ -193,11 +192,15 @@ impl Pod {
     }
 
     /// Answers one request through the component; `local` is the address it arrived on.
-    pub async fn handle(
+    pub async fn handle<B>(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
         local: SocketAddr,
-    ) -> Response<HyperOutgoingBody> {
+    ) -> Response<HyperOutgoingBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let head = request_head(&req);
         if !head.has_host {
             // wasi:http requests always carry an authority; refuse as Go does where a Host is
@@ -285,16 +288,20 @@ impl Pod {
 }
 
 impl Instance {
-    async fn call(
+    async fn call<B>(
         &mut self,
-        req: Request<Incoming>,
+        req: Request<B>,
         sender: tokio::sync::oneshot::Sender<
             Result<
                 Response<HyperOutgoingBody>,
                 wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
             >,
         >,
-    ) -> wasmtime::Result<()> {
+    ) -> wasmtime::Result<()>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         self.served += 1;
         self.store.set_epoch_deadline(self.deadline_ticks);
         let mut http = self.store.data_mut().http();
