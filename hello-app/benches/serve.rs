@@ -11,7 +11,6 @@
 //! Environment: `SERVE_BENCH_SECS` (measured seconds per run, default 4), `SERVE_BENCH_ROUNDS`
 //! (default 3), `SERVE_BENCH_CONNS` (default 32). The last line is one JSON object.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -198,28 +197,29 @@ fn start(kind: Kind, pinned: bool) -> Server {
             .arg(cache);
         }
     }
-    // Both servers log a line per request, as the original does; the bench discards them
-    // after the first line. RUST_BACKTRACE would make wasmtime capture a backtrace whenever
-    // it builds an error, which a server in a Pod does not do.
+    // Both servers log a line per request, as the original does. The lines go to a file: a
+    // pipe would need a reader, whose CPU time would land on one side of the comparison.
+    // RUST_BACKTRACE would make wasmtime capture a backtrace whenever it builds an error,
+    // which a server in a Pod does not do.
+    let log_path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("serve-bench-{}.log", kind.name()));
+    let log = std::fs::File::create(&log_path).expect("create the server log");
     cmd.env_remove("RUST_BACKTRACE")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("start hello-app");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stderr);
-        let mut line = String::new();
-        while reader.read_line(&mut line).unwrap_or(0) > 0 {
-            if let Some(port) = listening_port(line.trim_end()) {
-                let _ = tx.send(port);
-            }
-            line.clear();
+        .stderr(Stdio::from(log));
+    let child = cmd.spawn().expect("start hello-app");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let port = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(port) = text.lines().find_map(listening_port) {
+            break port;
         }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server printed its port");
+        assert!(
+            Instant::now() < deadline,
+            "the server printed no port: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
     Server {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
