@@ -1,0 +1,3 @@
+//! Rule sets rendered as text for the kernel's tools.
+
+pub mod iptables;

@@ -1,0 +1,439 @@
+//! The compiled rules for the tutorial's objects: golden iptables-restore text (re-bless with
+//! `UPDATE_GOLDEN=1`), what the rules mean (packet traces), and their consistency.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+
+use dataplane::compile::{compile, default_cluster_cidr};
+use dataplane::model::{NodeConfig, Protocol, Snapshot};
+use dataplane::render::iptables;
+use dataplane::ruleset::RuleSet;
+use dataplane::trace::{Origin, Packet, Verdict, trace};
+use k8s_openapi::api::core::v1::{
+    ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
+    ServiceStatus, SessionAffinityConfig,
+};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+const CLUSTER_IP: &str = "10.111.34.177";
+const NODE_PORT: i32 = 30583;
+const LB_IP: &str = "172.18.255.200";
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 3);
+
+/// The tutorial's `hello-world` Service, port 8080, with optional changes.
+fn hello_world(
+    type_: &str,
+    change: impl FnOnce(&mut ServiceSpec, &mut Option<ServiceStatus>),
+) -> Service {
+    let mut spec = ServiceSpec {
+        type_: Some(type_.into()),
+        cluster_ip: Some(CLUSTER_IP.into()),
+        selector: Some(BTreeMap::from([("app".into(), "hello-world".into())])),
+        ports: Some(vec![ServicePort {
+            port: 8080,
+            protocol: Some("TCP".into()),
+            node_port: (type_ != "ClusterIP").then_some(NODE_PORT),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let mut status = (type_ == "LoadBalancer").then(|| ServiceStatus {
+        load_balancer: Some(LoadBalancerStatus {
+            ingress: Some(vec![LoadBalancerIngress {
+                ip: Some(LB_IP.into()),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    });
+    change(&mut spec, &mut status);
+    Service {
+        metadata: ObjectMeta {
+            name: Some("hello-world".into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status,
+    }
+}
+
+/// An endpoint: (pod IP, node, ready, serving, terminating).
+type Ep = (&'static str, &'static str, bool, bool, bool);
+
+fn ready(ip: &'static str, node: &'static str) -> Ep {
+    (ip, node, true, true, false)
+}
+
+fn slice(endpoints: &[Ep]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some("hello-world-abcde".into()),
+            namespace: Some("default".into()),
+            labels: Some(BTreeMap::from([(
+                "kubernetes.io/service-name".into(),
+                "hello-world".into(),
+            )])),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        ports: Some(vec![EndpointPort {
+            port: Some(8080),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        endpoints: endpoints
+            .iter()
+            .map(|(ip, node, ready, serving, terminating)| Endpoint {
+                addresses: vec![(*ip).into()],
+                node_name: Some((*node).into()),
+                conditions: Some(EndpointConditions {
+                    ready: Some(*ready),
+                    serving: Some(*serving),
+                    terminating: Some(*terminating),
+                }),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+fn node() -> NodeConfig {
+    NodeConfig {
+        node_ips: vec![NODE_IP],
+        cluster_cidr: Some(default_cluster_cidr()),
+        ..NodeConfig::new("lab-worker")
+    }
+}
+
+const TWO: &[Ep] = &[
+    ("10.244.2.192", "lab-worker2", true, true, false),
+    ("10.244.1.200", "lab-worker", true, true, false),
+];
+
+fn compiled(svc: Service, endpoints: &[Ep]) -> RuleSet {
+    let snapshot = Snapshot::from_objects(&[svc], &[slice(endpoints)]).expect("valid objects");
+    let rules = compile(&snapshot, &node());
+    assert_eq!(rules.consistency_errors(), Vec::<String>::new());
+    rules
+}
+
+/// Compares `text` with `tests/golden/<name>.iptables`; `UPDATE_GOLDEN=1` rewrites it.
+fn golden(name: &str, text: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.iptables"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    if want != text {
+        let diff = similar::TextDiff::from_lines(want.as_str(), text);
+        panic!(
+            "{} differs from the golden file:\n{}\nre-run with `UPDATE_GOLDEN=1` to accept",
+            path.display(),
+            diff.unified_diff().header("golden", "compiled")
+        );
+    }
+}
+
+fn packet(dst: &str, dport: u16, src: &str, origin: Origin) -> Packet {
+    Packet {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        protocol: Protocol::Tcp,
+        dport,
+        origin,
+    }
+}
+
+fn dnat(endpoints: &[&str], masquerade: bool) -> Verdict {
+    Verdict::Dnat {
+        endpoints: endpoints
+            .iter()
+            .map(|e| e.parse::<SocketAddrV4>().unwrap())
+            .collect::<BTreeSet<_>>(),
+        masquerade,
+    }
+}
+
+#[test]
+fn clusterip_two_endpoints() {
+    let rules = compiled(hello_world("ClusterIP", |_, _| {}), TWO);
+    golden("clusterip_2_endpoints", &iptables::render(&rules));
+    let both = ["10.244.1.200:8080", "10.244.2.192:8080"];
+    // From the node (curl on the node, as in the tutorial): masqueraded, not from a pod.
+    assert_eq!(
+        trace(
+            &rules,
+            &node(),
+            &packet(CLUSTER_IP, 8080, "172.18.0.3", Origin::Node)
+        ),
+        dnat(&both, true)
+    );
+    // From a pod: the source is kept.
+    assert_eq!(
+        trace(
+            &rules,
+            &node(),
+            &packet(CLUSTER_IP, 8080, "10.244.1.5", Origin::Inbound)
+        ),
+        dnat(&both, false)
+    );
+    // Another port of the ClusterIP is not a service.
+    assert_eq!(
+        trace(
+            &rules,
+            &node(),
+            &packet(CLUSTER_IP, 80, "10.244.1.5", Origin::Inbound)
+        ),
+        Verdict::Untouched
+    );
+}
+
+#[test]
+fn clusterip_one_endpoint() {
+    let rules = compiled(
+        hello_world("ClusterIP", |_, _| {}),
+        &[ready("10.244.1.200", "lab-worker")],
+    );
+    golden("clusterip_1_endpoint", &iptables::render(&rules));
+}
+
+#[test]
+fn nodeport_two_endpoints_as_in_the_tutorial() {
+    let rules = compiled(hello_world("NodePort", |_, _| {}), TWO);
+    let text = iptables::render(&rules);
+    golden("nodeport_2_endpoints", &text);
+    assert!(text.contains("-A KUBE-NODEPORTS -m comment --comment default/hello-world -m tcp -p tcp --dport 30583 -j KUBE-EXT-DZ6LTOHRG6HQWHYE\n"));
+    let both = ["10.244.1.200:8080", "10.244.2.192:8080"];
+    // curl 127.0.0.1:<NodePort> on the node, and <node-ip>:<NodePort> from outside.
+    assert_eq!(
+        trace(
+            &rules,
+            &node(),
+            &packet("127.0.0.1", 30583, "127.0.0.1", Origin::Node)
+        ),
+        dnat(&both, true)
+    );
+    assert_eq!(
+        trace(
+            &rules,
+            &node(),
+            &packet("172.18.0.3", 30583, "192.168.9.9", Origin::Inbound)
+        ),
+        dnat(&both, true)
+    );
+    // The NodePort is not open on other addresses.
+    assert_eq!(
+        trace(
+            &rules,
+            &node(),
+            &packet("172.18.0.9", 30583, "192.168.9.9", Origin::Inbound)
+        ),
+        Verdict::Untouched
+    );
+}
+
+#[test]
+fn nodeports_jump_is_the_last_rule_of_kube_services() {
+    let rules = compiled(
+        hello_world("LoadBalancer", |spec, _| {
+            spec.external_ips = Some(vec!["192.0.2.7".into()])
+        }),
+        TWO,
+    );
+    let text = iptables::render(&rules);
+    let nat = text.split("*nat").nth(1).unwrap();
+    let services: Vec<&str> = nat
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SERVICES "))
+        .collect();
+    assert_eq!(services.len(), 4, "{services:#?}");
+    assert!(
+        services
+            .last()
+            .unwrap()
+            .ends_with("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
+    );
+}
+
+#[test]
+fn loadbalancer_three_endpoints() {
+    let three: &[Ep] = &[
+        ready("10.244.1.200", "lab-worker"),
+        ready("10.244.2.192", "lab-worker2"),
+        ready("10.244.1.10", "lab-worker"),
+    ];
+    let rules = compiled(hello_world("LoadBalancer", |_, _| {}), three);
+    let text = iptables::render(&rules);
+    golden("loadbalancer_3_endpoints", &text);
+    // Endpoints sorted by `ip:port` string; 1/3, then 1/2, then the rest.
+    let svc: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SVC-") && l.contains(" -> "))
+        .collect();
+    assert!(svc[0].contains("10.244.1.10:8080") && svc[0].contains("--probability 0.3333333333"));
+    assert!(svc[1].contains("10.244.1.200:8080") && svc[1].contains("--probability 0.5000000000"));
+    assert!(svc[2].contains("10.244.2.192:8080") && !svc[2].contains("probability"));
+    let all = ["10.244.1.10:8080", "10.244.1.200:8080", "10.244.2.192:8080"];
+    assert_eq!(
+        trace(
+            &rules,
+            &node(),
+            &packet(LB_IP, 8080, "192.168.9.9", Origin::Inbound)
+        ),
+        dnat(&all, true)
+    );
+}
+
+#[test]
+fn services_without_endpoints_are_rejected() {
+    let rules = compiled(hello_world("LoadBalancer", |_, _| {}), &[]);
+    golden("no_endpoints", &iptables::render(&rules));
+    for p in [
+        packet(CLUSTER_IP, 8080, "172.18.0.3", Origin::Node),
+        packet("172.18.0.3", 30583, "192.168.9.9", Origin::Inbound),
+        packet(LB_IP, 8080, "192.168.9.9", Origin::Inbound),
+    ] {
+        assert_eq!(trace(&rules, &node(), &p), Verdict::Reject, "{p:?}");
+    }
+}
+
+#[test]
+fn client_ip_affinity() {
+    let svc = hello_world("ClusterIP", |spec, _| {
+        spec.session_affinity = Some("ClientIP".into());
+        spec.session_affinity_config = Some(SessionAffinityConfig {
+            client_ip: Some(ClientIPConfig {
+                timeout_seconds: Some(600),
+            }),
+        });
+    });
+    let rules = compiled(svc, TWO);
+    let text = iptables::render(&rules);
+    golden("affinity", &text);
+    assert!(text.contains("--rcheck --seconds 600 --reap"));
+    assert!(text.contains("--set -m tcp -p tcp -j DNAT"));
+}
+
+#[test]
+fn local_traffic_policies() {
+    let svc = hello_world("NodePort", |spec, _| {
+        spec.external_traffic_policy = Some("Local".into());
+    });
+    let rules = compiled(svc, TWO);
+    golden("external_policy_local", &iptables::render(&rules));
+    // From outside: only this node's endpoint, source kept.
+    assert_eq!(
+        trace(
+            &rules,
+            &node(),
+            &packet("172.18.0.3", 30583, "192.168.9.9", Origin::Inbound)
+        ),
+        dnat(&["10.244.1.200:8080"], false)
+    );
+    // From a pod: short-circuited to every endpoint.
+    assert_eq!(
+        trace(
+            &rules,
+            &node(),
+            &packet("172.18.0.3", 30583, "10.244.1.5", Origin::Inbound)
+        ),
+        dnat(&["10.244.1.200:8080", "10.244.2.192:8080"], false)
+    );
+
+    // Internal Local with no endpoint on this node: DROP, not REJECT.
+    let svc = hello_world("ClusterIP", |spec, _| {
+        spec.internal_traffic_policy = Some("Local".into())
+    });
+    let rules = compiled(svc, &[ready("10.244.2.192", "lab-worker2")]);
+    golden("internal_policy_local_none_here", &iptables::render(&rules));
+    assert_eq!(
+        trace(
+            &rules,
+            &node(),
+            &packet(CLUSTER_IP, 8080, "10.244.1.5", Origin::Inbound)
+        ),
+        Verdict::Drop
+    );
+}
+
+#[test]
+fn load_balancer_source_ranges() {
+    let svc = hello_world("LoadBalancer", |spec, _| {
+        spec.load_balancer_source_ranges = Some(vec!["203.0.113.0/24".into()]);
+    });
+    let rules = compiled(svc, TWO);
+    golden("loadbalancer_source_ranges", &iptables::render(&rules));
+    assert_eq!(
+        trace(
+            &rules,
+            &node(),
+            &packet(LB_IP, 8080, "203.0.113.9", Origin::Inbound)
+        ),
+        dnat(&["10.244.1.200:8080", "10.244.2.192:8080"], true)
+    );
+    assert_eq!(
+        trace(
+            &rules,
+            &node(),
+            &packet(LB_IP, 8080, "198.51.100.1", Origin::Inbound)
+        ),
+        Verdict::Drop
+    );
+}
+
+#[test]
+fn terminating_endpoints_serve_only_when_none_is_ready() {
+    let rolling: &[Ep] = &[
+        ("10.244.1.200", "lab-worker", false, true, true),
+        ("10.244.2.192", "lab-worker2", true, true, false),
+    ];
+    let rules_a = compiled(hello_world("ClusterIP", |_, _| {}), rolling);
+    assert_eq!(
+        trace(
+            &rules_a,
+            &node(),
+            &packet(CLUSTER_IP, 8080, "10.244.1.5", Origin::Inbound)
+        ),
+        dnat(&["10.244.2.192:8080"], false)
+    );
+    let draining: &[Ep] = &[
+        ("10.244.1.200", "lab-worker", false, true, true),
+        ("10.244.2.192", "lab-worker2", false, false, true),
+    ];
+    let rules_b = compiled(hello_world("ClusterIP", |_, _| {}), draining);
+    golden("terminating_fallback", &iptables::render(&rules_b));
+    assert_eq!(
+        trace(
+            &rules_b,
+            &node(),
+            &packet(CLUSTER_IP, 8080, "10.244.1.5", Origin::Inbound)
+        ),
+        dnat(&["10.244.1.200:8080"], false)
+    );
+}
+
+#[test]
+fn bad_objects_name_the_field() {
+    let svc = hello_world("ClusterIP", |spec, _| {
+        spec.ports.as_mut().unwrap()[0].protocol = Some("ICMP".into());
+    });
+    let err = Snapshot::from_objects(&[svc], &[]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Service default/hello-world: spec.ports[0].protocol: unknown protocol \"ICMP\" (expected TCP, UDP or SCTP)"
+    );
+}
+
+#[test]
+fn output_is_deterministic() {
+    let a = iptables::render(&compiled(hello_world("NodePort", |_, _| {}), TWO));
+    let reversed: Vec<Ep> = TWO.iter().rev().copied().collect();
+    let b = iptables::render(&compiled(hello_world("NodePort", |_, _| {}), &reversed));
+    assert_eq!(a, b);
+}
