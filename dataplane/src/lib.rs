@@ -4,7 +4,8 @@
 //! [`compile::compile`] turns it into a [`ruleset::RuleSet`] for one node in kube-proxy's
 //! iptables layout (its chain names, comments, probabilities, masquerade marks, REJECT/DROP
 //! rules), [`render::iptables`] writes that as `iptables-restore` input, and [`trace`] follows
-//! a packet through it. Nothing here touches the kernel.
+//! a packet through it. None of that touches the kernel; [`apply`] is the one module that
+//! does, programming a rule set into a network namespace with the kernel's own tools.
 //!
 //! ```
 //! use dataplane::{compile::compile, model::{NodeConfig, Snapshot}, render::iptables};
@@ -12,6 +13,7 @@
 //! assert!(iptables::render(&rules).contains(":KUBE-SERVICES - [0:0]"));
 //! ```
 
+pub mod apply;
 pub mod compile;
 pub mod model;
 pub mod names;

@@ -1,0 +1,205 @@
+//! Running the kernel's tools, optionally inside a named network namespace
+//! (`ip netns exec`), with errors that say what failed and where.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// Where rules are applied: a named network namespace (`/run/netns/NAME`) or, with `None`,
+/// the caller's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Netns(pub Option<String>);
+
+impl Netns {
+    /// The namespace `name`.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self(Some(name.into()))
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        match &self.0 {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, tool]);
+                c
+            }
+            None => Command::new(tool),
+        }
+    }
+
+    /// Runs `tool args` with `stdin`, returning its stdout.
+    pub(crate) fn run(
+        &self,
+        tool: &'static str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<String, ApplyError> {
+        let mut cmd = self.command(tool);
+        cmd.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ApplyError::ToolMissing {
+                    tool: if self.0.is_some() { "ip" } else { tool },
+                }
+            } else {
+                ApplyError::Io { tool, source: e }
+            }
+        })?;
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin is piped");
+            pipe.write_all(input.as_bytes())
+                .map_err(|source| ApplyError::Io { tool, source })?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|source| ApplyError::Io { tool, source })?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        if stderr.contains("Permission denied") || stderr.contains("Operation not permitted") {
+            return Err(ApplyError::NotPermitted { tool, stderr });
+        }
+        if stderr.contains("No such file or directory") && stderr.contains("netns") {
+            return Err(ApplyError::NoNetns {
+                netns: self.0.clone().unwrap_or_default(),
+                stderr,
+            });
+        }
+        if let (Some(input), Some(line)) = (stdin, failed_line(&stderr)) {
+            return Err(ApplyError::Restore {
+                tool,
+                line,
+                excerpt: excerpt(input, line),
+                stderr,
+            });
+        }
+        Err(ApplyError::Failed {
+            tool,
+            args: args.join(" "),
+            stderr,
+        })
+    }
+}
+
+/// Why rules could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The tool is not installed.
+    #[error(
+        "{tool} is not installed: install it (Debian: apt-get install iptables nftables iproute2)"
+    )]
+    ToolMissing {
+        /// The missing tool.
+        tool: &'static str,
+    },
+    /// The process may not change the kernel's rules.
+    #[error(
+        "{tool} was refused: {stderr}; programming rules needs root or CAP_NET_ADMIN in the namespace"
+    )]
+    NotPermitted {
+        /// The tool.
+        tool: &'static str,
+        /// What it said.
+        stderr: String,
+    },
+    /// The named namespace does not exist.
+    #[error("network namespace {netns:?} does not exist: {stderr}")]
+    NoNetns {
+        /// The namespace.
+        netns: String,
+        /// What `ip` said.
+        stderr: String,
+    },
+    /// The kernel refused a line of the restore input.
+    #[error("{tool} failed at line {line}: {stderr}\n{excerpt}")]
+    Restore {
+        /// The tool.
+        tool: &'static str,
+        /// 1-based line of the input.
+        line: usize,
+        /// The failing line and its neighbours, numbered, the failing one marked.
+        excerpt: String,
+        /// What the tool said.
+        stderr: String,
+    },
+    /// Any other failure of the tool.
+    #[error("{tool} {args} failed: {stderr}")]
+    Failed {
+        /// The tool.
+        tool: &'static str,
+        /// Its arguments.
+        args: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// The tool could not be run or fed.
+    #[error("running {tool}: {source}")]
+    Io {
+        /// The tool.
+        tool: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The line number in iptables-restore's `Error occurred at line: 7` (or older
+/// `line 7 failed`), or in `nft`'s `stdin:7:...`.
+fn failed_line(stderr: &str) -> Option<usize> {
+    if let Some(rest) = stderr.split("line").nth(1) {
+        let digits = rest.trim_start_matches([':', ' ']);
+        return digits
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok();
+    }
+    let rest = stderr.split("stdin:").nth(1)?;
+    rest.split(':').next()?.parse().ok()
+}
+
+/// Lines `line - 1 ..= line + 1` of `input`, numbered, the failing one marked with `>`.
+pub(crate) fn excerpt(input: &str, line: usize) -> String {
+    input
+        .lines()
+        .enumerate()
+        .map(|(i, text)| (i + 1, text))
+        .filter(|(n, _)| n.abs_diff(line) <= 1)
+        .map(|(n, text)| format!("{} {n:>5} | {text}", if n == line { ">" } else { " " }))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_lines_are_found_in_both_tools_messages() {
+        assert_eq!(failed_line("iptables-restore: line 7 failed"), Some(7));
+        assert_eq!(
+            failed_line("Chain 'X' does not exist\nError occurred at line: 32\nTry ..."),
+            Some(32)
+        );
+        assert_eq!(
+            failed_line("/dev/stdin:3:1-4: Error: syntax error"),
+            Some(3)
+        );
+        assert_eq!(
+            failed_line("stdin:12:5-9: Error: Could not process rule"),
+            Some(12)
+        );
+    }
+
+    #[test]
+    fn excerpt_marks_the_failing_line_with_neighbours() {
+        let text = "a\nb\nc\nd\n";
+        assert_eq!(excerpt(text, 2), "      1 | a\n>     2 | b\n      3 | c");
+    }
+}

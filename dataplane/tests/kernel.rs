@@ -1,0 +1,371 @@
+//! The rules in a real kernel: a lab node in network namespaces made by the test (a bridge
+//! `cni0` with two Pod namespaces serving HTTP), rules applied with iptables-restore, and
+//! connections from the node's namespace to the ClusterIP and to 127.0.0.1:<NodePort>.
+//!
+//! Needs root, `ip` and iptables. Without them it prints why it skips; under `CI` it fails.
+//! Nothing is linked to the host's own namespace: every address here exists only inside the
+//! test's namespaces, which are deleted when the test ends.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dataplane::apply::Netns;
+use dataplane::apply::iptables::IptablesApplier;
+use dataplane::compile::{compile, default_cluster_cidr};
+use dataplane::model::{NodeConfig, Snapshot};
+use dataplane::ruleset::RuleSet;
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+const CLUSTER_IP: &str = "10.96.0.10";
+const NODE_PORT: u16 = 30080;
+
+fn skip(reason: &str) -> bool {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "kernel test cannot run in CI: {reason}"
+    );
+    let _ = writeln!(std::io::stderr(), "SKIPPED kernel test: {reason}");
+    true
+}
+
+fn unavailable() -> bool {
+    if !rustix::process::geteuid().is_root() {
+        return skip("needs root to create network namespaces and program iptables");
+    }
+    for tool in ["ip", "iptables-restore", "iptables-save", "sysctl"] {
+        if Command::new(tool).arg("-V").output().is_err()
+            && Command::new(tool).arg("--version").output().is_err()
+        {
+            return skip(&format!(
+                "{tool} is not installed (apt-get install iproute2 iptables procps)"
+            ));
+        }
+    }
+    false
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A node namespace with a bridge and Pod namespaces behind it; deleted on drop.
+struct LabNode {
+    node: String,
+    pods: Vec<String>,
+}
+
+static LABS: AtomicUsize = AtomicUsize::new(0);
+
+impl LabNode {
+    fn new(pod_count: usize) -> Self {
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            LABS.fetch_add(1, Ordering::Relaxed)
+        );
+        let lab = LabNode {
+            node: format!("dpn-{id}"),
+            pods: (0..pod_count).map(|i| format!("dpp-{id}-{i}")).collect(),
+        };
+        let n = lab.node.as_str();
+        ip(&["netns", "add", n]);
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+        ip(&["-n", n, "link", "add", "cni0", "type", "bridge"]);
+        ip(&["-n", n, "addr", "add", "10.244.1.1/24", "dev", "cni0"]);
+        ip(&["-n", n, "link", "set", "cni0", "up"]);
+        // Locally generated packets to a ClusterIP need a route before nat OUTPUT sees them.
+        ip(&["-n", n, "route", "add", "10.96.0.0/12", "dev", "cni0"]);
+        for (i, pod) in lab.pods.iter().enumerate() {
+            let veth = format!("veth{i}");
+            let addr = format!("10.244.1.{}/24", i + 2);
+            ip(&["netns", "add", pod]);
+            ip(&["-n", pod, "link", "set", "lo", "up"]);
+            // Both ends are created inside the lab's namespaces, never in the host's.
+            ip(&[
+                "-n", n, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", pod,
+            ]);
+            ip(&["-n", n, "link", "set", &veth, "master", "cni0", "up"]);
+            ip(&["-n", pod, "addr", "add", &addr, "dev", "eth0"]);
+            ip(&["-n", pod, "link", "set", "eth0", "up"]);
+            ip(&["-n", pod, "route", "add", "default", "via", "10.244.1.1"]);
+            serve_in(pod, format!("pod-{i}"));
+        }
+        lab
+    }
+
+    fn netns(&self) -> Netns {
+        Netns::named(&self.node)
+    }
+
+    fn nat_listing(&self, chain: &str) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.node, "iptables", "-t", "nat", "-L", chain, "-n",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn save(&self) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.node, "iptables-save"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for LabNode {
+    fn drop(&mut self) {
+        for ns in self.pods.iter().chain(std::iter::once(&self.node)) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Runs `f` on a thread that has entered the network namespace `ns`.
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open the namespace");
+        rustix::thread::move_into_link_name_space(
+            file.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .expect("enter the namespace");
+        f()
+    })
+}
+
+/// A tiny HTTP server on port 8080 inside `ns` answering `name`.
+fn serve_in(ns: &str, name: String) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_netns(ns, move || {
+        let listener = TcpListener::bind("0.0.0.0:8080").expect("bind in the pod");
+        tx.send(()).unwrap();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{name}",
+                name.len()
+            );
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("pod server listening");
+}
+
+/// One HTTP request from inside `ns`; the answering pod's name, or `None` if nothing answered.
+fn request_from(ns: &str, addr: &str) -> Option<String> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    in_netns(ns, move || {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        text.split("\r\n\r\n").nth(1).map(str::to_owned)
+    })
+    .join()
+    .unwrap()
+}
+
+/// Answers to `n` requests (bounded: each has a 1 s connect and 2 s read timeout).
+fn spread(ns: &str, addr: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let who = request_from(ns, addr).unwrap_or_else(|| "no answer".into());
+        *counts.entry(who).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn objects(endpoints: &[&str]) -> Snapshot {
+    let svc = Service {
+        metadata: ObjectMeta {
+            name: Some("hello-world".into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("NodePort".into()),
+            cluster_ip: Some(CLUSTER_IP.into()),
+            ports: Some(vec![ServicePort {
+                port: 80,
+                node_port: Some(NODE_PORT.into()),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let slice = EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some("hello-world-x".into()),
+            namespace: Some("default".into()),
+            labels: Some(BTreeMap::from([(
+                "kubernetes.io/service-name".into(),
+                "hello-world".into(),
+            )])),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        ports: Some(vec![EndpointPort {
+            port: Some(8080),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        endpoints: endpoints
+            .iter()
+            .map(|ip| Endpoint {
+                addresses: vec![(*ip).into()],
+                node_name: Some("lab-worker".into()),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    Snapshot::from_objects(&[svc], &[slice]).unwrap()
+}
+
+fn node() -> NodeConfig {
+    NodeConfig {
+        node_ips: vec!["10.244.1.1".parse().unwrap()],
+        cluster_cidr: Some(default_cluster_cidr()),
+        ..NodeConfig::new("lab-worker")
+    }
+}
+
+fn rules(endpoints: &[&str]) -> RuleSet {
+    compile(&objects(endpoints), &node())
+}
+
+#[test]
+fn iptables_rules_route_clusterip_and_nodeport_to_every_pod() {
+    if unavailable() {
+        return;
+    }
+    let lab = LabNode::new(2);
+    let applier = IptablesApplier::new(lab.netns());
+    let both = rules(&["10.244.1.2", "10.244.1.3"]);
+    applier.apply(&both).expect("apply");
+
+    // As in the tutorial: KUBE-SERVICES is entered from PREROUTING and OUTPUT.
+    let services = lab.nat_listing("KUBE-SERVICES");
+    assert!(
+        services.starts_with("Chain KUBE-SERVICES (2 references)"),
+        "{services}"
+    );
+    assert!(services.contains("KUBE-SVC-"), "{services}");
+    let svc_chain = services
+        .split_whitespace()
+        .find(|w| w.starts_with("KUBE-SVC-"))
+        .unwrap()
+        .to_owned();
+    let listing = lab.nat_listing(&svc_chain);
+    assert!(
+        listing.contains("statistic mode random probability 0.50000000000"),
+        "{listing}"
+    );
+
+    let cluster = spread(&lab.node, &format!("{CLUSTER_IP}:80"), 24);
+    assert_eq!(
+        cluster.keys().collect::<Vec<_>>(),
+        ["pod-0", "pod-1"],
+        "{cluster:?}"
+    );
+    let nodeport = spread(&lab.node, &format!("127.0.0.1:{NODE_PORT}"), 24);
+    assert_eq!(
+        nodeport.keys().collect::<Vec<_>>(),
+        ["pod-0", "pod-1"],
+        "{nodeport:?}"
+    );
+
+    // Applying the same rules again changes nothing.
+    let before = lab.save();
+    applier.apply(&both).unwrap();
+    assert_eq!(lab.save(), before);
+
+    // One endpoint left: only it answers, and the other's chain is gone.
+    let one = rules(&["10.244.1.2"]);
+    applier.apply(&one).unwrap();
+    assert_eq!(
+        spread(&lab.node, &format!("{CLUSTER_IP}:80"), 8),
+        BTreeMap::from([("pod-0".into(), 8)])
+    );
+    let seps = lab
+        .save()
+        .lines()
+        .filter(|l| l.starts_with(":KUBE-SEP-"))
+        .count();
+    assert_eq!(seps, 1);
+
+    // No endpoints: the ClusterIP is refused at once (REJECT), not left to time out.
+    applier.apply(&rules(&[])).unwrap();
+    let addr: SocketAddr = format!("{CLUSTER_IP}:80").parse().unwrap();
+    let refused = in_netns(&lab.node, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            .map(|_| ())
+            .map_err(|e| e.kind())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
+    assert!(
+        lab.save()
+            .contains("\"default/hello-world has no endpoints\"")
+    );
+
+    // Cleanup removes everything of ours, hooks included, and nothing else.
+    applier.cleanup(&both).unwrap();
+    let left = lab.save();
+    assert!(!left.contains("KUBE-"), "{left}");
+}
+
+#[test]
+fn restore_errors_show_the_failing_line() {
+    if unavailable() {
+        return;
+    }
+    let lab = LabNode::new(0);
+    let applier = IptablesApplier::new(lab.netns());
+    let mut broken = rules(&["10.244.1.2"]);
+    // A jump to a chain that does not exist makes the kernel refuse that line.
+    broken
+        .tables
+        .get_mut(&dataplane::ruleset::Table::Nat)
+        .unwrap()[0]
+        .1
+        .rules[0]
+        .target = dataplane::ruleset::Target::Jump("KUBE-NO-SUCH-CHAIN".into());
+    let err = applier.apply(&broken).unwrap_err().to_string();
+    assert!(err.contains("iptables-restore failed at line"), "{err}");
+    assert!(
+        err.contains("> ") && err.contains("KUBE-NO-SUCH-CHAIN"),
+        "{err}"
+    );
+}
