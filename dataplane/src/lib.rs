@@ -15,6 +15,7 @@
 
 pub mod apply;
 pub mod compile;
+pub mod manifest;
 pub mod model;
 pub mod names;
 pub mod render;
