@@ -216,43 +216,125 @@ fn hooks() -> Vec<Hook> {
     ]
 }
 
+/// What one service port needs on one node, whatever the rule format: which endpoints serve
+/// internal and external traffic, and which chains are in use. Shared by the iptables and
+/// nftables layouts so that both make the same decisions.
+#[derive(Debug)]
+pub struct ServicePlan<'a> {
+    /// The port and its endpoints.
+    pub entry: &'a ServiceEntry,
+    /// kube-proxy's service port name (`ns/name[:port]`).
+    pub spn: String,
+    /// The ClusterIP.
+    pub cluster_ip: Ipv4Addr,
+    /// Endpoints for Cluster policy.
+    pub cluster_eps: Vec<&'a Endpoint>,
+    /// Endpoints on this node, for Local policies.
+    pub local_eps: Vec<&'a Endpoint>,
+    /// Whether the port takes traffic from outside.
+    pub external: bool,
+    /// externalTrafficPolicy is Local (and the port takes external traffic).
+    pub external_local: bool,
+    /// internalTrafficPolicy is Local.
+    pub internal_local: bool,
+    /// The Cluster-policy chain is in use.
+    pub uses_cluster: bool,
+    /// The Local-policy chain is in use.
+    pub uses_local: bool,
+    /// Some endpoint can serve.
+    pub has_endpoints: bool,
+    /// Internal traffic (to the ClusterIP) can be served.
+    pub has_internal: bool,
+    /// External traffic (NodePort, external and LB IPs) can be served.
+    pub has_external: bool,
+}
+
+impl<'a> ServicePlan<'a> {
+    /// The plan for `entry` on `node`; `None` for a headless service.
+    pub fn new(entry: &'a ServiceEntry, node: &NodeConfig) -> Option<Self> {
+        let svc = &entry.port;
+        let cluster_ip = svc.cluster_ip?;
+        let cluster_eps = usable(entry.endpoints.iter());
+        let local_eps = usable(
+            entry
+                .endpoints
+                .iter()
+                .filter(|e| e.node.as_deref() == Some(node.node_name.as_str())),
+        );
+        let external = svc.externally_accessible();
+        let external_local = external && svc.external_policy == TrafficPolicy::Local;
+        let internal_local = svc.internal_policy == TrafficPolicy::Local;
+        let has_endpoints = !cluster_eps.is_empty();
+        Some(Self {
+            entry,
+            spn: svc.port_name_string(),
+            cluster_ip,
+            // Even with an external Local policy, pod and host traffic is short-circuited to
+            // the Cluster chain, so that chain is in use whenever the port is reachable from
+            // outside.
+            uses_cluster: has_endpoints && (!internal_local || external),
+            uses_local: !local_eps.is_empty() && (internal_local || external_local),
+            has_internal: if internal_local {
+                !local_eps.is_empty()
+            } else {
+                has_endpoints
+            },
+            has_external: if external_local {
+                !local_eps.is_empty()
+            } else {
+                has_endpoints
+            },
+            cluster_eps,
+            local_eps,
+            external,
+            external_local,
+            internal_local,
+            has_endpoints,
+        })
+    }
+
+    /// Every endpoint a used policy chain can reach, in `ip:port` order.
+    pub fn reachable(&self) -> Vec<&'a Endpoint> {
+        let mut reachable: Vec<&Endpoint> = Vec::new();
+        if self.uses_cluster {
+            reachable.extend(&self.cluster_eps);
+        }
+        if self.uses_local {
+            reachable.extend(&self.local_eps);
+        }
+        reachable.sort_by_key(|e| e.addr());
+        reachable.dedup_by_key(|e| e.addr());
+        reachable
+    }
+}
+
 fn compile_service(rs: &mut RuleSet, entry: &ServiceEntry, node: &NodeConfig) {
-    let svc = &entry.port;
-    let Some(cluster_ip) = svc.cluster_ip else {
+    let Some(plan) = ServicePlan::new(entry, node) else {
         return;
     };
-    let spn = svc.port_name_string();
+    let svc = &entry.port;
+    let cluster_ip = plan.cluster_ip;
+    let spn = plan.spn.clone();
     let proto = svc.protocol;
     let cluster_chain = names::svc_chain(&spn, proto);
     let local_chain = names::svl_chain(&spn, proto);
     let ext_chain = names::ext_chain(&spn, proto);
     let fw_chain = names::fw_chain(&spn, proto);
-
-    let cluster_eps = usable(entry.endpoints.iter());
-    let local_eps = usable(
-        entry
-            .endpoints
-            .iter()
-            .filter(|e| e.node.as_deref() == Some(node.node_name.as_str())),
-    );
-    let external = svc.externally_accessible();
-    let external_local = external && svc.external_policy == TrafficPolicy::Local;
-    let internal_local = svc.internal_policy == TrafficPolicy::Local;
-    // Even with an external Local policy, pod and host traffic is short-circuited to the
-    // Cluster chain, so that chain is in use whenever the port is reachable from outside.
-    let uses_cluster = !cluster_eps.is_empty() && (!internal_local || external);
-    let uses_local = !local_eps.is_empty() && (internal_local || external_local);
-
-    let has_endpoints = !cluster_eps.is_empty();
-    let (internal_chain, has_internal) = if internal_local {
-        (&local_chain, !local_eps.is_empty())
+    let cluster_eps = &plan.cluster_eps;
+    let local_eps = &plan.local_eps;
+    let (external, external_local) = (plan.external, plan.external_local);
+    let (uses_cluster, uses_local) = (plan.uses_cluster, plan.uses_local);
+    let (has_endpoints, has_internal, has_external) =
+        (plan.has_endpoints, plan.has_internal, plan.has_external);
+    let internal_chain = if plan.internal_local {
+        &local_chain
     } else {
-        (&cluster_chain, has_endpoints)
+        &cluster_chain
     };
-    let (external_policy_chain, has_external) = if external_local {
-        (&local_chain, !local_eps.is_empty())
+    let external_policy_chain = if external_local {
+        &local_chain
     } else {
-        (&cluster_chain, has_endpoints)
+        &cluster_chain
     };
     let uses_ext = has_endpoints && external;
     let uses_fw = has_endpoints
@@ -485,22 +567,14 @@ fn compile_service(rs: &mut RuleSet, entry: &ServiceEntry, node: &NodeConfig) {
     }
 
     if uses_cluster {
-        endpoint_dispatch(rs, &spn, entry, &cluster_chain, &cluster_eps);
+        endpoint_dispatch(rs, &spn, entry, &cluster_chain, cluster_eps);
     }
     if uses_local {
-        endpoint_dispatch(rs, &spn, entry, &local_chain, &local_eps);
+        endpoint_dispatch(rs, &spn, entry, &local_chain, local_eps);
     }
 
-    // One chain per endpoint any used policy chain can reach, in `ip:port` order.
-    let mut reachable: Vec<&Endpoint> = Vec::new();
-    if uses_cluster {
-        reachable.extend(&cluster_eps);
-    }
-    if uses_local {
-        reachable.extend(&local_eps);
-    }
-    reachable.sort_by_key(|e| e.addr());
-    reachable.dedup_by_key(|e| e.addr());
+    // One chain per endpoint any used policy chain can reach.
+    let reachable = plan.reachable();
     for ep in reachable {
         let chain = names::sep_chain(&spn, proto, &ep.addr());
         rs.chain_mut(Table::Nat, &chain);

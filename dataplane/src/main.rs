@@ -8,9 +8,11 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dataplane::apply::Netns;
 use dataplane::apply::iptables::IptablesApplier;
+use dataplane::apply::nft::NftApplier;
 use dataplane::compile::compile;
 use dataplane::model::{NodeConfig, Snapshot};
 use dataplane::render::iptables;
+use dataplane::render::nft::{self, Layout};
 use ipnet::Ipv4Net;
 
 /// kube-proxy-style rules for Services and EndpointSlices: see them, or program them into a
@@ -51,6 +53,9 @@ struct Source {
     /// The rule format.
     #[arg(long, value_enum, default_value_t = Mode::Iptables)]
     mode: Mode,
+    /// The nftables layout, with --mode nftables.
+    #[arg(long, value_enum, default_value_t = NftLayout::KubeProxy)]
+    nft_layout: NftLayout,
     /// The node the rules are for (Local traffic policies keep its endpoints only).
     #[arg(long, default_value = "node")]
     node_name: String,
@@ -66,6 +71,25 @@ struct Source {
 enum Mode {
     /// iptables-restore input in kube-proxy's layout.
     Iptables,
+    /// One `nft -f` transaction replacing our table (see --nft-layout).
+    Nftables,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum NftLayout {
+    /// kube-proxy's nftables layout (table `ip kube-proxy`).
+    KubeProxy,
+    /// No per-endpoint chains: a numgen-indexed DNAT map per service (table `ip services-lab`).
+    Fast,
+}
+
+impl From<NftLayout> for Layout {
+    fn from(layout: NftLayout) -> Self {
+        match layout {
+            NftLayout::KubeProxy => Layout::KubeProxy,
+            NftLayout::Fast => Layout::Fast,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -105,9 +129,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Render(source) => {
             let (snapshot, node) = load(&source)?;
-            let rules = compile(&snapshot, &node);
             match source.mode {
-                Mode::Iptables => print!("{}", iptables::render(&rules)),
+                Mode::Iptables => print!("{}", iptables::render(&compile(&snapshot, &node))),
+                Mode::Nftables => print!(
+                    "{}",
+                    nft::render(&snapshot, &node, source.nft_layout.into())?
+                ),
             }
         }
         Command::Apply {
@@ -116,12 +143,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cleanup,
         } => {
             let (snapshot, node) = load(&source)?;
-            let rules = compile(&snapshot, &node);
-            let applier = IptablesApplier::new(Netns(netns));
-            if cleanup {
-                applier.cleanup(&rules).context("removing the rules")?;
-            } else {
-                applier.apply(&rules).context("applying the rules")?;
+            let netns = Netns(netns);
+            match source.mode {
+                Mode::Iptables => {
+                    let rules = compile(&snapshot, &node);
+                    let applier = IptablesApplier::new(netns);
+                    if cleanup {
+                        applier.cleanup(&rules).context("removing the rules")?;
+                    } else {
+                        applier.apply(&rules).context("applying the rules")?;
+                    }
+                }
+                Mode::Nftables => {
+                    let layout: Layout = source.nft_layout.into();
+                    let applier = NftApplier::new(netns, layout.table());
+                    if cleanup {
+                        applier.cleanup().context("removing the rules")?;
+                    } else {
+                        let input = nft::render(&snapshot, &node, layout)?;
+                        applier.apply(&input).context("applying the rules")?;
+                    }
+                }
             }
         }
     }

@@ -50,6 +50,33 @@ pub fn sep_chain(port_name: &str, protocol: Protocol, endpoint: &str) -> String 
     )
 }
 
+/// kube-proxy's nftables name for a chain: `PREFIX-<8 base32 chars>-<readable>`.
+fn nft_name(prefix: &str, readable: &str) -> String {
+    let digest = Sha256::digest(readable.as_bytes());
+    let encoded = data_encoding::BASE32.encode(&digest);
+    format!("{prefix}-{}-{readable}", &encoded[..8])
+}
+
+/// The readable part of a service port's nftables names: `ns/name/proto/portName`.
+pub fn nft_service_base(
+    namespace: &str,
+    name: &str,
+    protocol: Protocol,
+    port_name: &str,
+) -> String {
+    format!("{namespace}/{name}/{}/{port_name}", protocol.lower())
+}
+
+/// `service-…`, `external-…`, `local-…` chains of kube-proxy's nftables mode.
+pub fn nft_service_chain(prefix: &str, base: &str) -> String {
+    nft_name(prefix, base)
+}
+
+/// `endpoint-…` chain of kube-proxy's nftables mode.
+pub fn nft_endpoint_chain(base: &str, ip: std::net::Ipv4Addr, port: u16) -> String {
+    nft_name("endpoint", &format!("{base}__{ip}/{port}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +115,24 @@ mod tests {
         assert_ne!(
             service_hash("default/hello-world", Protocol::Tcp),
             "NWHXGJOFLSK2ZCNY"
+        );
+    }
+
+    #[test]
+    fn nftables_names_match_kube_proxy() {
+        let base = nft_service_base("ns1", "svc1", Protocol::Tcp, "p80");
+        assert_eq!(
+            nft_service_chain("service", &base),
+            "service-ULMVA6XW-ns1/svc1/tcp/p80"
+        );
+        assert_eq!(
+            nft_endpoint_chain(&base, "10.180.0.1".parse().unwrap(), 80),
+            "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
+        );
+        let tutorial = nft_service_base("default", "hello-world", Protocol::Tcp, "");
+        assert_eq!(
+            nft_service_chain("service", &tutorial),
+            "service-AN52JS3S-default/hello-world/tcp/"
         );
     }
 

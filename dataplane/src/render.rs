@@ -1,3 +1,4 @@
 //! Rule sets rendered as text for the kernel's tools.
 
 pub mod iptables;
+pub mod nft;

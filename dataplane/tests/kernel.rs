@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use dataplane::apply::Netns;
 use dataplane::apply::iptables::IptablesApplier;
+use dataplane::apply::nft::NftApplier;
 use dataplane::compile::{compile, default_cluster_cidr};
 use dataplane::model::{NodeConfig, Snapshot};
+use dataplane::render::nft::{self, Layout};
 use dataplane::ruleset::RuleSet;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
@@ -39,7 +41,7 @@ fn unavailable() -> bool {
     if !rustix::process::geteuid().is_root() {
         return skip("needs root to create network namespaces and program iptables");
     }
-    for tool in ["ip", "iptables-restore", "iptables-save", "sysctl"] {
+    for tool in ["ip", "iptables-restore", "iptables-save", "nft", "sysctl"] {
         if Command::new(tool).arg("-V").output().is_err()
             && Command::new(tool).arg("--version").output().is_err()
         {
@@ -344,6 +346,74 @@ fn iptables_rules_route_clusterip_and_nodeport_to_every_pod() {
     applier.cleanup(&both).unwrap();
     let left = lab.save();
     assert!(!left.contains("KUBE-"), "{left}");
+}
+
+fn refused(ns: &str, addr: &str) -> Result<(), std::io::ErrorKind> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    in_netns(ns, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            .map(|_| ())
+            .map_err(|e| e.kind())
+    })
+    .join()
+    .unwrap()
+}
+
+/// The same journey as the iptables test, through one nftables layout.
+fn nftables_journey(layout: Layout, nodeport: &str) {
+    if unavailable() {
+        return;
+    }
+    let lab = LabNode::new(2);
+    let applier = NftApplier::new(lab.netns(), layout.table());
+    let render = |eps: &[&str]| nft::render(&objects(eps), &node(), layout).expect("renders");
+    applier
+        .apply(&render(&["10.244.1.2", "10.244.1.3"]))
+        .expect("apply");
+
+    let cluster = spread(&lab.node, &format!("{CLUSTER_IP}:80"), 24);
+    assert_eq!(
+        cluster.keys().collect::<Vec<_>>(),
+        ["pod-0", "pod-1"],
+        "{cluster:?}"
+    );
+    let via_nodeport = spread(&lab.node, nodeport, 24);
+    assert_eq!(
+        via_nodeport.keys().collect::<Vec<_>>(),
+        ["pod-0", "pod-1"],
+        "{via_nodeport:?}"
+    );
+
+    applier.apply(&render(&["10.244.1.2"])).unwrap();
+    assert_eq!(
+        spread(&lab.node, &format!("{CLUSTER_IP}:80"), 8),
+        BTreeMap::from([("pod-0".into(), 8)])
+    );
+
+    applier.apply(&render(&[])).unwrap();
+    assert_eq!(
+        refused(&lab.node, &format!("{CLUSTER_IP}:80")),
+        Err(std::io::ErrorKind::ConnectionRefused)
+    );
+
+    applier.cleanup().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.node, "nft", "list", "tables"])
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&out.stdout);
+    assert!(!tables.contains(layout.table()), "{tables}");
+}
+
+#[test]
+fn nftables_kube_proxy_layout_routes_to_every_pod() {
+    // kube-proxy's nftables mode serves NodePorts on the node's addresses, not on 127.0.0.1.
+    nftables_journey(Layout::KubeProxy, &format!("10.244.1.1:{NODE_PORT}"));
+}
+
+#[test]
+fn nftables_fast_layout_routes_to_every_pod() {
+    nftables_journey(Layout::Fast, &format!("127.0.0.1:{NODE_PORT}"));
 }
 
 #[test]

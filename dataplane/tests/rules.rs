@@ -437,3 +437,71 @@ fn output_is_deterministic() {
     let b = iptables::render(&compiled(hello_world("NodePort", |_, _| {}), &reversed));
     assert_eq!(a, b);
 }
+
+/// Compares `text` with `tests/golden/<file>`; `UPDATE_GOLDEN=1` rewrites it.
+fn golden_file(file: &str, text: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(file);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        want == text,
+        "{} differs:\n{}\nre-run with `UPDATE_GOLDEN=1` to accept",
+        path.display(),
+        similar::TextDiff::from_lines(want.as_str(), text)
+            .unified_diff()
+            .header("golden", "rendered")
+    );
+}
+
+#[test]
+fn nftables_layouts_for_the_tutorial() {
+    use dataplane::render::nft::{Layout, render};
+    let cases: [(&str, Service, &[Ep]); 3] = [
+        (
+            "nodeport_2_endpoints",
+            hello_world("NodePort", |_, _| {}),
+            TWO,
+        ),
+        ("no_endpoints", hello_world("LoadBalancer", |_, _| {}), &[]),
+        (
+            "external_policy_local",
+            hello_world("NodePort", |spec, _| {
+                spec.external_traffic_policy = Some("Local".into())
+            }),
+            TWO,
+        ),
+    ];
+    for (name, svc, eps) in cases {
+        let snapshot = Snapshot::from_objects(&[svc], &[slice(eps)]).unwrap();
+        let kube_proxy = render(&snapshot, &node(), Layout::KubeProxy).unwrap();
+        golden_file(&format!("{name}.kube-proxy.nft"), &kube_proxy);
+        let fast = render(&snapshot, &node(), Layout::Fast).unwrap();
+        golden_file(&format!("{name}.fast.nft"), &fast);
+        // Ours has no per-endpoint chains; kube-proxy's has one per reachable endpoint.
+        assert!(!fast.contains("chain endpoint-"));
+        assert_eq!(
+            kube_proxy.matches("chain endpoint-").count(),
+            eps.len().min(2)
+        );
+    }
+}
+
+#[test]
+fn nftables_refuses_what_it_cannot_express() {
+    let svc = hello_world("ClusterIP", |spec, _| {
+        spec.session_affinity = Some("ClientIP".into())
+    });
+    let snapshot = Snapshot::from_objects(&[svc], &[slice(TWO)]).unwrap();
+    let err =
+        dataplane::render::nft::render(&snapshot, &node(), dataplane::render::nft::Layout::Fast)
+            .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "default/hello-world: sessionAffinity ClientIP is not supported in nftables mode yet; use --mode iptables"
+    );
+}

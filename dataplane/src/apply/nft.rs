@@ -1,0 +1,37 @@
+//! Applying nftables rules: the rendered transaction through one `nft -f`, which replaces our
+//! table atomically; other tables are never touched.
+
+use super::{ApplyError, Netns};
+
+/// Programs one nftables table into one network namespace.
+#[derive(Debug, Clone)]
+pub struct NftApplier {
+    netns: Netns,
+    table: &'static str,
+}
+
+impl NftApplier {
+    /// An applier for the table `table` (see [`crate::render::nft::Layout::table`]) in `netns`.
+    pub fn new(netns: Netns, table: &'static str) -> Self {
+        Self { netns, table }
+    }
+
+    /// Runs the transaction `input` (from [`crate::render::nft::render`]) and sets
+    /// `route_localnet` so NodePorts can answer on 127.0.0.1.
+    pub fn apply(&self, input: &str) -> Result<(), ApplyError> {
+        self.netns.run("nft", &["-f", "-"], Some(input))?;
+        self.netns.run(
+            "sysctl",
+            &["-q", "-w", "net.ipv4.conf.all.route_localnet=1"],
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Deletes our table, if it exists.
+    pub fn cleanup(&self) -> Result<(), ApplyError> {
+        let input = format!("table ip {t}\ndelete table ip {t}\n", t = self.table);
+        self.netns.run("nft", &["-f", "-"], Some(&input))?;
+        Ok(())
+    }
+}
