@@ -18,6 +18,7 @@ pub mod compile;
 pub mod manifest;
 pub mod model;
 pub mod names;
+pub mod proxy;
 pub mod render;
 pub mod ruleset;
 pub mod trace;
