@@ -22,3 +22,4 @@ pub mod proxy;
 pub mod render;
 pub mod ruleset;
 pub mod trace;
+pub mod watch;

@@ -13,18 +13,77 @@ use dataplane::compile::compile;
 use dataplane::model::{NodeConfig, Snapshot};
 use dataplane::render::iptables;
 use dataplane::render::nft::{self, Layout};
+use dataplane::watch::{
+    Backend, IptablesBackend, NftBackend, SyncError, SyncOptions, SyncStats, UserspaceBackend,
+    run as run_sync,
+};
 use ipnet::Ipv4Net;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// kube-proxy-style rules for Services and EndpointSlices: see them, or program them into a
 /// network namespace.
+///
+/// Without a subcommand it watches a Kubernetes API (like kube-proxy) and keeps the rules in
+/// sync until SIGTERM.
 #[derive(Debug, Parser)]
 #[command(
     version,
-    after_help = "Examples:\n  kubectl get svc,endpointslices -o yaml > objects.yaml\n  dataplane render -f objects.yaml --node-name lab-worker --node-ip 172.18.0.3\n  dataplane apply -f objects.yaml --netns lab-node"
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  dataplane --kubeconfig ~/.kube/config --node-name lab-worker --netns lab-node\n  dataplane --once --dry-run --mode nftables\n  kubectl get svc,endpointslices -o yaml > objects.yaml\n  dataplane render -f objects.yaml --node-name lab-worker --node-ip 172.18.0.3\n  dataplane apply -f objects.yaml --netns lab-node"
 )]
 struct Cli {
+    #[command(flatten)]
+    watch: WatchArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    /// The kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Where the rules go.
+    #[arg(long, value_enum, default_value_t = WatchMode::Iptables)]
+    mode: WatchMode,
+    /// The nftables layout, with --mode nftables.
+    #[arg(long, value_enum, default_value_t = NftLayout::KubeProxy)]
+    nft_layout: NftLayout,
+    /// This node's name (Local traffic policies keep its endpoints only).
+    #[arg(long, default_value = "node")]
+    node_name: String,
+    /// An IP of this node (repeatable).
+    #[arg(long = "node-ip")]
+    node_ips: Vec<Ipv4Addr>,
+    /// The cluster's pod CIDR.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: Ipv4Net,
+    /// Program this network namespace (`ip netns` name) instead of the current one.
+    #[arg(long)]
+    netns: Option<String>,
+    /// Sync once, then exit.
+    #[arg(long)]
+    once: bool,
+    /// Print the rules each sync would apply instead of applying them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Minimum time between syncs (kube-proxy's minSyncPeriod).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    min_sync_period: Duration,
+    /// Maximum time between syncs (kube-proxy's syncPeriod).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    sync_period: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WatchMode {
+    /// iptables rules in kube-proxy's layout.
+    Iptables,
+    /// One nftables table (see --nft-layout).
+    Nftables,
+    /// A userspace TCP/UDP proxy listening on the service addresses (no privileges needed).
+    Userspace,
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +152,13 @@ impl From<NftLayout> for Layout {
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "dataplane=info".into()),
+        )
+        .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -126,7 +192,11 @@ fn load(source: &Source) -> anyhow::Result<(Snapshot, NodeConfig)> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    let Some(command) = cli.command else {
+        let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+        return runtime.block_on(watch(cli.watch));
+    };
+    match command {
         Command::Render(source) => {
             let (snapshot, node) = load(&source)?;
             match source.mode {
@@ -179,4 +249,91 @@ mod tests {
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
+}
+
+/// Prints what each sync would apply.
+struct DryRun(WatchMode, Layout);
+
+impl Backend for DryRun {
+    async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<(), SyncError> {
+        let text = match self.0 {
+            WatchMode::Iptables => iptables::render(&compile(snapshot, node)),
+            WatchMode::Nftables => nft::render(snapshot, node, self.1)?,
+            WatchMode::Userspace => dataplane::proxy::routes(snapshot, node, |ip| ip)
+                .iter()
+                .map(|r| {
+                    let eps: Vec<String> = r.endpoints.iter().map(ToString::to_string).collect();
+                    format!("{} {} -> {}\n", r.protocol, r.listen, eps.join(" "))
+                })
+                .collect(),
+        };
+        print!("{text}");
+        Ok(())
+    }
+}
+
+async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no cluster found: pass --kubeconfig, set KUBECONFIG, or run in a Pod")?,
+    };
+    let client = kube::Client::try_from(config).context("connecting to the cluster")?;
+    let node = NodeConfig {
+        node_ips: args.node_ips.clone(),
+        cluster_cidr: Some(args.cluster_cidr),
+        ..NodeConfig::new(&args.node_name)
+    };
+    let options = SyncOptions {
+        min_interval: args.min_sync_period,
+        resync: args.sync_period,
+        once: args.once,
+    };
+    let stats = Arc::new(Mutex::new(SyncStats::default()));
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    let netns = Netns(args.netns.clone());
+    let layout: Layout = args.nft_layout.into();
+    let result = if args.dry_run {
+        run_sync(
+            client,
+            node,
+            DryRun(args.mode, layout),
+            options,
+            stats.clone(),
+            shutdown,
+        )
+        .await
+    } else {
+        match args.mode {
+            WatchMode::Iptables => {
+                let backend = IptablesBackend(IptablesApplier::new(netns));
+                run_sync(client, node, backend, options, stats.clone(), shutdown).await
+            }
+            WatchMode::Nftables => {
+                let backend = NftBackend(NftApplier::new(netns, layout.table()), layout);
+                run_sync(client, node, backend, options, stats.clone(), shutdown).await
+            }
+            WatchMode::Userspace => {
+                let backend = UserspaceBackend(dataplane::proxy::UserspaceProxy::new(), |ip| ip);
+                run_sync(client, node, backend, options, stats.clone(), shutdown).await
+            }
+        }
+    };
+    let s = *stats.lock().expect("stats");
+    tracing::info!(syncs = s.syncs, failures = s.failures, total = ?s.total_duration, "stopped");
+    result.context("syncing the rules")
 }

@@ -1,0 +1,229 @@
+//! Watching any Kubernetes API with kube-rs and keeping a backend's rules in sync, in the
+//! manner of kube-proxy: Services and EndpointSlices are mirrored by reflectors; any change
+//! wakes the sync loop, which recompiles the whole snapshot and hands it to the backend, no
+//! more often than the minimum sync interval, and at least every resync period.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::Notify;
+
+use crate::apply::ApplyError;
+use crate::apply::iptables::IptablesApplier;
+use crate::apply::nft::NftApplier;
+use crate::compile::compile;
+use crate::model::{ModelError, NodeConfig, Snapshot};
+use crate::proxy::{ProxyError, UserspaceProxy, routes};
+use crate::render::nft::{self, Layout, Unsupported};
+
+/// Why a sync failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// An object could not be modelled.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The kernel refused the rules.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// The layout cannot express a service.
+    #[error(transparent)]
+    Unsupported(#[from] Unsupported),
+    /// The userspace proxy could not listen.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+}
+
+/// Where synced rules go.
+pub trait Backend: Send {
+    /// Makes the backend's state match `snapshot` on `node`.
+    fn sync(
+        &mut self,
+        snapshot: &Snapshot,
+        node: &NodeConfig,
+    ) -> impl Future<Output = Result<(), SyncError>> + Send;
+}
+
+/// iptables rules in a network namespace.
+pub struct IptablesBackend(pub IptablesApplier);
+
+impl Backend for IptablesBackend {
+    async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<(), SyncError> {
+        let rules = compile(snapshot, node);
+        let applier = self.0.clone();
+        // The tools block; keep them off the runtime's threads.
+        tokio::task::spawn_blocking(move || applier.apply(&rules))
+            .await
+            .expect("the apply task does not panic")?;
+        Ok(())
+    }
+}
+
+/// An nftables table in a network namespace.
+pub struct NftBackend(pub NftApplier, pub Layout);
+
+impl Backend for NftBackend {
+    async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<(), SyncError> {
+        let input = nft::render(snapshot, node, self.1)?;
+        let applier = self.0.clone();
+        tokio::task::spawn_blocking(move || applier.apply(&input))
+            .await
+            .expect("the apply task does not panic")?;
+        Ok(())
+    }
+}
+
+/// The userspace proxy; `ip_for` maps service IPs to addresses that exist here.
+pub struct UserspaceBackend<F>(pub UserspaceProxy, pub F);
+
+impl<F: Fn(std::net::Ipv4Addr) -> std::net::Ipv4Addr + Send + Sync> Backend
+    for UserspaceBackend<F>
+{
+    async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<(), SyncError> {
+        let wanted = routes(snapshot, node, &self.1);
+        self.0.sync(&wanted).await?;
+        Ok(())
+    }
+}
+
+/// Sync loop settings (kube-proxy's defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct SyncOptions {
+    /// Syncs never start closer together than this (`minSyncPeriod`, 1 s).
+    pub min_interval: Duration,
+    /// A sync happens at least this often even without changes (`syncPeriod`, 30 s).
+    pub resync: Duration,
+    /// Sync once, as soon as both object kinds are listed, then return.
+    pub once: bool,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        Self {
+            min_interval: Duration::from_secs(1),
+            resync: Duration::from_secs(30),
+            once: false,
+        }
+    }
+}
+
+/// Counters of a sync loop, readable while it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Syncs that succeeded.
+    pub syncs: u64,
+    /// Syncs that failed (retried after the minimum interval).
+    pub failures: u64,
+    /// How long the last sync took.
+    pub last_duration: Duration,
+    /// Time spent syncing in all.
+    pub total_duration: Duration,
+}
+
+/// Runs the sync loop until `shutdown` completes (or after one sync with
+/// [`SyncOptions::once`], returning that sync's result).
+pub async fn run<B: Backend>(
+    client: kube::Client,
+    node: NodeConfig,
+    mut backend: B,
+    options: SyncOptions,
+    stats: Arc<Mutex<SyncStats>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SyncError> {
+    let changed = Arc::new(Notify::new());
+    let (services, services_task) = mirror::<Service>(Api::all(client.clone()), changed.clone());
+    let (slices, slices_task) = mirror::<EndpointSlice>(Api::all(client), changed.clone());
+    let _tasks = AbortOnDrop(vec![services_task, slices_task]);
+    tokio::pin!(shutdown);
+    // Like kube-proxy, no sync until both kinds have been listed once: a partial view would
+    // delete the rules of every service whose endpoints are not known yet.
+    tokio::select! {
+        _ = async { let _ = services.wait_until_ready().await; let _ = slices.wait_until_ready().await; } => {}
+        () = &mut shutdown => return Ok(()),
+    }
+    loop {
+        let started = Instant::now();
+        let result = sync_once(&services, &slices, &node, &mut backend).await;
+        {
+            let took = started.elapsed();
+            let mut s = stats.lock().expect("stats");
+            s.last_duration = took;
+            s.total_duration += took;
+            match &result {
+                Ok(()) => s.syncs += 1,
+                Err(e) => {
+                    s.failures += 1;
+                    tracing::warn!(error = %e, "sync failed; retrying");
+                }
+            }
+        }
+        if options.once {
+            return result;
+        }
+        tokio::select! {
+            () = changed.notified() => {}
+            () = tokio::time::sleep(options.resync) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until((started + options.min_interval).into()) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+async fn sync_once<B: Backend>(
+    services: &Store<Service>,
+    slices: &Store<EndpointSlice>,
+    node: &NodeConfig,
+    backend: &mut B,
+) -> Result<(), SyncError> {
+    let services: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
+    let slices: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
+    let snapshot = Snapshot::from_objects(&services, &slices)?;
+    let span = tracing::info_span!("sync", services = snapshot.services.len());
+    tracing::Instrument::instrument(backend.sync(&snapshot, node), span).await
+}
+
+/// A reflector of `api` whose every event pokes `changed`.
+fn mirror<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
+            }
+        }
+    });
+    (store, task)
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
