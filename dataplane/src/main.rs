@@ -240,17 +240,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-}
-
 /// Prints what each sync would apply.
 struct DryRun(WatchMode, Layout);
 
@@ -336,4 +325,15 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let s = *stats.lock().expect("stats");
     tracing::info!(syncs = s.syncs, failures = s.failures, total = ?s.total_duration, "stopped");
     result.context("syncing the rules")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }
