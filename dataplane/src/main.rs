@@ -313,7 +313,7 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
                 run_sync(client, node, backend, options, stats.clone(), shutdown).await
             }
             WatchMode::Nftables => {
-                let backend = NftBackend(NftApplier::new(netns, layout.table()), layout);
+                let backend = NftBackend::new(NftApplier::new(netns, layout.table()), layout);
                 run_sync(client, node, backend, options, stats.clone(), shutdown).await
             }
             WatchMode::Userspace => {

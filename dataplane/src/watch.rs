@@ -64,16 +64,45 @@ impl Backend for IptablesBackend {
     }
 }
 
-/// An nftables table in a network namespace.
-pub struct NftBackend(pub NftApplier, pub Layout);
+/// An nftables table in a network namespace, synced partially: after the first (full) sync,
+/// only what changed is sent, with a full sync every [`NftBackend::FULL_SYNC_EVERY`] and after
+/// any failure, as kube-proxy does.
+pub struct NftBackend {
+    applier: NftApplier,
+    layout: Layout,
+    last: Option<(nft::NftTable, Instant)>,
+}
+
+impl NftBackend {
+    /// How often a full sync replaces the whole table anyway.
+    pub const FULL_SYNC_EVERY: Duration = Duration::from_secs(3600);
+
+    /// A backend for `layout`'s table through `applier`.
+    pub fn new(applier: NftApplier, layout: Layout) -> Self {
+        Self {
+            applier,
+            layout,
+            last: None,
+        }
+    }
+}
 
 impl Backend for NftBackend {
     async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<(), SyncError> {
-        let input = nft::render(snapshot, node, self.1)?;
-        let applier = self.0.clone();
-        tokio::task::spawn_blocking(move || applier.apply(&input))
-            .await
-            .expect("the apply task does not panic")?;
+        let table = nft::table(snapshot, node, self.layout)?;
+        let (input, full) = match self.last.take() {
+            Some((last, at)) if at.elapsed() < Self::FULL_SYNC_EVERY => {
+                (nft::diff(&last, &table), at)
+            }
+            _ => (table.full(), Instant::now()),
+        };
+        if !input.is_empty() {
+            let applier = self.applier.clone();
+            tokio::task::spawn_blocking(move || applier.apply(&input))
+                .await
+                .expect("the apply task does not panic")?;
+        }
+        self.last = Some((table, full));
         Ok(())
     }
 }

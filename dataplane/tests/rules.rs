@@ -505,3 +505,41 @@ fn nftables_refuses_what_it_cannot_express() {
         "default/hello-world: sessionAffinity ClientIP is not supported in nftables mode yet; use --mode iptables"
     );
 }
+
+#[test]
+fn nft_partial_sync_touches_only_what_changed() {
+    use dataplane::render::nft::{Layout, diff, table};
+    let other = {
+        let mut s = hello_world("ClusterIP", |spec, _| {
+            spec.cluster_ip = Some("10.96.0.20".into())
+        });
+        s.metadata.name = Some("other".into());
+        s
+    };
+    let mut other_slice = slice(&[ready("10.244.2.7", "lab-worker2")]);
+    other_slice
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("kubernetes.io/service-name".into(), "other".into());
+    other_slice.metadata.name = Some("other-x".into());
+    let snap = |eps: &[Ep]| {
+        Snapshot::from_objects(
+            &[hello_world("NodePort", |_, _| {}), other.clone()],
+            &[slice(eps), other_slice.clone()],
+        )
+        .unwrap()
+    };
+    let before = table(&snap(TWO), &node(), Layout::Fast).unwrap();
+    let after = table(&snap(&TWO[..1]), &node(), Layout::Fast).unwrap();
+    let change = diff(&before, &after);
+    assert_eq!(
+        change,
+        "delete element ip services-lab hairpin { 10.244.1.200 . 10.244.1.200 }\n\
+         flush chain ip services-lab svc-DZ6LTOHRG6HQWHYE\n\
+         add rule ip services-lab svc-DZ6LTOHRG6HQWHYE ip daddr 10.111.34.177 tcp dport 8080 ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x00004000\n\
+         add rule ip services-lab svc-DZ6LTOHRG6HQWHYE meta l4proto tcp dnat to 10.244.2.192:8080\n"
+    );
+    assert_eq!(diff(&after, &after), "");
+}

@@ -55,6 +55,15 @@ pub fn render(
     node: &NodeConfig,
     layout: Layout,
 ) -> Result<String, Unsupported> {
+    Ok(table(snapshot, node, layout)?.full())
+}
+
+/// The layout's table for `snapshot` on `node`, as data (see [`diff`]).
+pub fn table(
+    snapshot: &Snapshot,
+    node: &NodeConfig,
+    layout: Layout,
+) -> Result<NftTable, Unsupported> {
     let plans: Vec<ServicePlan> = snapshot
         .services
         .values()
@@ -78,20 +87,30 @@ pub fn render(
     let mark = node.masquerade_mark();
     let cidr = node.cluster_cidr.map(|c| c.to_string());
     let table = layout.table();
-    let chains: Vec<Chains> = plans.iter().map(|p| Chains::new(p, layout)).collect();
+    let chains_names: Vec<Chains> = plans.iter().map(|p| Chains::new(p, layout)).collect();
 
+    let mut t = NftTable {
+        name: table,
+        comment: match layout {
+            Layout::KubeProxy => "rules for kube-proxy",
+            Layout::Fast => "rules for services-lab",
+        },
+        maps: Vec::new(),
+        sets: Vec::new(),
+        chains: Vec::new(),
+    };
     let mut service_ips = Vec::new();
     let mut nodeports = Vec::new();
     let mut no_ep_services = Vec::new();
     let mut no_ep_nodeports = Vec::new();
-    for (plan, names) in plans.iter().zip(&chains) {
+    for (plan, names) in plans.iter().zip(&chains_names) {
         let svc = &plan.entry.port;
         let proto = svc.protocol.lower();
         let key = |ip: Ipv4Addr| format!("{ip} . {proto} . {}", svc.port);
         let refusal = if plan.has_endpoints {
-            "drop"
+            "drop".to_owned()
         } else {
-            "goto reject-chain"
+            "goto reject-chain".to_owned()
         };
         let internal = if plan.internal_local {
             &names.local
@@ -99,66 +118,40 @@ pub fn render(
             &names.cluster
         };
         if plan.has_internal {
-            service_ips.push(format!("{} : goto {internal}", key(plan.cluster_ip)));
+            service_ips.push((key(plan.cluster_ip), format!("goto {internal}")));
         } else {
-            no_ep_services.push(format!("{} : {refusal}", key(plan.cluster_ip)));
+            no_ep_services.push((key(plan.cluster_ip), refusal.clone()));
         }
         for &ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
             if plan.has_endpoints {
-                service_ips.push(format!("{} : goto {}", key(ip), names.external));
+                service_ips.push((key(ip), format!("goto {}", names.external)));
             }
             if !plan.has_external {
-                no_ep_services.push(format!("{} : {refusal}", key(ip)));
+                no_ep_services.push((key(ip), refusal.clone()));
             }
         }
         if let Some(np) = svc.node_port {
             if plan.has_endpoints {
-                nodeports.push(format!("{proto} . {np} : goto {}", names.external));
+                nodeports.push((
+                    format!("{proto} . {np}"),
+                    format!("goto {}", names.external),
+                ));
             }
             if !plan.has_external {
-                no_ep_nodeports.push(format!("{proto} . {np} : {refusal}"));
+                no_ep_nodeports.push((format!("{proto} . {np}"), refusal.clone()));
             }
         }
     }
-
-    let mut out = String::new();
-    // Create-then-delete makes the transaction work whether or not the table exists yet.
-    let _ = writeln!(
-        out,
-        "table ip {table}\ndelete table ip {table}\ntable ip {table} {{"
-    );
-    let _ = writeln!(
-        out,
-        "\tcomment \"rules for {}\"",
-        match layout {
-            Layout::KubeProxy => "kube-proxy",
-            Layout::Fast => "services-lab",
-        }
-    );
-    map(
-        &mut out,
-        "service-ips",
-        "ipv4_addr . inet_proto . inet_service : verdict",
-        &service_ips,
-    );
-    map(
-        &mut out,
-        "service-nodeports",
-        "inet_proto . inet_service : verdict",
-        &nodeports,
-    );
-    map(
-        &mut out,
-        "no-endpoint-services",
-        "ipv4_addr . inet_proto . inet_service : verdict",
-        &no_ep_services,
-    );
-    map(
-        &mut out,
-        "no-endpoint-nodeports",
-        "inet_proto . inet_service : verdict",
-        &no_ep_nodeports,
-    );
+    const IP_PROTO_PORT: &str = "ipv4_addr . inet_proto . inet_service : verdict";
+    const PROTO_PORT: &str = "inet_proto . inet_service : verdict";
+    t.maps
+        .push(("service-ips".into(), IP_PROTO_PORT, service_ips));
+    t.maps
+        .push(("service-nodeports".into(), PROTO_PORT, nodeports));
+    t.maps
+        .push(("no-endpoint-services".into(), IP_PROTO_PORT, no_ep_services));
+    t.maps
+        .push(("no-endpoint-nodeports".into(), PROTO_PORT, no_ep_nodeports));
     let local_nodeports = match layout {
         Layout::KubeProxy => "ip daddr != 127.0.0.0/8 ",
         Layout::Fast => "",
@@ -175,23 +168,23 @@ pub fn render(
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let _ = writeln!(out, "\tset hairpin {{\n\t\ttype ipv4_addr . ipv4_addr");
-        elements(&mut out, &pairs);
-        out.push_str("\t}\n");
+        t.sets
+            .push(("hairpin".into(), "ipv4_addr . ipv4_addr", pairs));
     }
-    chain(&mut out, "reject-chain", None, &["reject".into()]);
+    let mut chain = |name: &str, base: Option<&'static str>, rules: Vec<String>| {
+        t.chains.push((name.to_owned(), base, rules));
+    };
+    chain("reject-chain", None, vec!["reject".into()]);
     if layout == Layout::KubeProxy {
         chain(
-            &mut out,
             "mark-for-masquerade",
             None,
-            &[format!("meta mark set meta mark | {mark}")],
+            vec![format!("meta mark set meta mark | {mark}")],
         );
         chain(
-            &mut out,
             "masquerading",
             None,
-            &[
+            vec![
                 format!("meta mark & {mark} == 0x00000000 return"),
                 format!("meta mark set meta mark ^ {mark}"),
                 "masquerade fully-random".into(),
@@ -199,10 +192,9 @@ pub fn render(
         );
     }
     chain(
-        &mut out,
         "services",
         None,
-        &[
+        vec![
             "ip daddr . meta l4proto . th dport vmap @service-ips".into(),
             format!(
                 "fib daddr type local {local_nodeports}meta l4proto . th dport vmap @service-nodeports"
@@ -210,30 +202,26 @@ pub fn render(
         ],
     );
     chain(
-        &mut out,
         "service-endpoints-check",
         None,
-        &["ip daddr . meta l4proto . th dport vmap @no-endpoint-services".into()],
+        vec!["ip daddr . meta l4proto . th dport vmap @no-endpoint-services".into()],
     );
     chain(
-        &mut out,
         "nodeport-endpoints-check",
         None,
-        &[format!(
+        vec![format!(
             "fib daddr type local {local_nodeports}meta l4proto . th dport vmap @no-endpoint-nodeports"
         )],
     );
     chain(
-        &mut out,
         "nat-prerouting",
         Some("type nat hook prerouting priority -100"),
-        &["jump services".into()],
+        vec!["jump services".into()],
     );
     chain(
-        &mut out,
         "nat-output",
         Some("type nat hook output priority -100"),
-        &["jump services".into()],
+        vec!["jump services".into()],
     );
     let postrouting = match layout {
         Layout::KubeProxy => vec!["jump masquerading".to_owned()],
@@ -245,61 +233,57 @@ pub fn render(
         ],
     };
     chain(
-        &mut out,
         "nat-postrouting",
         Some("type nat hook postrouting priority 100"),
-        &postrouting,
+        postrouting,
     );
     chain(
-        &mut out,
         "filter-input",
         Some("type filter hook input priority 0"),
-        &[
+        vec![
             "ct state new jump nodeport-endpoints-check".into(),
             "ct state new jump service-endpoints-check".into(),
         ],
     );
     chain(
-        &mut out,
         "filter-forward",
         Some("type filter hook forward priority 0"),
-        &["ct state new jump service-endpoints-check".into()],
+        vec!["ct state new jump service-endpoints-check".into()],
     );
     chain(
-        &mut out,
         "filter-output",
         Some("type filter hook output priority 0"),
-        &["ct state new jump service-endpoints-check".into()],
+        vec!["ct state new jump service-endpoints-check".into()],
     );
 
-    for (plan, names) in plans.iter().zip(&chains) {
+    for (plan, names) in plans.iter().zip(&chains_names) {
         let svc = &plan.entry.port;
         let proto = svc.protocol.lower();
+        let masq_rule = |cidr: &str| {
+            format!(
+                "ip daddr {} {proto} dport {} ip saddr != {cidr} {masquerade}",
+                plan.cluster_ip, svc.port
+            )
+        };
         if plan.uses_cluster {
             let mut rules = Vec::new();
             if !plan.internal_local
                 && let Some(cidr) = &cidr
             {
-                rules.push(format!(
-                    "ip daddr {} {proto} dport {} ip saddr != {cidr} {masquerade}",
-                    plan.cluster_ip, svc.port
-                ));
+                rules.push(masq_rule(cidr));
             }
             rules.push(dispatch(plan, &plan.cluster_eps, layout));
-            chain(&mut out, &names.cluster, None, &rules);
+            chain(&names.cluster, None, rules);
         }
         if plan.uses_local {
             let mut rules = Vec::new();
             if plan.internal_local
                 && let Some(cidr) = &cidr
             {
-                rules.push(format!(
-                    "ip daddr {} {proto} dport {} ip saddr != {cidr} {masquerade}",
-                    plan.cluster_ip, svc.port
-                ));
+                rules.push(masq_rule(cidr));
             }
             rules.push(dispatch(plan, &plan.local_eps, layout));
-            chain(&mut out, &names.local, None, &rules);
+            chain(&names.local, None, rules);
         }
         if plan.has_endpoints && plan.external {
             let mut rules = Vec::new();
@@ -324,15 +308,14 @@ pub fn render(
                     rules.push(format!("goto {}", names.local));
                 }
             }
-            chain(&mut out, &names.external, None, &rules);
+            chain(&names.external, None, rules);
         }
         if layout == Layout::KubeProxy {
             for ep in plan.reachable() {
                 chain(
-                    &mut out,
                     &endpoint_chain(plan, ep),
                     None,
-                    &[
+                    vec![
                         format!("ip saddr {} {masquerade}", ep.ip),
                         format!("meta l4proto {proto} dnat to {}:{}", ep.ip, ep.port),
                     ],
@@ -340,8 +323,132 @@ pub fn render(
             }
         }
     }
-    out.push_str("}\n");
-    Ok(out)
+    Ok(t)
+}
+
+/// A map's elements as (key, value), in write order.
+pub type MapElements = Vec<(String, String)>;
+
+/// An nftables table as data: what [`render`] writes in full and [`diff`] writes as changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftTable {
+    /// The table's name (family `ip`).
+    pub name: &'static str,
+    /// Its comment.
+    pub comment: &'static str,
+    /// Verdict maps: name, type, elements as (key, value) in write order.
+    pub maps: Vec<(String, &'static str, MapElements)>,
+    /// Sets: name, type, elements.
+    pub sets: Vec<(String, &'static str, Vec<String>)>,
+    /// Chains: name, base-chain hook spec, rules.
+    pub chains: Vec<(String, Option<&'static str>, Vec<String>)>,
+}
+
+impl NftTable {
+    /// The transaction that replaces the table with this one (create-then-delete makes it work
+    /// whether or not the table exists yet).
+    pub fn full(&self) -> String {
+        let table = self.name;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "table ip {table}\ndelete table ip {table}\ntable ip {table} {{"
+        );
+        let _ = writeln!(out, "\tcomment \"{}\"", self.comment);
+        for (name, type_, items) in &self.maps {
+            let items: Vec<String> = items.iter().map(|(k, v)| format!("{k} : {v}")).collect();
+            let _ = writeln!(out, "\tmap {name} {{\n\t\ttype {type_}");
+            elements(&mut out, &items);
+            out.push_str("\t}\n");
+        }
+        for (name, type_, items) in &self.sets {
+            let _ = writeln!(out, "\tset {name} {{\n\t\ttype {type_}");
+            elements(&mut out, items);
+            out.push_str("\t}\n");
+        }
+        for (name, base, rules) in &self.chains {
+            let _ = writeln!(out, "\tchain {name} {{");
+            if let Some(base) = base {
+                let _ = writeln!(out, "\t\t{base}; policy accept;");
+            }
+            for rule in rules {
+                let _ = writeln!(out, "\t\t{rule}");
+            }
+            out.push_str("\t}\n");
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+/// The transaction that turns table `old` into `new`, touching only what differs (kube-proxy's
+/// partial sync): changed chains are flushed and refilled, map and set elements added or
+/// deleted one by one, and chains nothing refers to any more deleted last.
+pub fn diff(old: &NftTable, new: &NftTable) -> String {
+    let t = new.name;
+    let mut out = String::new();
+    let old_chains: std::collections::BTreeMap<&str, &Vec<String>> =
+        old.chains.iter().map(|(n, _, r)| (n.as_str(), r)).collect();
+    let new_chains: std::collections::BTreeMap<&str, &Vec<String>> =
+        new.chains.iter().map(|(n, _, r)| (n.as_str(), r)).collect();
+    // New chains exist before any element points at them.
+    for (name, _) in new_chains
+        .iter()
+        .filter(|(n, _)| !old_chains.contains_key(*n))
+    {
+        let _ = writeln!(out, "add chain ip {t} {name}");
+    }
+    for ((name, _, old_items), (_, _, new_items)) in old.maps.iter().zip(&new.maps) {
+        let before: std::collections::BTreeMap<&str, &str> = old_items
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let after: std::collections::BTreeMap<&str, &str> = new_items
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for (k, v) in &before {
+            if after.get(k) != Some(v) {
+                let _ = writeln!(out, "delete element ip {t} {name} {{ {k} }}");
+            }
+        }
+        for (k, v) in &after {
+            if before.get(k) != Some(v) {
+                let _ = writeln!(out, "add element ip {t} {name} {{ {k} : {v} }}");
+            }
+        }
+    }
+    for ((name, _, old_items), (_, _, new_items)) in old.sets.iter().zip(&new.sets) {
+        for gone in old_items.iter().filter(|e| !new_items.contains(e)) {
+            let _ = writeln!(out, "delete element ip {t} {name} {{ {gone} }}");
+        }
+        for added in new_items.iter().filter(|e| !old_items.contains(e)) {
+            let _ = writeln!(out, "add element ip {t} {name} {{ {added} }}");
+        }
+    }
+    for (name, rules) in &new_chains {
+        if old_chains.get(name) == Some(rules) {
+            continue;
+        }
+        if old_chains.contains_key(name) {
+            let _ = writeln!(out, "flush chain ip {t} {name}");
+        }
+        for rule in rules.iter() {
+            let _ = writeln!(out, "add rule ip {t} {name} {rule}");
+        }
+    }
+    // Chains that only gone chains jumped to are flushed first so every delete succeeds.
+    let gone: Vec<&&str> = old_chains
+        .keys()
+        .filter(|n| !new_chains.contains_key(**n))
+        .collect();
+    for name in &gone {
+        let _ = writeln!(out, "flush chain ip {t} {name}");
+    }
+    for name in &gone {
+        let _ = writeln!(out, "delete chain ip {t} {name}");
+    }
+    out
 }
 
 /// The names of one service port's chains in a layout.
@@ -421,21 +528,4 @@ fn elements(out: &mut String, items: &[String]) {
     if !items.is_empty() {
         let _ = writeln!(out, "\t\telements = {{ {} }}", items.join(",\n\t\t\t     "));
     }
-}
-
-fn map(out: &mut String, name: &str, type_: &str, items: &[String]) {
-    let _ = writeln!(out, "\tmap {name} {{\n\t\ttype {type_}");
-    elements(out, items);
-    out.push_str("\t}\n");
-}
-
-fn chain(out: &mut String, name: &str, base: Option<&str>, rules: &[String]) {
-    let _ = writeln!(out, "\tchain {name} {{");
-    if let Some(base) = base {
-        let _ = writeln!(out, "\t\t{base}; policy accept;");
-    }
-    for rule in rules {
-        let _ = writeln!(out, "\t\t{rule}");
-    }
-    out.push_str("\t}\n");
 }
