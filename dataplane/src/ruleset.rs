@@ -3,7 +3,7 @@
 //! A rule is a list of matches and a target, kept structured so that the same value can be
 //! rendered (iptables-restore text) and traced (which endpoints a packet can reach).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ipnet::Ipv4Net;
@@ -131,25 +131,34 @@ pub struct RuleSet {
     pub tables: BTreeMap<Table, Vec<(String, Chain)>>,
     /// Jumps from built-in chains.
     pub hooks: Vec<Hook>,
+    /// Where each chain is in `tables`, so that building stays linear with 100k+ chains.
+    index: HashMap<(Table, String), usize>,
 }
 
 impl RuleSet {
     /// The chain `name` of `table`, if declared.
     pub fn chain(&self, table: Table, name: &str) -> Option<&Chain> {
-        self.tables
-            .get(&table)?
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, c)| c)
+        match self.index.get(&(table, name.to_owned())) {
+            Some(&i) => self.tables.get(&table)?.get(i).map(|(_, c)| c),
+            // Built by hand rather than through `push`: look it up.
+            None => self
+                .tables
+                .get(&table)?
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, c)| c),
+        }
     }
 
     /// Declares `name` in `table` (once) and returns it for appending rules.
     pub(crate) fn chain_mut(&mut self, table: Table, name: &str) -> &mut Chain {
         let chains = self.tables.entry(table).or_default();
-        let index = match chains.iter().position(|(n, _)| n == name) {
-            Some(i) => i,
+        let index = match self.index.get(&(table, name.to_owned())) {
+            Some(&i) => i,
             None => {
                 chains.push((name.to_owned(), Chain::default()));
+                self.index
+                    .insert((table, name.to_owned()), chains.len() - 1);
                 chains.len() - 1
             }
         };
@@ -170,7 +179,8 @@ impl RuleSet {
         let mut errors = Vec::new();
         for (table, chains) in &self.tables {
             let declared: Vec<&str> = chains.iter().map(|(n, _)| n.as_str()).collect();
-            let mut referenced: Vec<&str> = Vec::new();
+            let declared_set: std::collections::HashSet<&str> = declared.iter().copied().collect();
+            let mut referenced: std::collections::HashSet<&str> = std::collections::HashSet::new();
             let rules = chains.iter().flat_map(|(_, c)| c.rules.iter()).chain(
                 self.hooks
                     .iter()
@@ -179,8 +189,8 @@ impl RuleSet {
             );
             for rule in rules {
                 if let Target::Jump(target) = &rule.target {
-                    referenced.push(target);
-                    if !declared.contains(&target.as_str()) {
+                    referenced.insert(target);
+                    if !declared_set.contains(target.as_str()) {
                         errors.push(format!(
                             "{}: jump to undeclared chain {target}",
                             table.name()

@@ -419,10 +419,12 @@ pub fn diff(old: &NftTable, new: &NftTable) -> String {
         }
     }
     for ((name, _, old_items), (_, _, new_items)) in old.sets.iter().zip(&new.sets) {
-        for gone in old_items.iter().filter(|e| !new_items.contains(e)) {
+        let before: std::collections::HashSet<&String> = old_items.iter().collect();
+        let after: std::collections::HashSet<&String> = new_items.iter().collect();
+        for gone in old_items.iter().filter(|e| !after.contains(e)) {
             let _ = writeln!(out, "delete element ip {t} {name} {{ {gone} }}");
         }
-        for added in new_items.iter().filter(|e| !old_items.contains(e)) {
+        for added in new_items.iter().filter(|e| !before.contains(e)) {
             let _ = writeln!(out, "add element ip {t} {name} {{ {added} }}");
         }
     }
