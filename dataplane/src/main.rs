@@ -50,15 +50,8 @@ struct WatchArgs {
     /// The nftables layout, with --mode nftables.
     #[arg(long, value_enum, default_value_t = NftLayout::KubeProxy)]
     nft_layout: NftLayout,
-    /// This node's name (Local traffic policies keep its endpoints only).
-    #[arg(long, default_value = "node")]
-    node_name: String,
-    /// An IP of this node (repeatable).
-    #[arg(long = "node-ip")]
-    node_ips: Vec<Ipv4Addr>,
-    /// The cluster's pod CIDR.
-    #[arg(long, default_value = "10.244.0.0/16")]
-    cluster_cidr: Ipv4Net,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Program this network namespace (`ip netns` name) instead of the current one.
     #[arg(long)]
     netns: Option<String>,
@@ -115,7 +108,14 @@ struct Source {
     /// The nftables layout, with --mode nftables.
     #[arg(long, value_enum, default_value_t = NftLayout::KubeProxy)]
     nft_layout: NftLayout,
-    /// The node the rules are for (Local traffic policies keep its endpoints only).
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// The node the rules are for.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// The node's name (Local traffic policies keep its endpoints only).
     #[arg(long, default_value = "node")]
     node_name: String,
     /// An IP of the node (repeatable).
@@ -124,6 +124,16 @@ struct Source {
     /// The cluster's pod CIDR: traffic from elsewhere to a ClusterIP is masqueraded.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: Ipv4Net,
+}
+
+impl NodeArgs {
+    fn config(&self) -> NodeConfig {
+        NodeConfig {
+            node_ips: self.node_ips.clone(),
+            cluster_cidr: Some(self.cluster_cidr),
+            ..NodeConfig::new(&self.node_name)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -183,12 +193,7 @@ fn load(source: &Source) -> anyhow::Result<(Snapshot, NodeConfig)> {
         );
     }
     let snapshot = Snapshot::from_objects(&objects.services, &objects.endpoint_slices)?;
-    let node = NodeConfig {
-        node_ips: source.node_ips.clone(),
-        cluster_cidr: Some(source.cluster_cidr),
-        ..NodeConfig::new(&source.node_name)
-    };
-    Ok((snapshot, node))
+    Ok((snapshot, source.node.config()))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -275,11 +280,7 @@ async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             .context("no cluster found: pass --kubeconfig, set KUBECONFIG, or run in a Pod")?,
     };
     let client = kube::Client::try_from(config).context("connecting to the cluster")?;
-    let node = NodeConfig {
-        node_ips: args.node_ips.clone(),
-        cluster_cidr: Some(args.cluster_cidr),
-        ..NodeConfig::new(&args.node_name)
-    };
+    let node = args.node.config();
     let options = SyncOptions {
         min_interval: args.min_sync_period,
         resync: args.sync_period,

@@ -122,22 +122,7 @@ fn compiled(svc: Service, endpoints: &[Ep]) -> RuleSet {
 
 /// Compares `text` with `tests/golden/<name>.iptables`; `UPDATE_GOLDEN=1` rewrites it.
 fn golden(name: &str, text: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{name}.iptables"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, text).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_default();
-    if want != text {
-        let diff = similar::TextDiff::from_lines(want.as_str(), text);
-        panic!(
-            "{} differs from the golden file:\n{}\nre-run with `UPDATE_GOLDEN=1` to accept",
-            path.display(),
-            diff.unified_diff().header("golden", "compiled")
-        );
-    }
+    golden_file(&format!("{name}.iptables"), text);
 }
 
 fn packet(dst: &str, dport: u16, src: &str, origin: Origin) -> Packet {

@@ -112,12 +112,7 @@ impl IptablesApplier {
                 self.netns.run("iptables", &insert, None)?;
             }
         }
-        self.netns.run(
-            "sysctl",
-            &["-q", "-w", "net.ipv4.conf.all.route_localnet=1"],
-            None,
-        )?;
-        Ok(())
+        self.netns.enable_localhost_nodeports()
     }
 
     /// Removes the hooks and every chain of ours, and nothing else.

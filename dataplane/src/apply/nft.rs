@@ -20,12 +20,7 @@ impl NftApplier {
     /// `route_localnet` so NodePorts can answer on 127.0.0.1.
     pub fn apply(&self, input: &str) -> Result<(), ApplyError> {
         self.netns.run("nft", &["-f", "-"], Some(input))?;
-        self.netns.run(
-            "sysctl",
-            &["-q", "-w", "net.ipv4.conf.all.route_localnet=1"],
-            None,
-        )?;
-        Ok(())
+        self.netns.enable_localhost_nodeports()
     }
 
     /// Deletes our table, if it exists.

@@ -26,6 +26,17 @@ impl Netns {
         }
     }
 
+    /// Lets NodePorts answer on 127.0.0.1: DNAT of loopback-sourced packets needs
+    /// `route_localnet` (kube-proxy's localhost NodePorts), which is per namespace.
+    pub(crate) fn enable_localhost_nodeports(&self) -> Result<(), ApplyError> {
+        self.run(
+            "sysctl",
+            &["-q", "-w", "net.ipv4.conf.all.route_localnet=1"],
+            None,
+        )?;
+        Ok(())
+    }
+
     /// Runs `tool args` with `stdin`, returning its stdout.
     pub(crate) fn run(
         &self,
