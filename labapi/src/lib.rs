@@ -1,0 +1,14 @@
+//! The lab cluster's Kubernetes API rules, without I/O.
+//!
+//! Everything the embedded API server decides about an object (which resources exist,
+//! whether an object is valid, what the server fills in, how a patch applies, which objects
+//! a selector picks, what `kubectl get` prints) is a function here over `serde_json::Value`
+//! objects. The server in `labctl` only moves bytes and stores results.
+
+pub mod field;
+pub mod resource;
+pub mod status;
+
+pub use field::{Cause, CauseReason};
+pub use resource::{Kind, ResourceInfo};
+pub use status::ApiError;
