@@ -5,7 +5,10 @@
 //! a selector picks, what `kubectl get` prints) is a function here over `serde_json::Value`
 //! objects. The server in `labctl` only moves bytes and stores results.
 
+pub mod discovery;
 pub mod field;
+pub mod path;
+pub mod query;
 pub mod resource;
 pub mod status;
 
