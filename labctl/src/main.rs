@@ -1,0 +1,3 @@
+//! labctl.
+mod store;
+fn main() {}
