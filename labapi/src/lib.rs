@@ -11,7 +11,9 @@ pub mod path;
 pub mod query;
 pub mod resource;
 pub mod status;
+pub mod table;
 
 pub use field::{Cause, CauseReason};
 pub use resource::{Kind, ResourceInfo};
 pub use status::ApiError;
+pub use table::IncludeObject;
