@@ -290,6 +290,15 @@ impl Store {
         Ok(Subscription { backlog, live })
     }
 
+    /// The objects of one kind now, and the events after them.
+    pub fn list_and_subscribe(&self, kind: Kind) -> (Vec<Arc<Value>>, u64, mpsc::UnboundedReceiver<Arc<Event>>) {
+        let mut inner = self.lock();
+        let items = inner.objects.get(&kind).map(|m| m.values().cloned().collect()).unwrap_or_default();
+        let (tx, live) = mpsc::unbounded_channel();
+        inner.subscribers.push(tx);
+        (items, inner.rv, live)
+    }
+
     /// Live events only, with the state they apply to: every object of every kind now.
     pub fn subscribe_now(&self) -> (HashMap<Kind, Vec<Arc<Value>>>, mpsc::UnboundedReceiver<Arc<Event>>) {
         let mut inner = self.lock();

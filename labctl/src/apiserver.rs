@@ -1,0 +1,32 @@
+//! The embedded Kubernetes API server: verbs over the store, HTTP and watches on top, TLS and
+//! bearer-token authentication in front.
+
+pub mod admission;
+mod http;
+pub mod select;
+pub mod verbs;
+pub mod watch;
+
+use std::sync::{Arc, Mutex};
+
+use crate::cluster::ClusterConfig;
+use crate::store::Store;
+
+pub use http::{ServeOptions, serve};
+
+/// The API: the store plus what the server decides about writes.
+pub struct Api {
+    /// Every object.
+    pub store: Arc<Store>,
+    /// The lab's shape (address ranges for the allocators).
+    pub cluster: ClusterConfig,
+    /// Held from reading the allocated addresses until the Service that takes one is stored.
+    alloc: Mutex<()>,
+}
+
+impl Api {
+    /// An API over a store.
+    pub fn new(store: Arc<Store>, cluster: ClusterConfig) -> Api {
+        Api { store, cluster, alloc: Mutex::new(()) }
+    }
+}

@@ -1,0 +1,131 @@
+//! The lab's controllers, in one thread: Deployments, ReplicaSets, the scheduler and node
+//! agent ("kubelet"), EndpointSlices and Endpoints, LoadBalancer addresses, garbage collection
+//! and namespace deletion.
+//!
+//! Level-triggered like Kubernetes' controllers: an event only says which object to look at;
+//! each reconcile reads the current state and writes what differs. A task queued twice runs
+//! once, so a burst of 1,000 Pod events recomputes a Service's slices a few times, not 1,000.
+
+mod deployment;
+mod endpoints;
+mod events;
+mod gc;
+mod kubelet;
+mod queue;
+mod replicaset;
+
+use std::sync::Arc;
+
+use labapi::Kind;
+use serde_json::Value;
+
+pub use kubelet::{ApiOnlyRuntime, PodRuntime, RuntimeError};
+
+use crate::apiserver::Api;
+use crate::store::{Event, EventType};
+use events::Recorder;
+use queue::{Task, WorkQueue};
+
+/// Shared by the reconcilers.
+struct Ctx {
+    api: Arc<Api>,
+    runtime: Arc<dyn PodRuntime>,
+    recorder: Recorder,
+}
+
+fn meta<'a>(obj: &'a Value, field: &str) -> &'a str {
+    obj["metadata"][field].as_str().unwrap_or("")
+}
+
+fn owner_uids(obj: &Value) -> impl Iterator<Item = &str> {
+    obj["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter_map(|r| r["uid"].as_str())
+}
+
+fn owner_named<'a>(obj: &'a Value, kind: &str) -> Option<&'a str> {
+    obj["metadata"]["ownerReferences"].as_array()?.iter().find(|r| r["kind"] == kind).and_then(|r| r["name"].as_str())
+}
+
+/// Which reconciles an event calls for.
+fn tasks_for(api: &Api, event: &Event, out: &mut Vec<Task>) {
+    let obj = &event.object;
+    let (ns, name) = (meta(obj, "namespace").to_string(), meta(obj, "name").to_string());
+    if event.event_type == EventType::Deleted && matches!(event.kind, Kind::Deployment | Kind::ReplicaSet | Kind::Service | Kind::Pod) {
+        out.push(Task::Collect(meta(obj, "uid").to_string()));
+    }
+    match event.kind {
+        Kind::Deployment => out.push(Task::Deployment(ns, name)),
+        Kind::ReplicaSet => {
+            if let Some(d) = owner_named(obj, "Deployment") {
+                out.push(Task::Deployment(ns.clone(), d.to_string()));
+            }
+            out.push(Task::ReplicaSet(ns, name));
+        }
+        Kind::Pod => {
+            if let Some(rs) = owner_named(obj, "ReplicaSet") {
+                out.push(Task::ReplicaSet(ns.clone(), rs.to_string()));
+            }
+            if event.event_type != EventType::Deleted {
+                out.push(Task::Pod(ns.clone(), name));
+            }
+            for svc in endpoints::services_selecting(api, &ns, [Some(obj.as_ref()), event.old.as_deref()]) {
+                out.push(Task::Service(ns.clone(), svc));
+            }
+        }
+        Kind::Service => out.push(Task::Service(ns, name)),
+        Kind::Namespace => {
+            if obj["metadata"]["deletionTimestamp"].is_string() {
+                out.push(Task::Namespace(name));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Starts the controllers on their own thread; they run until the process ends.
+pub fn start(api: Arc<Api>, runtime: Arc<dyn PodRuntime>) -> std::thread::JoinHandle<()> {
+    let (snapshot, mut events) = api.store.subscribe_now();
+    let mut queue = WorkQueue::default();
+    // Everything that exists may need work after a restart (Pods to start, slices to fix).
+    for kind in [Kind::Namespace, Kind::Deployment, Kind::ReplicaSet, Kind::Pod, Kind::Service] {
+        for obj in snapshot.get(&kind).into_iter().flatten() {
+            let event = Event { rv: 0, kind, event_type: EventType::Added, object: obj.clone(), old: None };
+            let mut tasks = Vec::new();
+            tasks_for(&api, &event, &mut tasks);
+            tasks.into_iter().for_each(|t| queue.push(t));
+        }
+    }
+    let ctx = Ctx { recorder: Recorder::new(api.clone()), api, runtime };
+    std::thread::Builder::new()
+        .name("controllers".into())
+        .spawn(move || {
+            let mut tasks = Vec::new();
+            loop {
+                while let Ok(e) = events.try_recv() {
+                    tasks_for(&ctx.api, &e, &mut tasks);
+                }
+                tasks.drain(..).for_each(|t| queue.push(t));
+                match queue.pop() {
+                    Some(task) => run(&ctx, task),
+                    None => match events.blocking_recv() {
+                        Some(e) => tasks_for(&ctx.api, &e, &mut tasks),
+                        None => return,
+                    },
+                }
+            }
+        })
+        .expect("spawning the controller thread")
+}
+
+fn run(ctx: &Ctx, task: Task) {
+    let result = match &task {
+        Task::Deployment(ns, name) => deployment::reconcile(ctx, ns, name),
+        Task::ReplicaSet(ns, name) => replicaset::reconcile(ctx, ns, name),
+        Task::Pod(ns, name) => kubelet::reconcile(ctx, ns, name),
+        Task::Service(ns, name) => endpoints::reconcile(ctx, ns, name),
+        Task::Collect(uid) => gc::collect(ctx, uid),
+        Task::Namespace(name) => gc::finish_namespace(ctx, name),
+    };
+    if let Err(e) = result {
+        tracing::warn!(?task, "reconcile failed: {}", e.message);
+    }
+}

@@ -1,0 +1,283 @@
+//! A Service's EndpointSlices (up to 100 endpoints each, as the EndpointSlice controller makes
+//! them), its read-only Endpoints mirror, and its LoadBalancer address from the lab's pool.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use labapi::selector::LabelSelector;
+use labapi::{ApiError, Kind};
+use serde_json::{Value, json};
+
+use super::{Ctx, meta};
+use crate::apiserver::Api;
+
+const MAX_ENDPOINTS_PER_SLICE: usize = 100;
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+
+fn selector_of(svc: &Value) -> Option<LabelSelector> {
+    let map = svc["spec"]["selector"].as_object().filter(|m| !m.is_empty())?;
+    Some(LabelSelector::from_map(map))
+}
+
+/// Names of the Services in `ns` whose selector matches any of `pods`.
+pub fn services_selecting<'a>(api: &Api, ns: &str, pods: impl IntoIterator<Item = Option<&'a Value>>) -> Vec<String> {
+    let pods: Vec<&Value> = pods.into_iter().flatten().collect();
+    let mut names = Vec::new();
+    for svc in api.store.list(Kind::Service, Some(ns)).0 {
+        if let Some(sel) = selector_of(&svc)
+            && pods.iter().any(|p| sel.matches(p["metadata"]["labels"].as_object()))
+        {
+            names.push(meta(&svc, "name").to_string());
+        }
+    }
+    names
+}
+
+fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+/// The port a Service port's targetPort means on this Pod: a number, or a container port name.
+fn target_port(port: &Value, pod: &Value) -> Option<i64> {
+    match &port["targetPort"] {
+        Value::Number(n) => n.as_i64(),
+        Value::String(name) => pod["spec"]["containers"]
+            .as_array()?
+            .iter()
+            .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+            .find(|p| p["name"] == name.as_str())
+            .and_then(|p| p["containerPort"].as_i64()),
+        _ => port["port"].as_i64(),
+    }
+}
+
+fn endpoint(pod: &Value) -> Value {
+    let terminating = pod["metadata"]["deletionTimestamp"].is_string();
+    let serving = is_ready(pod);
+    json!({
+        "addresses": [pod["status"]["podIP"]],
+        "conditions": {"ready": serving && !terminating, "serving": serving, "terminating": terminating},
+        "nodeName": pod["spec"]["nodeName"],
+        "targetRef": {"kind": "Pod", "name": pod["metadata"]["name"], "namespace": pod["metadata"]["namespace"], "uid": pod["metadata"]["uid"]},
+    })
+}
+
+/// Desired slices: endpoints grouped by their resolved ports, in chunks of 100.
+fn desired_slices(svc: &Value, pods: &[Arc<Value>]) -> Vec<(Vec<Value>, Vec<Value>)> {
+    let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    let mut groups: BTreeMap<Vec<(String, i64, String)>, Vec<Value>> = BTreeMap::new();
+    for pod in pods {
+        let resolved: Option<Vec<(String, i64, String)>> = ports
+            .iter()
+            .map(|p| {
+                let name = p["name"].as_str().unwrap_or("").to_string();
+                let protocol = p["protocol"].as_str().unwrap_or("TCP").to_string();
+                target_port(p, pod).map(|n| (name, n, protocol))
+            })
+            .collect();
+        if let Some(resolved) = resolved {
+            groups.entry(resolved).or_default().push(endpoint(pod));
+        }
+    }
+    let mut out = Vec::new();
+    for (ports, endpoints) in groups {
+        let ports: Vec<Value> = ports.into_iter().map(|(name, port, protocol)| json!({"name": name, "port": port, "protocol": protocol})).collect();
+        for chunk in endpoints.chunks(MAX_ENDPOINTS_PER_SLICE) {
+            out.push((ports.clone(), chunk.to_vec()));
+        }
+    }
+    out
+}
+
+fn endpoints_mirror(svc: &Value, slices: &[(Vec<Value>, Vec<Value>)]) -> Value {
+    let subsets: Vec<Value> = slices
+        .iter()
+        .filter(|(_, eps)| !eps.is_empty())
+        .map(|(ports, eps)| {
+            let address = |e: &Value| json!({"ip": e["addresses"][0], "nodeName": e["nodeName"], "targetRef": e["targetRef"]});
+            let ready: Vec<Value> = eps.iter().filter(|e| e["conditions"]["ready"] == true).map(address).collect();
+            let not_ready: Vec<Value> = eps.iter().filter(|e| e["conditions"]["ready"] != true && e["conditions"]["terminating"] != true).map(address).collect();
+            let mut subset = json!({"ports": ports});
+            if !ready.is_empty() {
+                subset["addresses"] = json!(ready);
+            }
+            if !not_ready.is_empty() {
+                subset["notReadyAddresses"] = json!(not_ready);
+            }
+            subset
+        })
+        .collect();
+    let mut e = json!({
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": svc["metadata"]["name"], "namespace": svc["metadata"]["namespace"], "labels": svc["metadata"]["labels"]},
+    });
+    if !e["metadata"]["labels"].is_object() {
+        e["metadata"].as_object_mut().map(|m| m.remove("labels"));
+    }
+    if !subsets.is_empty() {
+        e["subsets"] = json!(subsets);
+    }
+    e
+}
+
+/// The Service's own slices (by label), oldest name first.
+fn current_slices(api: &Api, ns: &str, name: &str) -> Vec<Arc<Value>> {
+    api.store.list(Kind::EndpointSlice, Some(ns)).0.into_iter().filter(|s| s["metadata"]["labels"][SERVICE_NAME_LABEL] == name).collect()
+}
+
+fn write_slices(ctx: &Ctx, svc: &Value, desired: Vec<(Vec<Value>, Vec<Value>)>) -> Result<(), ApiError> {
+    let (ns, name) = (meta(svc, "namespace"), meta(svc, "name"));
+    let store = &ctx.api.store;
+    let mut existing = current_slices(&ctx.api, ns, name).into_iter();
+    // A Service with no endpoints still has one (empty) slice, as on a real cluster.
+    let desired = if desired.is_empty() {
+        let ports: Vec<Value> = Vec::new();
+        vec![(ports, Vec::new())]
+    } else {
+        desired
+    };
+    for (ports, endpoints) in desired {
+        match existing.next() {
+            Some(slice) => {
+                store
+                    .modify(Kind::EndpointSlice, ns, meta(&slice, "name"), |s| -> Result<bool, ()> {
+                        s["ports"] = json!(ports);
+                        s["endpoints"] = json!(endpoints);
+                        Ok(true)
+                    })
+                    .map_err(|_| ApiError::internal("endpointslice update failed"))?;
+            }
+            None => {
+                let slice = json!({
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "kind": "EndpointSlice",
+                    "metadata": {
+                        "generateName": format!("{name}-"),
+                        "namespace": ns,
+                        "labels": {SERVICE_NAME_LABEL: name, "endpointslice.kubernetes.io/managed-by": MANAGED_BY},
+                        "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": svc["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}],
+                    },
+                    "addressType": "IPv4",
+                    "ports": ports,
+                    "endpoints": endpoints,
+                });
+                ctx.api.create_value(Kind::EndpointSlice, slice)?;
+            }
+        }
+    }
+    for extra in existing {
+        let _ = store.delete(Kind::EndpointSlice, ns, meta(&extra, "name"), None);
+    }
+    Ok(())
+}
+
+fn write_endpoints(ctx: &Ctx, mirror: Value) -> Result<(), ApiError> {
+    let store = &ctx.api.store;
+    let (ns, name) = (meta(&mirror, "namespace").to_string(), meta(&mirror, "name").to_string());
+    match store.get(Kind::Endpoints, &ns, &name) {
+        Some(_) => {
+            store
+                .modify(Kind::Endpoints, &ns, &name, |e| -> Result<bool, ()> {
+                    match mirror.get("subsets") {
+                        Some(s) => e["subsets"] = s.clone(),
+                        None => {
+                            e.as_object_mut().map(|o| o.remove("subsets"));
+                        }
+                    }
+                    Ok(true)
+                })
+                .map_err(|_| ApiError::internal("endpoints update failed"))?;
+        }
+        None => {
+            // Endpoints are read-only for clients; the controller writes them to the store.
+            let mut e = mirror;
+            crate::apiserver::admission::stamp_create(Kind::Endpoints, Some(&ns), &mut e)?;
+            let _ = store.create(Kind::Endpoints, e);
+        }
+    }
+    Ok(())
+}
+
+fn assign_load_balancer(ctx: &Ctx, svc: &Value) -> Result<(), ApiError> {
+    let (ns, name) = (meta(svc, "namespace"), meta(svc, "name"));
+    let is_lb = svc["spec"]["type"] == "LoadBalancer";
+    let has_ingress = svc["status"]["loadBalancer"]["ingress"].as_array().is_some_and(|i| !i.is_empty());
+    if is_lb == has_ingress {
+        return Ok(());
+    }
+    if !is_lb {
+        ctx.api
+            .store
+            .modify(Kind::Service, ns, name, |s| -> Result<bool, ()> {
+                s["status"]["loadBalancer"] = json!({});
+                Ok(true)
+            })
+            .map_err(|_| ApiError::internal("service status update failed"))?;
+        return Ok(());
+    }
+    ctx.recorder.record(Kind::Service, svc, "Normal", "EnsuringLoadBalancer", "Ensuring load balancer", "service-controller");
+    let used: HashSet<String> = ctx
+        .api
+        .store
+        .list(Kind::Service, None)
+        .0
+        .iter()
+        .flat_map(|s| s["status"]["loadBalancer"]["ingress"].as_array().cloned().unwrap_or_default())
+        .filter_map(|i| i["ip"].as_str().map(str::to_string))
+        .collect();
+    let (first, last) = ctx.api.cluster.load_balancer_pool;
+    let Some(ip) = (u32::from(first)..=u32::from(last)).map(Ipv4Addr::from).find(|ip| !used.contains(&ip.to_string())) else {
+        ctx.recorder.record(Kind::Service, svc, "Warning", "SyncLoadBalancerFailed", &format!("no free address in the lab's pool {first}-{last}"), "service-controller");
+        return Ok(());
+    };
+    let updated = ctx
+        .api
+        .store
+        .modify(Kind::Service, ns, name, |s| -> Result<bool, ()> {
+            s["status"]["loadBalancer"] = json!({"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]});
+            Ok(true)
+        })
+        .map_err(|_| ApiError::internal("service status update failed"))?;
+    if let Some(updated) = updated {
+        ctx.recorder.record(Kind::Service, &updated, "Normal", "EnsuredLoadBalancer", "Ensured load balancer", "service-controller");
+    }
+    Ok(())
+}
+
+/// Brings a Service's slices, Endpoints and LoadBalancer status up to date.
+pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
+    let store = &ctx.api.store;
+    let Some(svc) = store.get(Kind::Service, ns, name) else {
+        let _ = store.delete(Kind::Endpoints, ns, name, None);
+        for s in current_slices(&ctx.api, ns, name) {
+            let _ = store.delete(Kind::EndpointSlice, ns, meta(&s, "name"), None);
+        }
+        return Ok(());
+    };
+    assign_load_balancer(ctx, &svc)?;
+    let desired = if ns == "default" && name == "kubernetes" {
+        let cp = ctx.api.cluster.control_plane();
+        vec![(
+            vec![json!({"name": "https", "port": 6443, "protocol": "TCP"})],
+            vec![json!({"addresses": [cp.internal_ip.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}})],
+        )]
+    } else {
+        // Services without a selector have slices managed by someone else.
+        let Some(selector) = selector_of(&svc) else { return Ok(()) };
+        let mut pods: Vec<Arc<Value>> = store
+            .list(Kind::Pod, Some(ns))
+            .0
+            .into_iter()
+            .filter(|p| selector.matches(p["metadata"]["labels"].as_object()))
+            .filter(|p| p["status"]["podIP"].is_string())
+            .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+            .collect();
+        pods.sort_by(|a, b| meta(a, "name").cmp(meta(b, "name")));
+        desired_slices(&svc, &pods)
+    };
+    write_endpoints(ctx, endpoints_mirror(&svc, &desired))?;
+    write_slices(ctx, &svc, desired)
+}

@@ -1,0 +1,161 @@
+//! The scheduler and the node agent: a Pod is bound to the worker with the fewest Pods, gets
+//! an IP from that node's pod CIDR, and is started by the node's [`PodRuntime`]; a deleted Pod
+//! is stopped and then removed.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use labapi::{ApiError, Kind};
+use serde_json::{Value, json};
+
+use super::{Ctx, meta};
+use crate::apiserver::admission::now;
+use crate::cluster::NodeConfig;
+
+/// Why a Pod's containers could not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeError {
+    /// The waiting reason (`ErrImagePull`, `CrashLoopBackOff`, ...).
+    pub reason: String,
+    /// What went wrong, for the Event and the container status.
+    pub message: String,
+}
+
+/// What runs Pods on a node. The lab's kernel and userspace modes serve the hello-app
+/// component; [`ApiOnlyRuntime`] only reports Pods as running.
+pub trait PodRuntime: Send + Sync {
+    /// Starts the Pod's containers at `ip` on `node`.
+    fn start(&self, pod: &Value, node: &NodeConfig, ip: Ipv4Addr) -> Result<(), RuntimeError>;
+    /// Stops the Pod (drains, then frees its resources).
+    fn stop(&self, pod: &Value);
+}
+
+/// A runtime that serves nothing: Pods are Running and Ready in the API only.
+pub struct ApiOnlyRuntime;
+
+impl PodRuntime for ApiOnlyRuntime {
+    fn start(&self, _pod: &Value, _node: &NodeConfig, _ip: Ipv4Addr) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    fn stop(&self, _pod: &Value) {}
+}
+
+fn tolerates_control_plane(pod: &Value) -> bool {
+    pod["spec"]["tolerations"]
+        .as_array()
+        .is_some_and(|ts| ts.iter().any(|t| t["key"] == "node-role.kubernetes.io/control-plane" || (t["operator"] == "Exists" && t.get("key").is_none())))
+}
+
+fn pick_node<'a>(ctx: &'a Ctx, pod: &Value, pods: &[std::sync::Arc<Value>]) -> Option<&'a NodeConfig> {
+    let candidates = ctx.api.cluster.nodes.iter().filter(|n| !n.control_plane || tolerates_control_plane(pod));
+    candidates.min_by_key(|n| pods.iter().filter(|p| p["spec"]["nodeName"] == n.name.as_str()).count())
+}
+
+fn free_ip(node: &NodeConfig, pods: &[std::sync::Arc<Value>]) -> Option<Ipv4Addr> {
+    let used: HashSet<&str> = pods
+        .iter()
+        .filter(|p| p["spec"]["nodeName"] == node.name.as_str())
+        .filter_map(|p| p["status"]["podIP"].as_str())
+        .collect();
+    // .1 is the node's bridge, as with kind's CNI.
+    node.pod_cidr.hosts().skip(1).find(|ip| !used.contains(ip.to_string().as_str()))
+}
+
+fn condition(kind: &str, ts: &str) -> Value {
+    json!({"type": kind, "status": "True", "lastProbeTime": null, "lastTransitionTime": ts})
+}
+
+/// Schedules, starts or finishes deleting one Pod.
+pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
+    let store = &ctx.api.store;
+    let Some(pod) = store.get(Kind::Pod, ns, name) else { return Ok(()) };
+    if pod["metadata"]["deletionTimestamp"].is_string() {
+        ctx.runtime.stop(&pod);
+        let _ = store.delete(Kind::Pod, ns, name, Some(meta(&pod, "uid")));
+        return Ok(());
+    }
+    let (pods, _) = store.list(Kind::Pod, None);
+    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("").to_string();
+    if node_name.is_empty() {
+        let Some(node) = pick_node(ctx, &pod, &pods) else { return Ok(()) };
+        let node_name = node.name.clone();
+        let ts = now();
+        let bound = store
+            .modify(Kind::Pod, ns, name, |p| -> Result<bool, ()> {
+                p["spec"]["nodeName"] = json!(node_name);
+                p["status"]["phase"] = json!("Pending");
+                p["status"]["conditions"] = json!([condition("PodScheduled", &ts)]);
+                p["status"]["qosClass"] = json!("BestEffort");
+                Ok(true)
+            })
+            .map_err(|_| ApiError::internal("binding failed"))?;
+        if let Some(bound) = bound {
+            ctx.recorder.record(Kind::Pod, &bound, "Normal", "Scheduled", &format!("Successfully assigned {ns}/{name} to {node_name}"), "default-scheduler");
+        }
+        return Ok(());
+    }
+    if pod["status"]["phase"] != "Pending" || pod["status"]["podIP"].is_string() {
+        return Ok(());
+    }
+    let Some(node) = ctx.api.cluster.nodes.iter().find(|n| n.name == node_name) else { return Ok(()) };
+    let Some(ip) = free_ip(node, &pods) else {
+        ctx.recorder.record(Kind::Pod, &pod, "Warning", "FailedCreatePodSandBox", &format!("no free address in {}", node.pod_cidr), "kubelet");
+        return Ok(());
+    };
+    let ts = now();
+    let containers: Vec<Value> = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let result = ctx.runtime.start(&pod, node, ip);
+    let statuses: Vec<Value> = containers
+        .iter()
+        .map(|c| {
+            let image = c["image"].as_str().unwrap_or("");
+            let state = match &result {
+                Ok(()) => json!({"running": {"startedAt": ts}}),
+                Err(e) => json!({"waiting": {"reason": e.reason, "message": e.message}}),
+            };
+            json!({
+                "name": c["name"], "image": image, "imageID": format!("{image}@lab"),
+                "containerID": format!("wasm://{}-{}", meta(&pod, "uid"), c["name"].as_str().unwrap_or("")),
+                "ready": result.is_ok(), "started": result.is_ok(), "restartCount": 0,
+                "lastState": {}, "state": state,
+            })
+        })
+        .collect();
+    let ip_text = ip.to_string();
+    let host_ip = node.internal_ip.to_string();
+    let ok = result.is_ok();
+    let started = store
+        .modify(Kind::Pod, ns, name, |p| -> Result<bool, ()> {
+            let status = &mut p["status"];
+            status["phase"] = json!(if ok { "Running" } else { "Pending" });
+            status["podIP"] = json!(ip_text);
+            status["podIPs"] = json!([{"ip": ip_text}]);
+            status["hostIP"] = json!(host_ip);
+            status["hostIPs"] = json!([{"ip": host_ip}]);
+            status["startTime"] = json!(ts);
+            status["containerStatuses"] = json!(statuses);
+            let mut conditions = vec![json!({"type": "PodReadyToStartContainers", "status": "True", "lastProbeTime": null, "lastTransitionTime": ts}), condition("Initialized", &ts)];
+            let ready = if ok { "True" } else { "False" };
+            for c in ["Ready", "ContainersReady"] {
+                conditions.push(json!({"type": c, "status": ready, "lastProbeTime": null, "lastTransitionTime": ts}));
+            }
+            conditions.push(condition("PodScheduled", &ts));
+            status["conditions"] = json!(conditions);
+            Ok(true)
+        })
+        .map_err(|_| ApiError::internal("pod status update failed"))?;
+    let Some(started) = started else { return Ok(()) };
+    match &result {
+        Ok(()) => {
+            for c in &containers {
+                let (cname, image) = (c["name"].as_str().unwrap_or(""), c["image"].as_str().unwrap_or(""));
+                ctx.recorder.record(Kind::Pod, &started, "Normal", "Pulled", &format!("Container image \"{image}\" already present on machine"), "kubelet");
+                ctx.recorder.record(Kind::Pod, &started, "Normal", "Created", &format!("Created container: {cname}"), "kubelet");
+                ctx.recorder.record(Kind::Pod, &started, "Normal", "Started", &format!("Started container {cname}"), "kubelet");
+            }
+        }
+        Err(e) => ctx.recorder.record(Kind::Pod, &started, "Warning", "Failed", &e.message, "kubelet"),
+    }
+    Ok(())
+}
