@@ -6,9 +6,11 @@
 //! objects. The server in `labctl` only moves bytes and stores results.
 
 pub mod field;
+pub mod patch;
 pub mod resource;
 pub mod status;
 
 pub use field::{Cause, CauseReason};
+pub use patch::{PatchType, apply_patch};
 pub use resource::{Kind, ResourceInfo};
 pub use status::ApiError;
