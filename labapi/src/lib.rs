@@ -8,9 +8,11 @@
 pub mod field;
 pub mod patch;
 pub mod resource;
+pub mod selector;
 pub mod status;
 
 pub use field::{Cause, CauseReason};
 pub use patch::{PatchType, apply_patch};
 pub use resource::{Kind, ResourceInfo};
+pub use selector::{FieldSelector, LabelSelector};
 pub use status::ApiError;
