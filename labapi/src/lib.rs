@@ -7,13 +7,17 @@
 
 pub mod discovery;
 pub mod field;
+pub mod patch;
 pub mod path;
 pub mod query;
 pub mod resource;
+pub mod selector;
 pub mod status;
 pub mod table;
 
 pub use field::{Cause, CauseReason};
+pub use patch::{PatchType, apply_patch};
 pub use resource::{Kind, ResourceInfo};
+pub use selector::{FieldSelector, LabelSelector};
 pub use status::ApiError;
 pub use table::IncludeObject;
