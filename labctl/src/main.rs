@@ -1,3 +1,176 @@
-//! labctl.
-mod store;
-fn main() {}
+//! `labctl`: bring up the embedded lab cluster and point kubectl at it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use labctl::lab::{self, LabDir};
+
+/// Services Lab: the Kubernetes Services tutorial on an embedded lab cluster.
+#[derive(Parser)]
+#[command(version, about, long_about = None, after_help = "Examples:\n  labctl up\n  export KUBECONFIG=$(labctl kubeconfig --path)\n  kubectl get nodes -o wide\n  labctl down --purge")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct LabArgs {
+    /// The lab's name (node names start with it, as on kind).
+    #[arg(long, default_value = "lab", env = "LABCTL_NAME")]
+    name: String,
+    /// Where labs keep their state [default: $XDG_STATE_HOME/services-lab or ~/.local/state/services-lab].
+    #[arg(long, env = "LABCTL_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl LabArgs {
+    fn base(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(lab::default_state_base)
+    }
+    fn dir(&self) -> LabDir {
+        LabDir::new(&self.name, &self.base())
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the embedded lab cluster (in the background unless --foreground) and wait until
+    /// its API answers.
+    #[command(after_help = "Examples:\n  labctl up\n  labctl up --name demo --workers 3 --merge-kubeconfig")]
+    Up {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Worker nodes (pod CIDRs 10.244.1.0/24, 10.244.2.0/24, ...); fixed when the lab is created.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=50))]
+        workers: u8,
+        /// Run in this terminal until Ctrl-C instead of in the background.
+        #[arg(long)]
+        foreground: bool,
+        /// Also add the lab to ~/.kube/config (or $KUBECONFIG) as context labctl-<name> and make it current.
+        #[arg(long)]
+        merge_kubeconfig: bool,
+    },
+    /// Stop the lab's server; with --purge also delete its stored objects and credentials.
+    Down {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Delete the lab's state directory (objects, credentials, kubeconfig).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Print the lab's kubeconfig (like `kind get kubeconfig`).
+    #[command(after_help = "Examples:\n  labctl kubeconfig > lab.yaml\n  export KUBECONFIG=$(labctl kubeconfig --path)")]
+    Kubeconfig {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Print the kubeconfig file's path instead of its contents.
+        #[arg(long)]
+        path: bool,
+        /// Merge it into ~/.kube/config (or $KUBECONFIG) as context labctl-<name>.
+        #[arg(long)]
+        merge: bool,
+    },
+    /// Say whether the lab runs, where, and where its files are.
+    Status {
+        #[command(flatten)]
+        lab: LabArgs,
+    },
+    /// Run the lab's server in this process (what `labctl up` starts in the background).
+    #[command(hide = true)]
+    Serve {
+        #[command(flatten)]
+        lab: LabArgs,
+    },
+}
+
+fn user_kubeconfig() -> PathBuf {
+    if let Some(first) = std::env::var_os("KUBECONFIG").and_then(|v| std::env::split_paths(&v).next()).filter(|p| !p.as_os_str().is_empty()) {
+        return first;
+    }
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".kube/config")
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LABCTL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Up { lab, workers, foreground, merge_kubeconfig } => {
+            let dir = lab.dir();
+            let (config, _) = dir.create(usize::from(workers))?;
+            if config.cluster.nodes.len() != usize::from(workers) + 1 && workers != 2 {
+                eprintln!("note: lab {:?} already exists with {} workers; --workers applies to new labs only", lab.name, config.cluster.nodes.len() - 1);
+            }
+            if merge_kubeconfig {
+                let path = user_kubeconfig();
+                let text = std::fs::read_to_string(dir.kubeconfig_path())?;
+                lab::merge_kubeconfig(&path, &text, &lab.name, false)?;
+                eprintln!("Added context {} to {} and made it current.", lab::context_name(&lab.name), path.display());
+            }
+            if foreground {
+                init_tracing();
+                let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                return rt.block_on(lab::serve(&dir));
+            }
+            let pid = lab::start_background(&dir, &lab.base(), Duration::from_secs(30))?;
+            println!("Lab {:?} is up: API at https://127.0.0.1:{} (pid {pid}, log {}).", lab.name, config.port, dir.log_path().display());
+            println!("Use it with kubectl:\n  export KUBECONFIG={}\n  kubectl get nodes -o wide", dir.kubeconfig_path().display());
+            Ok(())
+        }
+        Cmd::Down { lab, purge } => {
+            let dir = lab.dir();
+            let was_running = lab::stop(&dir, Duration::from_secs(10))?;
+            let merged = user_kubeconfig();
+            if std::fs::read_to_string(&merged).is_ok_and(|t| t.contains(&lab::context_name(&lab.name))) {
+                lab::merge_kubeconfig(&merged, "{}", &lab.name, true)?;
+                eprintln!("Removed context {} from {}.", lab::context_name(&lab.name), merged.display());
+            }
+            if purge && dir.root.exists() {
+                std::fs::remove_dir_all(&dir.root).with_context(|| format!("deleting {}", dir.root.display()))?;
+            }
+            match (was_running, purge) {
+                (true, true) => println!("Lab {:?} stopped and its state deleted.", lab.name),
+                (true, false) => println!("Lab {:?} stopped; its objects are kept in {} (`labctl up` resumes, `--purge` deletes).", lab.name, dir.root.display()),
+                (false, true) => println!("Lab {:?} was not running; its state is deleted.", lab.name),
+                (false, false) => println!("Lab {:?} was not running.", lab.name),
+            }
+            Ok(())
+        }
+        Cmd::Kubeconfig { lab, path, merge } => {
+            let dir = lab.dir();
+            if dir.config()?.is_none() {
+                anyhow::bail!("lab {:?} does not exist under {}; run `labctl up` first", lab.name, dir.root.display());
+            }
+            let text = std::fs::read_to_string(dir.kubeconfig_path()).with_context(|| format!("reading {}", dir.kubeconfig_path().display()))?;
+            if merge {
+                let target = user_kubeconfig();
+                lab::merge_kubeconfig(&target, &text, &lab.name, false)?;
+                eprintln!("Added context {} to {} and made it current.", lab::context_name(&lab.name), target.display());
+            } else if path {
+                println!("{}", dir.kubeconfig_path().display());
+            } else {
+                print!("{text}");
+            }
+            Ok(())
+        }
+        Cmd::Status { lab } => {
+            let dir = lab.dir();
+            match (dir.config()?, dir.running_pid()) {
+                (None, _) => println!("Lab {:?} does not exist (state directory {}).", lab.name, dir.root.display()),
+                (Some(c), Some(pid)) => println!("Lab {:?} is running: https://127.0.0.1:{} (pid {pid}), {} nodes, kubeconfig {}.", lab.name, c.port, c.cluster.nodes.len(), dir.kubeconfig_path().display()),
+                (Some(_), None) => println!("Lab {:?} is stopped; `labctl up --name {}` resumes it.", lab.name, lab.name),
+            }
+            Ok(())
+        }
+        Cmd::Serve { lab } => {
+            init_tracing();
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(lab::serve(&lab.dir()))
+        }
+    }
+}

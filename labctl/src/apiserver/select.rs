@@ -52,7 +52,7 @@ impl Selection {
         {
             return false;
         }
-        let labels_ok = self.labels.as_ref().is_none_or(|l| l.matches(obj["metadata"]["labels"].as_object()));
+        let labels_ok = self.labels.as_ref().is_none_or(|l| l.matches_object(obj));
         labels_ok && self.fields.as_ref().is_none_or(|f| f.matches(obj))
     }
 }

@@ -27,7 +27,7 @@ pub fn services_selecting<'a>(api: &Api, ns: &str, pods: impl IntoIterator<Item 
     let mut names = Vec::new();
     for svc in api.store.list(Kind::Service, Some(ns)).0 {
         if let Some(sel) = selector_of(&svc)
-            && pods.iter().any(|p| sel.matches(p["metadata"]["labels"].as_object()))
+            && pods.iter().any(|p| sel.matches_object(p))
         {
             names.push(meta(&svc, "name").to_string());
         }
@@ -271,7 +271,7 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
             .list(Kind::Pod, Some(ns))
             .0
             .into_iter()
-            .filter(|p| selector.matches(p["metadata"]["labels"].as_object()))
+            .filter(|p| selector.matches_object(p))
             .filter(|p| p["status"]["podIP"].is_string())
             .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
             .collect();

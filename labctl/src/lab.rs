@@ -1,0 +1,299 @@
+//! A lab on disk and as a process: its state directory, configuration, kubeconfig, and the
+//! `up` / `down` / `serve` lifecycle of the embedded lab cluster.
+
+use std::fs;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
+use labapi::Kind;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::apiserver::{self, Api, ServeOptions};
+use crate::cluster::ClusterConfig;
+use crate::controllers::{self, ApiOnlyRuntime};
+use crate::pki::Credentials;
+use crate::store::Store;
+
+/// Where a lab keeps its files.
+#[derive(Debug, Clone)]
+pub struct LabDir {
+    /// The lab's name.
+    pub name: String,
+    /// Its directory.
+    pub root: PathBuf,
+}
+
+/// What is fixed when a lab is first created.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabConfig {
+    /// Nodes and address ranges.
+    pub cluster: ClusterConfig,
+    /// The API server's port on 127.0.0.1.
+    pub port: u16,
+}
+
+/// The default base for state directories: `$XDG_STATE_HOME/services-lab`, else
+/// `~/.local/state/services-lab`.
+pub fn default_state_base() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("services-lab");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/state/services-lab")
+}
+
+impl LabDir {
+    /// The directory of lab `name` under `base`.
+    pub fn new(name: &str, base: &Path) -> LabDir {
+        LabDir { name: name.to_string(), root: base.join(name) }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// The lab's kubeconfig file.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.file("kubeconfig")
+    }
+
+    /// The server's log.
+    pub fn log_path(&self) -> PathBuf {
+        self.file("labctl.log")
+    }
+
+    /// The running server's PID file.
+    pub fn pid_path(&self) -> PathBuf {
+        self.file("labctl.pid")
+    }
+
+    fn ready_path(&self) -> PathBuf {
+        self.file("ready")
+    }
+
+    /// The stored configuration, if the lab was created.
+    pub fn config(&self) -> Result<Option<LabConfig>> {
+        let path = self.file("config.json");
+        match fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map(Some).with_context(|| format!("{} is not a valid lab configuration; `labctl down --purge --name {}` starts over", path.display(), self.name)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Creates the directory, configuration, credentials and kubeconfig on first use.
+    pub fn create(&self, workers: usize) -> Result<(LabConfig, Credentials)> {
+        fs::create_dir_all(&self.root).with_context(|| format!("creating the lab's state directory {}", self.root.display()))?;
+        let config = match self.config()? {
+            Some(c) => c,
+            None => {
+                let c = LabConfig { cluster: ClusterConfig::new(&self.name, workers), port: free_port()? };
+                write_private(&self.file("config.json"), &serde_json::to_string_pretty(&c)?)?;
+                c
+            }
+        };
+        let creds = Credentials::load_or_create(&self.root)?;
+        write_private(&self.kubeconfig_path(), &kubeconfig(&self.name, config.port, &creds))?;
+        Ok((config, creds))
+    }
+
+    /// The PID of the lab's server, if it runs.
+    pub fn running_pid(&self) -> Option<i32> {
+        let pid: i32 = fs::read_to_string(self.pid_path()).ok()?.trim().parse().ok()?;
+        // A PID file left by a crash may name a process that is something else now.
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let is_lab = cmdline.split(|b| *b == 0).any(|arg| arg == b"serve") && String::from_utf8_lossy(&cmdline).contains("labctl");
+        is_lab.then_some(pid)
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port on 127.0.0.1")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The context (and cluster and user) name of lab `name` in kubeconfigs.
+pub fn context_name(name: &str) -> String {
+    format!("labctl-{name}")
+}
+
+/// A kubeconfig for the lab: its CA, its address, its token.
+pub fn kubeconfig(name: &str, port: u16, creds: &Credentials) -> String {
+    let ctx = context_name(name);
+    let ca = base64::engine::general_purpose::STANDARD.encode(creds.ca_pem.as_bytes());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {ctx}\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority-data: {ca}\ncontexts:\n- name: {ctx}\n  context:\n    cluster: {ctx}\n    user: {ctx}\n    namespace: default\ncurrent-context: {ctx}\nusers:\n- name: {ctx}\n  user:\n    token: {token}\npreferences: {{}}\n",
+        token = creds.token
+    )
+}
+
+/// Merges (or, with `remove`, takes out) the lab's entries in the kubeconfig at `path`.
+pub fn merge_kubeconfig(path: &Path, lab_config: &str, name: &str, remove: bool) -> Result<()> {
+    let ctx = context_name(name);
+    let mut doc: serde_yaml::Value = match fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => serde_yaml::from_str(&text).with_context(|| format!("{} is not valid YAML; fix it or merge by hand", path.display()))?,
+        Ok(_) => serde_yaml::from_str("{apiVersion: v1, kind: Config}")?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if remove {
+                return Ok(());
+            }
+            serde_yaml::from_str("{apiVersion: v1, kind: Config}")?
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let lab: serde_yaml::Value = serde_yaml::from_str(lab_config)?;
+    for section in ["clusters", "contexts", "users"] {
+        let list = doc.get_mut(section).and_then(|v| v.as_sequence_mut()).map(std::mem::take).unwrap_or_default();
+        let mut list: Vec<serde_yaml::Value> = list.into_iter().filter(|e| e.get("name").and_then(|n| n.as_str()) != Some(ctx.as_str())).collect();
+        if !remove {
+            list.extend(lab[section].as_sequence().cloned().unwrap_or_default());
+        }
+        doc[section] = serde_yaml::Value::Sequence(list);
+    }
+    if remove {
+        if doc.get("current-context").and_then(|c| c.as_str()) == Some(ctx.as_str()) {
+            doc["current-context"] = serde_yaml::Value::String(String::new());
+        }
+    } else {
+        doc["current-context"] = serde_yaml::Value::String(ctx);
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_private(path, &serde_yaml::to_string(&doc)?)
+}
+
+/// The objects a fresh cluster has: namespaces, nodes, `default/kubernetes`.
+pub fn seed(api: &Api) -> Result<()> {
+    let mut objects = Vec::new();
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        objects.push((Kind::Namespace, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})));
+    }
+    for node in api.cluster.node_objects() {
+        objects.push((Kind::Node, node));
+    }
+    objects.push((
+        Kind::Service,
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": api.cluster.kubernetes_service_ip().to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+        }),
+    ));
+    for (kind, obj) in objects {
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if api.store.get(kind, &ns, &name).is_some() {
+            continue;
+        }
+        api.create_value(kind, obj).map_err(|e| anyhow!("creating the built-in {} {name}: {}", kind.info().singular, e.message))?;
+    }
+    Ok(())
+}
+
+/// Runs the lab's API server and controllers in this process until SIGTERM or SIGINT.
+pub async fn serve(dir: &LabDir) -> Result<()> {
+    let config = dir.config()?.ok_or_else(|| anyhow!("lab {:?} does not exist under {}; run `labctl up` first", dir.name, dir.root.display()))?;
+    let creds = Credentials::load_or_create(&dir.root)?;
+    let store = Store::open(&dir.file("store.sqlite")).with_context(|| format!("opening the lab's store in {}", dir.root.display()))?;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}: the port is in use (is the lab already up? `labctl status`), or another program holds it"))?;
+    let api = Arc::new(Api::new(Arc::new(store), config.cluster.clone()));
+    seed(&api)?;
+    controllers::start(api.clone(), Arc::new(ApiOnlyRuntime));
+    write_private(&dir.pid_path(), &std::process::id().to_string())?;
+    write_private(&dir.ready_path(), "")?;
+    tracing::info!(%addr, "lab {} serving", dir.name);
+    let opts = ServeOptions { tls: creds.server_config()?, token: creds.token.clone(), address: addr.to_string() };
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    apiserver::serve(api, listener, opts, shutdown).await.context("serving the API")?;
+    let _ = fs::remove_file(dir.ready_path());
+    let _ = fs::remove_file(dir.pid_path());
+    tracing::info!("lab {} stopped", dir.name);
+    Ok(())
+}
+
+/// Starts the lab's server in the background and waits until it answers.
+pub fn start_background(dir: &LabDir, base: &Path, timeout: Duration) -> Result<i32> {
+    if let Some(pid) = dir.running_pid() {
+        return Ok(pid);
+    }
+    let _ = fs::remove_file(dir.ready_path());
+    let log = fs::OpenOptions::new().create(true).append(true).open(dir.log_path()).with_context(|| format!("opening {}", dir.log_path().display()))?;
+    let exe = std::env::current_exe().context("finding the labctl executable")?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--name", &dir.name, "--state-dir"])
+        .arg(base)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C in the shell that ran `labctl up` leaves it alone.
+        .process_group(0)
+        .spawn()
+        .context("starting the lab's server process")?;
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if dir.ready_path().exists() {
+            return Ok(child.id() as i32);
+        }
+        if let Some(status) = child.try_wait()? {
+            let tail = fs::read_to_string(dir.log_path()).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!("the lab's server exited ({status}) before it was ready; its log ({}) ends with:\n{}", dir.log_path().display(), tail.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("the lab's server did not become ready within {timeout:?}; see {}", dir.log_path().display())
+}
+
+/// Stops the lab's server (SIGTERM, then SIGKILL after `grace`). Returns whether one ran.
+pub fn stop(dir: &LabDir, grace: Duration) -> Result<bool> {
+    let Some(pid) = dir.running_pid() else {
+        let _ = fs::remove_file(dir.pid_path());
+        let _ = fs::remove_file(dir.ready_path());
+        return Ok(false);
+    };
+    let target = rustix::process::Pid::from_raw(pid).ok_or_else(|| anyhow!("invalid pid {pid}"))?;
+    let _ = rustix::process::kill_process(target, rustix::process::Signal::TERM);
+    let started = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() && started.elapsed() < grace {
+        if fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z'))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if dir.running_pid().is_some() {
+        let _ = rustix::process::kill_process(target, rustix::process::Signal::KILL);
+    }
+    let _ = fs::remove_file(dir.pid_path());
+    let _ = fs::remove_file(dir.ready_path());
+    Ok(true)
+}

@@ -1,0 +1,10 @@
+//! Services Lab's command line and its embedded lab cluster: a Kubernetes API server that the
+//! real kubectl drives, with the controllers that make Deployments, Pods, Services and
+//! EndpointSlices behave as on a real cluster.
+
+pub mod apiserver;
+pub mod cluster;
+pub mod controllers;
+pub mod lab;
+pub mod pki;
+pub mod store;

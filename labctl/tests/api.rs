@@ -1,0 +1,146 @@
+//! The lab's API through kube-rs and raw HTTP: bad input is refused and changes nothing,
+//! watches resume across a restart, and acknowledged writes survive `kill -9`.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::json;
+use support::Lab;
+
+fn service(name: &str) -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }))
+    .unwrap()
+}
+
+fn status_of(e: kube::Error) -> (u16, String, String) {
+    match e {
+        kube::Error::Api(s) => (s.code, s.reason.clone(), s.message.clone()),
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+async fn raw(client: &kube::Client, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> (u16, String) {
+    let req = http::Request::builder().method(method).uri(path).header("Content-Type", content_type).body(body).unwrap();
+    match client.request_text(req).await {
+        Ok(text) => (200, text),
+        Err(e) => {
+            let (code, reason, message) = status_of(e);
+            (code, format!("{reason}: {message}"))
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_status_and_changes_nothing() {
+    let lab = Lab::start();
+    let client = lab.client().await;
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let created = svcs.create(&PostParams::default(), &service("web")).await.unwrap();
+    let rv_before = svcs.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+
+    let (code, text) = raw(&client, "POST", "/api/v1/namespaces/default/services", "application/json", b"{not json".to_vec()).await;
+    assert_eq!(code, 400, "{text}");
+    let (code, text) = raw(&client, "POST", "/api/v1/namespaces/default/services", "application/json", vec![b' '; 4 * 1024 * 1024]).await;
+    assert_eq!(code, 413, "{text}");
+
+    let mut bad_port = service("bad");
+    bad_port.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 70000;
+    let (code, reason, message) = status_of(svcs.create(&PostParams::default(), &bad_port).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    assert_eq!(message, r#"Service "bad" is invalid: spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive"#);
+
+    let (code, reason, _) = status_of(svcs.create(&PostParams::default(), &service("Not_A_Name")).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+
+    let mut stale = created.clone();
+    stale.metadata.resource_version = Some("1".into());
+    stale.spec.as_mut().unwrap().type_ = Some("NodePort".into());
+    let (code, reason, _) = status_of(svcs.replace("web", &PostParams::default(), &stale).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+
+    let (code, reason, _) = status_of(svcs.create(&PostParams::default(), &service("web")).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (409, "AlreadyExists"));
+
+    // No credentials: 401, and nothing is revealed.
+    let text = std::fs::read_to_string(lab.kubeconfig()).unwrap();
+    let token_line = text.lines().find(|l| l.trim_start().starts_with("token:")).unwrap();
+    let forged = text.replace(token_line, "    token: not-the-token");
+    let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::from_yaml(&forged).unwrap(), &Default::default()).await.unwrap();
+    let intruder: Api<Service> = Api::namespaced(kube::Client::try_from(config).unwrap(), "default");
+    let (code, reason, _) = status_of(intruder.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (401, "Unauthorized"));
+
+    let after = svcs.list(&ListParams::default()).await.unwrap();
+    assert_eq!(after.metadata.resource_version.unwrap(), rv_before, "a refused request changed the store");
+    assert_eq!(after.items.iter().filter(|s| s.metadata.name.as_deref() != Some("kubernetes")).count(), 1);
+}
+
+async fn next(names: &mut futures::stream::BoxStream<'static, Result<String, watcher::Error>>) -> String {
+    tokio::time::timeout(Duration::from_secs(20), names.next()).await.expect("an event in time").expect("the stream goes on").expect("no watch error")
+}
+
+#[tokio::test]
+async fn a_kube_rs_watcher_lists_watches_and_resumes_after_a_restart() {
+    let lab = Lab::start();
+    let svcs: Api<Service> = Api::namespaced(lab.client().await, "default");
+    let mut names = watcher(svcs.clone(), watcher::Config::default().timeout(5))
+        .default_backoff()
+        .try_filter_map(|e| async move {
+            Ok(match e {
+                watcher::Event::Apply(s) | watcher::Event::InitApply(s) => s.metadata.name,
+                _ => None,
+            })
+        })
+        .boxed();
+    assert_eq!(next(&mut names).await, "kubernetes");
+    svcs.create(&PostParams::default(), &service("first")).await.unwrap();
+    assert_eq!(next(&mut names).await, "first");
+
+    lab.kill9();
+    lab.up();
+    let svcs: Api<Service> = Api::namespaced(lab.client().await, "default");
+    svcs.create(&PostParams::default(), &service("second")).await.unwrap();
+    let mut seen = Vec::new();
+    while !seen.contains(&"second".to_string()) {
+        seen.push(next(&mut names).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9() {
+    let lab = Lab::start();
+    let svcs: Api<Service> = Api::namespaced(lab.client().await, "default");
+    let writer = {
+        let svcs = svcs.clone();
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0..2000 {
+                let name = format!("svc-{i}");
+                match svcs.create(&PostParams::default(), &service(&name)).await {
+                    Ok(_) => acknowledged.push(name),
+                    Err(_) => break,
+                }
+            }
+            acknowledged
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let lab_ref = &lab;
+    tokio::task::block_in_place(|| lab_ref.kill9());
+    let acknowledged = writer.await.unwrap();
+    assert!(acknowledged.len() > 10 && acknowledged.len() < 2000, "the kill landed mid-stream ({} writes)", acknowledged.len());
+    lab.up();
+    let svcs: Api<Service> = Api::namespaced(lab.client().await, "default");
+    let stored: std::collections::HashSet<String> = svcs.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|s| s.metadata.name).collect();
+    let lost: Vec<&String> = acknowledged.iter().filter(|n| !stored.contains(*n)).collect();
+    assert!(lost.is_empty(), "{} acknowledged writes lost: {lost:?}", lost.len());
+}
