@@ -5,10 +5,12 @@
 //! a selector picks, what `kubectl get` prints) is a function here over `serde_json::Value`
 //! objects. The server in `labctl` only moves bytes and stores results.
 
+pub mod decode;
 pub mod field;
 pub mod resource;
 pub mod status;
 
+pub use decode::{FieldValidation, decode};
 pub use field::{Cause, CauseReason};
 pub use resource::{Kind, ResourceInfo};
 pub use status::ApiError;
