@@ -327,4 +327,4 @@ fn prune(input: &mut Value, typed: &Value, path: &str, unknown: &mut Vec<String>
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

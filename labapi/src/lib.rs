@@ -6,11 +6,13 @@
 //! objects. The server in `labctl` only moves bytes and stores results.
 
 pub mod decode;
+pub mod defaults;
 pub mod field;
 pub mod resource;
 pub mod status;
 
 pub use decode::{FieldValidation, decode};
+pub use defaults::apply_defaults;
 pub use field::{Cause, CauseReason};
 pub use resource::{Kind, ResourceInfo};
 pub use status::ApiError;
