@@ -5,6 +5,8 @@
 //! a selector picks, what `kubectl get` prints) is a function here over `serde_json::Value`
 //! objects. The server in `labctl` only moves bytes and stores results.
 
+pub mod decode;
+pub mod defaults;
 pub mod discovery;
 pub mod field;
 pub mod patch;
@@ -15,6 +17,8 @@ pub mod selector;
 pub mod status;
 pub mod table;
 
+pub use decode::{FieldValidation, decode};
+pub use defaults::apply_defaults;
 pub use field::{Cause, CauseReason};
 pub use patch::{PatchType, apply_patch};
 pub use resource::{Kind, ResourceInfo};
