@@ -10,9 +10,11 @@ pub mod defaults;
 pub mod field;
 pub mod resource;
 pub mod status;
+pub mod validate;
 
 pub use decode::{FieldValidation, decode};
 pub use defaults::apply_defaults;
 pub use field::{Cause, CauseReason};
 pub use resource::{Kind, ResourceInfo};
 pub use status::ApiError;
+pub use validate::{validate, validate_update};
