@@ -219,7 +219,8 @@ fn check_type(info: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
                     "couldn't get version/kind; json parse error: json: cannot unmarshal {} into Go struct field .{key} of type string",
                     go_json_type(other)
                 ),
-                &serde_json::to_vec(other).unwrap_or_default(),
+                // The body as parsed: close to the bytes sent, which this step no longer has.
+                &serde_json::to_vec(&*map).unwrap_or_default(),
             )),
         }
     };

@@ -16,6 +16,7 @@ pub mod resource;
 pub mod selector;
 pub mod status;
 pub mod table;
+pub mod validate;
 
 pub use decode::{FieldValidation, decode};
 pub use defaults::apply_defaults;
@@ -25,3 +26,4 @@ pub use resource::{Kind, ResourceInfo};
 pub use selector::{FieldSelector, LabelSelector};
 pub use status::ApiError;
 pub use table::IncludeObject;
+pub use validate::{validate, validate_update};

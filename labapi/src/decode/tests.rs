@@ -302,3 +302,12 @@ fn typed_reads_objects_and_words_failures_as_decode_errors() {
         e.message
     );
 }
+
+#[test]
+fn a_non_string_kind_is_unrecognized() {
+    let e = strict(Kind::Service, &json!({ "kind": 7 })).unwrap_err();
+    assert_eq!(
+        e.message,
+        r#"the object provided is unrecognized (must be of type Service): couldn't get version/kind; json parse error: json: cannot unmarshal number into Go struct field .kind of type string ({"kind":7})"#
+    );
+}
