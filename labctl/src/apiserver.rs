@@ -27,6 +27,10 @@ pub struct Api {
 impl Api {
     /// An API over a store.
     pub fn new(store: Arc<Store>, cluster: ClusterConfig) -> Api {
-        Api { store, cluster, alloc: Mutex::new(()) }
+        Api {
+            store,
+            cluster,
+            alloc: Mutex::new(()),
+        }
     }
 }

@@ -50,7 +50,8 @@ impl ClusterConfig {
             nodes.push(NodeConfig {
                 name: format!("{name}-worker{suffix}"),
                 internal_ip: Ipv4Addr::new(172, 18, 0, 2 + i as u8),
-                pod_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, i as u8, 0), 24).expect("valid prefix"),
+                pod_cidr: Ipv4Net::new(Ipv4Addr::new(10, 244, i as u8, 0), 24)
+                    .expect("valid prefix"),
                 control_plane: false,
             });
         }
@@ -59,7 +60,10 @@ impl ClusterConfig {
             nodes,
             service_cidr: "10.96.0.0/12".parse().expect("valid CIDR"),
             node_port_range: (30000, 32767),
-            load_balancer_pool: (Ipv4Addr::new(172, 18, 255, 200), Ipv4Addr::new(172, 18, 255, 250)),
+            load_balancer_pool: (
+                Ipv4Addr::new(172, 18, 255, 200),
+                Ipv4Addr::new(172, 18, 255, 250),
+            ),
         }
     }
 
@@ -70,7 +74,10 @@ impl ClusterConfig {
 
     /// The control-plane node.
     pub fn control_plane(&self) -> &NodeConfig {
-        self.nodes.iter().find(|n| n.control_plane).unwrap_or(&self.nodes[0])
+        self.nodes
+            .iter()
+            .find(|n| n.control_plane)
+            .unwrap_or(&self.nodes[0])
     }
 
     /// The Node objects of a fresh lab.
@@ -90,7 +97,8 @@ fn node_object(n: &NodeConfig) -> Value {
     let mut spec = json!({"podCIDR": n.pod_cidr.to_string(), "podCIDRs": [n.pod_cidr.to_string()], "providerID": format!("lab://{}", n.name)});
     if n.control_plane {
         labels["node-role.kubernetes.io/control-plane"] = json!("");
-        spec["taints"] = json!([{"effect": "NoSchedule", "key": "node-role.kubernetes.io/control-plane"}]);
+        spec["taints"] =
+            json!([{"effect": "NoSchedule", "key": "node-role.kubernetes.io/control-plane"}]);
     }
     json!({
         "apiVersion": "v1",

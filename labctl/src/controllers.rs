@@ -38,18 +38,34 @@ fn meta<'a>(obj: &'a Value, field: &str) -> &'a str {
 }
 
 fn owner_uids(obj: &Value) -> impl Iterator<Item = &str> {
-    obj["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter_map(|r| r["uid"].as_str())
+    obj["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["uid"].as_str())
 }
 
 fn owner_named<'a>(obj: &'a Value, kind: &str) -> Option<&'a str> {
-    obj["metadata"]["ownerReferences"].as_array()?.iter().find(|r| r["kind"] == kind).and_then(|r| r["name"].as_str())
+    obj["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["kind"] == kind)
+        .and_then(|r| r["name"].as_str())
 }
 
 /// Which reconciles an event calls for.
 fn tasks_for(api: &Api, event: &Event, out: &mut Vec<Task>) {
     let obj = &event.object;
-    let (ns, name) = (meta(obj, "namespace").to_string(), meta(obj, "name").to_string());
-    if event.event_type == EventType::Deleted && matches!(event.kind, Kind::Deployment | Kind::ReplicaSet | Kind::Service | Kind::Pod) {
+    let (ns, name) = (
+        meta(obj, "namespace").to_string(),
+        meta(obj, "name").to_string(),
+    );
+    if event.event_type == EventType::Deleted
+        && matches!(
+            event.kind,
+            Kind::Deployment | Kind::ReplicaSet | Kind::Service | Kind::Pod
+        )
+    {
         out.push(Task::Collect(meta(obj, "uid").to_string()));
     }
     match event.kind {
@@ -67,7 +83,9 @@ fn tasks_for(api: &Api, event: &Event, out: &mut Vec<Task>) {
             if event.event_type != EventType::Deleted {
                 out.push(Task::Pod(ns.clone(), name));
             }
-            for svc in endpoints::services_selecting(api, &ns, [Some(obj.as_ref()), event.old.as_deref()]) {
+            for svc in
+                endpoints::services_selecting(api, &ns, [Some(obj.as_ref()), event.old.as_deref()])
+            {
                 out.push(Task::Service(ns.clone(), svc));
             }
         }
@@ -86,15 +104,31 @@ pub fn start(api: Arc<Api>, runtime: Arc<dyn PodRuntime>) -> std::thread::JoinHa
     let (snapshot, mut events) = api.store.subscribe_now();
     let mut queue = WorkQueue::default();
     // Everything that exists may need work after a restart (Pods to start, slices to fix).
-    for kind in [Kind::Namespace, Kind::Deployment, Kind::ReplicaSet, Kind::Pod, Kind::Service] {
+    for kind in [
+        Kind::Namespace,
+        Kind::Deployment,
+        Kind::ReplicaSet,
+        Kind::Pod,
+        Kind::Service,
+    ] {
         for obj in snapshot.get(&kind).into_iter().flatten() {
-            let event = Event { rv: 0, kind, event_type: EventType::Added, object: obj.clone(), old: None };
+            let event = Event {
+                rv: 0,
+                kind,
+                event_type: EventType::Added,
+                object: obj.clone(),
+                old: None,
+            };
             let mut tasks = Vec::new();
             tasks_for(&api, &event, &mut tasks);
             tasks.into_iter().for_each(|t| queue.push(t));
         }
     }
-    let ctx = Ctx { recorder: Recorder::new(api.clone()), api, runtime };
+    let ctx = Ctx {
+        recorder: Recorder::new(api.clone()),
+        api,
+        runtime,
+    };
     std::thread::Builder::new()
         .name("controllers".into())
         .spawn(move || {

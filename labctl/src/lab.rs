@@ -47,14 +47,19 @@ pub fn default_state_base() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(x).join("services-lab");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".local/state/services-lab")
 }
 
 impl LabDir {
     /// The directory of lab `name` under `base`.
     pub fn new(name: &str, base: &Path) -> LabDir {
-        LabDir { name: name.to_string(), root: base.join(name) }
+        LabDir {
+            name: name.to_string(),
+            root: base.join(name),
+        }
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -92,26 +97,42 @@ impl LabDir {
 
     /// Creates the directory, configuration, credentials and kubeconfig on first use.
     pub fn create(&self, workers: usize) -> Result<(LabConfig, Credentials)> {
-        fs::create_dir_all(&self.root).with_context(|| format!("creating the lab's state directory {}", self.root.display()))?;
+        fs::create_dir_all(&self.root).with_context(|| {
+            format!("creating the lab's state directory {}", self.root.display())
+        })?;
         let config = match self.config()? {
             Some(c) => c,
             None => {
-                let c = LabConfig { cluster: ClusterConfig::new(&self.name, workers), port: free_port()? };
-                write_private(&self.file("config.json"), &serde_json::to_string_pretty(&c)?)?;
+                let c = LabConfig {
+                    cluster: ClusterConfig::new(&self.name, workers),
+                    port: free_port()?,
+                };
+                write_private(
+                    &self.file("config.json"),
+                    &serde_json::to_string_pretty(&c)?,
+                )?;
                 c
             }
         };
         let creds = Credentials::load_or_create(&self.root)?;
-        write_private(&self.kubeconfig_path(), &kubeconfig(&self.name, config.port, &creds))?;
+        write_private(
+            &self.kubeconfig_path(),
+            &kubeconfig(&self.name, config.port, &creds),
+        )?;
         Ok((config, creds))
     }
 
     /// The PID of the lab's server, if it runs.
     pub fn running_pid(&self) -> Option<i32> {
-        let pid: i32 = fs::read_to_string(self.pid_path()).ok()?.trim().parse().ok()?;
+        let pid: i32 = fs::read_to_string(self.pid_path())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         // A PID file left by a crash may name a process that is something else now.
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let is_lab = cmdline.split(|b| *b == 0).any(|arg| arg == b"serve") && String::from_utf8_lossy(&cmdline).contains("labctl");
+        let is_lab = cmdline.split(|b| *b == 0).any(|arg| arg == b"serve")
+            && String::from_utf8_lossy(&cmdline).contains("labctl");
         is_lab.then_some(pid)
     }
 }
@@ -124,11 +145,13 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port on 127.0.0.1")?;
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .context("finding a free port on 127.0.0.1")?;
     Ok(l.local_addr()?.port())
 }
 
@@ -151,7 +174,12 @@ pub fn kubeconfig(name: &str, port: u16, creds: &Credentials) -> String {
 pub fn merge_kubeconfig(path: &Path, lab_config: &str, name: &str, remove: bool) -> Result<()> {
     let ctx = context_name(name);
     let mut doc: serde_yaml::Value = match fs::read_to_string(path) {
-        Ok(text) if !text.trim().is_empty() => serde_yaml::from_str(&text).with_context(|| format!("{} is not valid YAML; fix it or merge by hand", path.display()))?,
+        Ok(text) if !text.trim().is_empty() => serde_yaml::from_str(&text).with_context(|| {
+            format!(
+                "{} is not valid YAML; fix it or merge by hand",
+                path.display()
+            )
+        })?,
         Ok(_) => serde_yaml::from_str("{apiVersion: v1, kind: Config}")?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if remove {
@@ -163,8 +191,15 @@ pub fn merge_kubeconfig(path: &Path, lab_config: &str, name: &str, remove: bool)
     };
     let lab: serde_yaml::Value = serde_yaml::from_str(lab_config)?;
     for section in ["clusters", "contexts", "users"] {
-        let list = doc.get_mut(section).and_then(|v| v.as_sequence_mut()).map(std::mem::take).unwrap_or_default();
-        let mut list: Vec<serde_yaml::Value> = list.into_iter().filter(|e| e.get("name").and_then(|n| n.as_str()) != Some(ctx.as_str())).collect();
+        let list = doc
+            .get_mut(section)
+            .and_then(|v| v.as_sequence_mut())
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let mut list: Vec<serde_yaml::Value> = list
+            .into_iter()
+            .filter(|e| e.get("name").and_then(|n| n.as_str()) != Some(ctx.as_str()))
+            .collect();
         if !remove {
             list.extend(lab[section].as_sequence().cloned().unwrap_or_default());
         }
@@ -187,7 +222,10 @@ pub fn merge_kubeconfig(path: &Path, lab_config: &str, name: &str, remove: bool)
 pub fn seed(api: &Api) -> Result<()> {
     let mut objects = Vec::new();
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        objects.push((Kind::Namespace, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})));
+        objects.push((
+            Kind::Namespace,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        ));
     }
     for node in api.cluster.node_objects() {
         objects.push((Kind::Node, node));
@@ -201,21 +239,37 @@ pub fn seed(api: &Api) -> Result<()> {
         }),
     ));
     for (kind, obj) in objects {
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
         if api.store.get(kind, &ns, &name).is_some() {
             continue;
         }
-        api.create_value(kind, obj).map_err(|e| anyhow!("creating the built-in {} {name}: {}", kind.info().singular, e.message))?;
+        api.create_value(kind, obj).map_err(|e| {
+            anyhow!(
+                "creating the built-in {} {name}: {}",
+                kind.info().singular,
+                e.message
+            )
+        })?;
     }
     Ok(())
 }
 
 /// Runs the lab's API server and controllers in this process until SIGTERM or SIGINT.
 pub async fn serve(dir: &LabDir) -> Result<()> {
-    let config = dir.config()?.ok_or_else(|| anyhow!("lab {:?} does not exist under {}; run `labctl up` first", dir.name, dir.root.display()))?;
+    let config = dir.config()?.ok_or_else(|| {
+        anyhow!(
+            "lab {:?} does not exist under {}; run `labctl up` first",
+            dir.name,
+            dir.root.display()
+        )
+    })?;
     let creds = Credentials::load_or_create(&dir.root)?;
-    let store = Store::open(&dir.file("store.sqlite")).with_context(|| format!("opening the lab's store in {}", dir.root.display()))?;
+    let store = Store::open(&dir.file("store.sqlite"))
+        .with_context(|| format!("opening the lab's store in {}", dir.root.display()))?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -226,15 +280,22 @@ pub async fn serve(dir: &LabDir) -> Result<()> {
     write_private(&dir.pid_path(), &std::process::id().to_string())?;
     write_private(&dir.ready_path(), "")?;
     tracing::info!(%addr, "lab {} serving", dir.name);
-    let opts = ServeOptions { tls: creds.server_config()?, token: creds.token.clone(), address: addr.to_string() };
+    let opts = ServeOptions {
+        tls: creds.server_config()?,
+        token: creds.token.clone(),
+        address: addr.to_string(),
+    };
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    apiserver::serve(api, listener, opts, shutdown).await.context("serving the API")?;
+    apiserver::serve(api, listener, opts, shutdown)
+        .await
+        .context("serving the API")?;
     let _ = fs::remove_file(dir.ready_path());
     let _ = fs::remove_file(dir.pid_path());
     tracing::info!("lab {} stopped", dir.name);
@@ -247,7 +308,11 @@ pub fn start_background(dir: &LabDir, base: &Path, timeout: Duration) -> Result<
         return Ok(pid);
     }
     let _ = fs::remove_file(dir.ready_path());
-    let log = fs::OpenOptions::new().create(true).append(true).open(dir.log_path()).with_context(|| format!("opening {}", dir.log_path().display()))?;
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.log_path())
+        .with_context(|| format!("opening {}", dir.log_path().display()))?;
     let exe = std::env::current_exe().context("finding the labctl executable")?;
     let mut child = Command::new(exe)
         .args(["serve", "--name", &dir.name, "--state-dir"])
@@ -266,12 +331,26 @@ pub fn start_background(dir: &LabDir, base: &Path, timeout: Duration) -> Result<
         }
         if let Some(status) = child.try_wait()? {
             let tail = fs::read_to_string(dir.log_path()).unwrap_or_default();
-            let tail: Vec<&str> = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-            bail!("the lab's server exited ({status}) before it was ready; its log ({}) ends with:\n{}", dir.log_path().display(), tail.join("\n"));
+            let tail: Vec<&str> = tail
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            bail!(
+                "the lab's server exited ({status}) before it was ready; its log ({}) ends with:\n{}",
+                dir.log_path().display(),
+                tail.join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    bail!("the lab's server did not become ready within {timeout:?}; see {}", dir.log_path().display())
+    bail!(
+        "the lab's server did not become ready within {timeout:?}; see {}",
+        dir.log_path().display()
+    )
 }
 
 /// Stops the lab's server (SIGTERM, then SIGKILL after `grace`). Returns whether one ran.
@@ -285,7 +364,9 @@ pub fn stop(dir: &LabDir, grace: Duration) -> Result<bool> {
     let _ = rustix::process::kill_process(target, rustix::process::Signal::TERM);
     let started = Instant::now();
     while Path::new(&format!("/proc/{pid}")).exists() && started.elapsed() < grace {
-        if fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z'))) {
+        if fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')))
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));

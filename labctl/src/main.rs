@@ -27,7 +27,9 @@ struct LabArgs {
 
 impl LabArgs {
     fn base(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(lab::default_state_base)
+        self.state_dir
+            .clone()
+            .unwrap_or_else(lab::default_state_base)
     }
     fn dir(&self) -> LabDir {
         LabDir::new(&self.name, &self.base())
@@ -38,7 +40,9 @@ impl LabArgs {
 enum Cmd {
     /// Start the embedded lab cluster (in the background unless --foreground) and wait until
     /// its API answers.
-    #[command(after_help = "Examples:\n  labctl up\n  labctl up --name demo --workers 3 --merge-kubeconfig")]
+    #[command(
+        after_help = "Examples:\n  labctl up\n  labctl up --name demo --workers 3 --merge-kubeconfig"
+    )]
     Up {
         #[command(flatten)]
         lab: LabArgs,
@@ -61,7 +65,9 @@ enum Cmd {
         purge: bool,
     },
     /// Print the lab's kubeconfig (like `kind get kubeconfig`).
-    #[command(after_help = "Examples:\n  labctl kubeconfig > lab.yaml\n  export KUBECONFIG=$(labctl kubeconfig --path)")]
+    #[command(
+        after_help = "Examples:\n  labctl kubeconfig > lab.yaml\n  export KUBECONFIG=$(labctl kubeconfig --path)"
+    )]
     Kubeconfig {
         #[command(flatten)]
         lab: LabArgs,
@@ -86,57 +92,102 @@ enum Cmd {
 }
 
 fn user_kubeconfig() -> PathBuf {
-    if let Some(first) = std::env::var_os("KUBECONFIG").and_then(|v| std::env::split_paths(&v).next()).filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(first) = std::env::var_os("KUBECONFIG")
+        .and_then(|v| std::env::split_paths(&v).next())
+        .filter(|p| !p.as_os_str().is_empty())
+    {
         return first;
     }
     PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".kube/config")
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LABCTL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LABCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Up { lab, workers, foreground, merge_kubeconfig } => {
+        Cmd::Up {
+            lab,
+            workers,
+            foreground,
+            merge_kubeconfig,
+        } => {
             let dir = lab.dir();
             let (config, _) = dir.create(usize::from(workers))?;
             if config.cluster.nodes.len() != usize::from(workers) + 1 && workers != 2 {
-                eprintln!("note: lab {:?} already exists with {} workers; --workers applies to new labs only", lab.name, config.cluster.nodes.len() - 1);
+                eprintln!(
+                    "note: lab {:?} already exists with {} workers; --workers applies to new labs only",
+                    lab.name,
+                    config.cluster.nodes.len() - 1
+                );
             }
-            if merge_kubeconfig {
+            if merge_kubeconfig && user_kubeconfig() != dir.kubeconfig_path() {
                 let path = user_kubeconfig();
                 let text = std::fs::read_to_string(dir.kubeconfig_path())?;
                 lab::merge_kubeconfig(&path, &text, &lab.name, false)?;
-                eprintln!("Added context {} to {} and made it current.", lab::context_name(&lab.name), path.display());
+                eprintln!(
+                    "Added context {} to {} and made it current.",
+                    lab::context_name(&lab.name),
+                    path.display()
+                );
             }
             if foreground {
                 init_tracing();
-                let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
                 return rt.block_on(lab::serve(&dir));
             }
             let pid = lab::start_background(&dir, &lab.base(), Duration::from_secs(30))?;
-            println!("Lab {:?} is up: API at https://127.0.0.1:{} (pid {pid}, log {}).", lab.name, config.port, dir.log_path().display());
-            println!("Use it with kubectl:\n  export KUBECONFIG={}\n  kubectl get nodes -o wide", dir.kubeconfig_path().display());
+            println!(
+                "Lab {:?} is up: API at https://127.0.0.1:{} (pid {pid}, log {}).",
+                lab.name,
+                config.port,
+                dir.log_path().display()
+            );
+            println!(
+                "Use it with kubectl:\n  export KUBECONFIG={}\n  kubectl get nodes -o wide",
+                dir.kubeconfig_path().display()
+            );
             Ok(())
         }
         Cmd::Down { lab, purge } => {
             let dir = lab.dir();
             let was_running = lab::stop(&dir, Duration::from_secs(10))?;
             let merged = user_kubeconfig();
-            if std::fs::read_to_string(&merged).is_ok_and(|t| t.contains(&lab::context_name(&lab.name))) {
+            // KUBECONFIG may point at the lab's own file, which goes with the lab.
+            if merged != dir.kubeconfig_path()
+                && std::fs::read_to_string(&merged)
+                    .is_ok_and(|t| t.contains(&lab::context_name(&lab.name)))
+            {
                 lab::merge_kubeconfig(&merged, "{}", &lab.name, true)?;
-                eprintln!("Removed context {} from {}.", lab::context_name(&lab.name), merged.display());
+                eprintln!(
+                    "Removed context {} from {}.",
+                    lab::context_name(&lab.name),
+                    merged.display()
+                );
             }
             if purge && dir.root.exists() {
-                std::fs::remove_dir_all(&dir.root).with_context(|| format!("deleting {}", dir.root.display()))?;
+                std::fs::remove_dir_all(&dir.root)
+                    .with_context(|| format!("deleting {}", dir.root.display()))?;
             }
             match (was_running, purge) {
                 (true, true) => println!("Lab {:?} stopped and its state deleted.", lab.name),
-                (true, false) => println!("Lab {:?} stopped; its objects are kept in {} (`labctl up` resumes, `--purge` deletes).", lab.name, dir.root.display()),
-                (false, true) => println!("Lab {:?} was not running; its state is deleted.", lab.name),
+                (true, false) => println!(
+                    "Lab {:?} stopped; its objects are kept in {} (`labctl up` resumes, `--purge` deletes).",
+                    lab.name,
+                    dir.root.display()
+                ),
+                (false, true) => {
+                    println!("Lab {:?} was not running; its state is deleted.", lab.name)
+                }
                 (false, false) => println!("Lab {:?} was not running.", lab.name),
             }
             Ok(())
@@ -144,13 +195,22 @@ fn main() -> Result<()> {
         Cmd::Kubeconfig { lab, path, merge } => {
             let dir = lab.dir();
             if dir.config()?.is_none() {
-                anyhow::bail!("lab {:?} does not exist under {}; run `labctl up` first", lab.name, dir.root.display());
+                anyhow::bail!(
+                    "lab {:?} does not exist under {}; run `labctl up` first",
+                    lab.name,
+                    dir.root.display()
+                );
             }
-            let text = std::fs::read_to_string(dir.kubeconfig_path()).with_context(|| format!("reading {}", dir.kubeconfig_path().display()))?;
-            if merge {
+            let text = std::fs::read_to_string(dir.kubeconfig_path())
+                .with_context(|| format!("reading {}", dir.kubeconfig_path().display()))?;
+            if merge && user_kubeconfig() != dir.kubeconfig_path() {
                 let target = user_kubeconfig();
                 lab::merge_kubeconfig(&target, &text, &lab.name, false)?;
-                eprintln!("Added context {} to {} and made it current.", lab::context_name(&lab.name), target.display());
+                eprintln!(
+                    "Added context {} to {} and made it current.",
+                    lab::context_name(&lab.name),
+                    target.display()
+                );
             } else if path {
                 println!("{}", dir.kubeconfig_path().display());
             } else {
@@ -161,15 +221,30 @@ fn main() -> Result<()> {
         Cmd::Status { lab } => {
             let dir = lab.dir();
             match (dir.config()?, dir.running_pid()) {
-                (None, _) => println!("Lab {:?} does not exist (state directory {}).", lab.name, dir.root.display()),
-                (Some(c), Some(pid)) => println!("Lab {:?} is running: https://127.0.0.1:{} (pid {pid}), {} nodes, kubeconfig {}.", lab.name, c.port, c.cluster.nodes.len(), dir.kubeconfig_path().display()),
-                (Some(_), None) => println!("Lab {:?} is stopped; `labctl up --name {}` resumes it.", lab.name, lab.name),
+                (None, _) => println!(
+                    "Lab {:?} does not exist (state directory {}).",
+                    lab.name,
+                    dir.root.display()
+                ),
+                (Some(c), Some(pid)) => println!(
+                    "Lab {:?} is running: https://127.0.0.1:{} (pid {pid}), {} nodes, kubeconfig {}.",
+                    lab.name,
+                    c.port,
+                    c.cluster.nodes.len(),
+                    dir.kubeconfig_path().display()
+                ),
+                (Some(_), None) => println!(
+                    "Lab {:?} is stopped; `labctl up --name {}` resumes it.",
+                    lab.name, lab.name
+                ),
             }
             Ok(())
         }
         Cmd::Serve { lab } => {
             init_tracing();
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(lab::serve(&lab.dir()))
         }
     }

@@ -148,27 +148,46 @@ impl Store {
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);",
         )?;
         let rv: u64 = db
-            .query_row("SELECT value FROM meta WHERE key = 'rv'", [], |r| r.get::<_, i64>(0))
+            .query_row("SELECT value FROM meta WHERE key = 'rv'", [], |r| {
+                r.get::<_, i64>(0)
+            })
             .optional()?
             .unwrap_or(0) as u64;
         let mut objects: HashMap<Kind, BTreeMap<Key, Arc<Value>>> = HashMap::new();
         {
             let mut stmt = db.prepare("SELECT kind, namespace, name, body FROM objects")?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
             })?;
             for row in rows {
                 let (kind, ns, name, body) = row?;
-                let Some(info) = Kind::all().iter().find(|i| i.plural == kind) else { continue };
-                let obj: Value = serde_json::from_str(&body)
-                    .map_err(|source| StoreError::Corrupt { key: format!("{kind}/{ns}/{name}"), source })?;
-                objects.entry(info.kind).or_default().insert((ns, name), Arc::new(obj));
+                let Some(info) = Kind::all().iter().find(|i| i.plural == kind) else {
+                    continue;
+                };
+                let obj: Value =
+                    serde_json::from_str(&body).map_err(|source| StoreError::Corrupt {
+                        key: format!("{kind}/{ns}/{name}"),
+                        source,
+                    })?;
+                objects
+                    .entry(info.kind)
+                    .or_default()
+                    .insert((ns, name), Arc::new(obj));
             }
         }
         Ok(Store::with_db(Some(db), objects, rv))
     }
 
-    fn with_db(db: Option<Connection>, objects: HashMap<Kind, BTreeMap<Key, Arc<Value>>>, rv: u64) -> Store {
+    fn with_db(
+        db: Option<Connection>,
+        objects: HashMap<Kind, BTreeMap<Key, Arc<Value>>>,
+        rv: u64,
+    ) -> Store {
         Store {
             inner: Mutex::new(Inner {
                 objects,
@@ -223,7 +242,11 @@ impl Store {
     pub fn create(&self, kind: Kind, obj: Value) -> Result<Arc<Value>, StoreError> {
         let mut inner = self.lock();
         let key = key_of(&obj);
-        if inner.objects.get(&kind).is_some_and(|m| m.contains_key(&key)) {
+        if inner
+            .objects
+            .get(&kind)
+            .is_some_and(|m| m.contains_key(&key))
+        {
             return Err(StoreError::AlreadyExists);
         }
         inner.commit(kind, key, Some(obj), EventType::Added, None)
@@ -231,10 +254,20 @@ impl Store {
 
     /// Replaces an object. With `expected_rv`, fails with `Conflict` unless it is the stored
     /// version (optimistic concurrency).
-    pub fn update(&self, kind: Kind, obj: Value, expected_rv: Option<u64>) -> Result<Arc<Value>, StoreError> {
+    pub fn update(
+        &self,
+        kind: Kind,
+        obj: Value,
+        expected_rv: Option<u64>,
+    ) -> Result<Arc<Value>, StoreError> {
         let mut inner = self.lock();
         let key = key_of(&obj);
-        let old = inner.objects.get(&kind).and_then(|m| m.get(&key)).cloned().ok_or(StoreError::NotFound)?;
+        let old = inner
+            .objects
+            .get(&kind)
+            .and_then(|m| m.get(&key))
+            .cloned()
+            .ok_or(StoreError::NotFound)?;
         if expected_rv.is_some_and(|rv| rv != object_rv(&old)) {
             return Err(StoreError::Conflict);
         }
@@ -262,14 +295,28 @@ impl Store {
         if !change(&mut obj).map_err(ModifyError::Rejected)? || obj == *old {
             return Ok(Some(old));
         }
-        inner.commit(kind, key, Some(obj), EventType::Modified, Some(old)).map(Some).map_err(ModifyError::Store)
+        inner
+            .commit(kind, key, Some(obj), EventType::Modified, Some(old))
+            .map(Some)
+            .map_err(ModifyError::Store)
     }
 
     /// Removes an object. With `expected_uid`, only that incarnation is removed.
-    pub fn delete(&self, kind: Kind, namespace: &str, name: &str, expected_uid: Option<&str>) -> Result<Arc<Value>, StoreError> {
+    pub fn delete(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        expected_uid: Option<&str>,
+    ) -> Result<Arc<Value>, StoreError> {
         let mut inner = self.lock();
         let key = (namespace.to_string(), name.to_string());
-        let old = inner.objects.get(&kind).and_then(|m| m.get(&key)).cloned().ok_or(StoreError::NotFound)?;
+        let old = inner
+            .objects
+            .get(&kind)
+            .and_then(|m| m.get(&key))
+            .cloned()
+            .ok_or(StoreError::NotFound)?;
         if expected_uid.is_some_and(|uid| uid != meta_str(&old, "uid")) {
             return Err(StoreError::Conflict);
         }
@@ -281,7 +328,10 @@ impl Store {
     pub fn subscribe(&self, from_rv: u64) -> Result<Subscription, StoreError> {
         let mut inner = self.lock();
         if from_rv < inner.log_floor {
-            return Err(StoreError::Gone { requested: from_rv, oldest: inner.log_floor });
+            return Err(StoreError::Gone {
+                requested: from_rv,
+                oldest: inner.log_floor,
+            });
         }
         let start = inner.log.partition_point(|e| e.rv <= from_rv);
         let backlog = inner.log.iter().skip(start).cloned().collect();
@@ -291,18 +341,34 @@ impl Store {
     }
 
     /// The objects of one kind now, and the events after them.
-    pub fn list_and_subscribe(&self, kind: Kind) -> (Vec<Arc<Value>>, u64, mpsc::UnboundedReceiver<Arc<Event>>) {
+    pub fn list_and_subscribe(
+        &self,
+        kind: Kind,
+    ) -> (Vec<Arc<Value>>, u64, mpsc::UnboundedReceiver<Arc<Event>>) {
         let mut inner = self.lock();
-        let items = inner.objects.get(&kind).map(|m| m.values().cloned().collect()).unwrap_or_default();
+        let items = inner
+            .objects
+            .get(&kind)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
         let (tx, live) = mpsc::unbounded_channel();
         inner.subscribers.push(tx);
         (items, inner.rv, live)
     }
 
     /// Live events only, with the state they apply to: every object of every kind now.
-    pub fn subscribe_now(&self) -> (HashMap<Kind, Vec<Arc<Value>>>, mpsc::UnboundedReceiver<Arc<Event>>) {
+    pub fn subscribe_now(
+        &self,
+    ) -> (
+        HashMap<Kind, Vec<Arc<Value>>>,
+        mpsc::UnboundedReceiver<Arc<Event>>,
+    ) {
         let mut inner = self.lock();
-        let snapshot = inner.objects.iter().map(|(k, m)| (*k, m.values().cloned().collect())).collect();
+        let snapshot = inner
+            .objects
+            .iter()
+            .map(|(k, m)| (*k, m.values().cloned().collect()))
+            .collect();
         let (tx, live) = mpsc::unbounded_channel();
         inner.subscribers.push(tx);
         (snapshot, live)
@@ -321,7 +387,10 @@ pub enum ModifyError<E> {
 }
 
 fn key_of(obj: &Value) -> Key {
-    (meta_str(obj, "namespace").to_string(), meta_str(obj, "name").to_string())
+    (
+        meta_str(obj, "namespace").to_string(),
+        meta_str(obj, "name").to_string(),
+    )
 }
 
 fn without_rv(obj: &Value) -> Value {
@@ -359,11 +428,14 @@ impl Inner {
                         .execute(params![kind_key(kind), key.0, key.1, obj.to_string()])?;
                 }
                 None => {
-                    tx.prepare_cached("DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3")?
-                        .execute(params![kind_key(kind), key.0, key.1])?;
+                    tx.prepare_cached(
+                        "DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                    )?
+                    .execute(params![kind_key(kind), key.0, key.1])?;
                 }
             }
-            tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('rv', ?1)")?.execute(params![rv as i64])?;
+            tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('rv', ?1)")?
+                .execute(params![rv as i64])?;
             tx.commit()?;
         }
         self.rv = rv;
@@ -380,7 +452,13 @@ impl Inner {
                 Arc::new(last)
             }
         };
-        let event = Arc::new(Event { rv, kind, event_type, object: event_object.clone(), old });
+        let event = Arc::new(Event {
+            rv,
+            kind,
+            event_type,
+            object: event_object.clone(),
+            old,
+        });
         if self.log.len() >= LOG_CAPACITY
             && let Some(dropped) = self.log.pop_front()
         {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use support::Lab;
 
@@ -28,8 +28,19 @@ fn status_of(e: kube::Error) -> (u16, String, String) {
     }
 }
 
-async fn raw(client: &kube::Client, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> (u16, String) {
-    let req = http::Request::builder().method(method).uri(path).header("Content-Type", content_type).body(body).unwrap();
+async fn raw(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, String) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("Content-Type", content_type)
+        .body(body)
+        .unwrap();
     match client.request_text(req).await {
         Ok(text) => (200, text),
         Err(e) => {
@@ -44,48 +55,123 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
     let lab = Lab::start();
     let client = lab.client().await;
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
-    let created = svcs.create(&PostParams::default(), &service("web")).await.unwrap();
-    let rv_before = svcs.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let created = svcs
+        .create(&PostParams::default(), &service("web"))
+        .await
+        .unwrap();
+    let rv_before = svcs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
 
-    let (code, text) = raw(&client, "POST", "/api/v1/namespaces/default/services", "application/json", b"{not json".to_vec()).await;
+    let (code, text) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/services",
+        "application/json",
+        b"{not json".to_vec(),
+    )
+    .await;
     assert_eq!(code, 400, "{text}");
-    let (code, text) = raw(&client, "POST", "/api/v1/namespaces/default/services", "application/json", vec![b' '; 4 * 1024 * 1024]).await;
+    let (code, text) = raw(
+        &client,
+        "POST",
+        "/api/v1/namespaces/default/services",
+        "application/json",
+        vec![b' '; 4 * 1024 * 1024],
+    )
+    .await;
     assert_eq!(code, 413, "{text}");
 
     let mut bad_port = service("bad");
     bad_port.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 70000;
-    let (code, reason, message) = status_of(svcs.create(&PostParams::default(), &bad_port).await.unwrap_err());
+    let (code, reason, message) = status_of(
+        svcs.create(&PostParams::default(), &bad_port)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!((code, reason.as_str()), (422, "Invalid"));
-    assert_eq!(message, r#"Service "bad" is invalid: spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive"#);
+    assert_eq!(
+        message,
+        r#"Service "bad" is invalid: spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive"#
+    );
 
-    let (code, reason, _) = status_of(svcs.create(&PostParams::default(), &service("Not_A_Name")).await.unwrap_err());
+    let (code, reason, _) = status_of(
+        svcs.create(&PostParams::default(), &service("Not_A_Name"))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!((code, reason.as_str()), (422, "Invalid"));
 
     let mut stale = created.clone();
     stale.metadata.resource_version = Some("1".into());
     stale.spec.as_mut().unwrap().type_ = Some("NodePort".into());
-    let (code, reason, _) = status_of(svcs.replace("web", &PostParams::default(), &stale).await.unwrap_err());
+    let (code, reason, _) = status_of(
+        svcs.replace("web", &PostParams::default(), &stale)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!((code, reason.as_str()), (409, "Conflict"));
 
-    let (code, reason, _) = status_of(svcs.create(&PostParams::default(), &service("web")).await.unwrap_err());
+    let (code, reason, _) = status_of(
+        svcs.create(&PostParams::default(), &service("web"))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!((code, reason.as_str()), (409, "AlreadyExists"));
 
     // No credentials: 401, and nothing is revealed.
     let text = std::fs::read_to_string(lab.kubeconfig()).unwrap();
-    let token_line = text.lines().find(|l| l.trim_start().starts_with("token:")).unwrap();
+    let token_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("token:"))
+        .unwrap();
     let forged = text.replace(token_line, "    token: not-the-token");
-    let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::from_yaml(&forged).unwrap(), &Default::default()).await.unwrap();
-    let intruder: Api<Service> = Api::namespaced(kube::Client::try_from(config).unwrap(), "default");
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(&forged).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let intruder: Api<Service> =
+        Api::namespaced(kube::Client::try_from(config).unwrap(), "default");
     let (code, reason, _) = status_of(intruder.list(&ListParams::default()).await.unwrap_err());
     assert_eq!((code, reason.as_str()), (401, "Unauthorized"));
 
     let after = svcs.list(&ListParams::default()).await.unwrap();
-    assert_eq!(after.metadata.resource_version.unwrap(), rv_before, "a refused request changed the store");
-    assert_eq!(after.items.iter().filter(|s| s.metadata.name.as_deref() != Some("kubernetes")).count(), 1);
+    assert_eq!(
+        after.metadata.resource_version.unwrap(),
+        rv_before,
+        "a refused request changed the store"
+    );
+    assert_eq!(
+        after
+            .items
+            .iter()
+            .filter(|s| s.metadata.name.as_deref() != Some("kubernetes"))
+            .count(),
+        1
+    );
 }
 
-async fn next(names: &mut futures::stream::BoxStream<'static, Result<String, watcher::Error>>) -> String {
-    tokio::time::timeout(Duration::from_secs(20), names.next()).await.expect("an event in time").expect("the stream goes on").expect("no watch error")
+/// The next object name; watch errors (a 410 after the restart) are skipped, since the
+/// watcher relists after them.
+async fn next(
+    names: &mut futures::stream::BoxStream<'static, Result<String, watcher::Error>>,
+) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), names.next())
+            .await
+            .expect("an event in time")
+            .expect("the stream goes on")
+        {
+            Ok(name) => return name,
+            Err(e) => eprintln!("watch error (the watcher retries): {e}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -102,13 +188,17 @@ async fn a_kube_rs_watcher_lists_watches_and_resumes_after_a_restart() {
         })
         .boxed();
     assert_eq!(next(&mut names).await, "kubernetes");
-    svcs.create(&PostParams::default(), &service("first")).await.unwrap();
+    svcs.create(&PostParams::default(), &service("first"))
+        .await
+        .unwrap();
     assert_eq!(next(&mut names).await, "first");
 
     lab.kill9();
     lab.up();
     let svcs: Api<Service> = Api::namespaced(lab.client().await, "default");
-    svcs.create(&PostParams::default(), &service("second")).await.unwrap();
+    svcs.create(&PostParams::default(), &service("second"))
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     while !seen.contains(&"second".to_string()) {
         seen.push(next(&mut names).await);
@@ -137,10 +227,28 @@ async fn acknowledged_writes_survive_kill_9() {
     let lab_ref = &lab;
     tokio::task::block_in_place(|| lab_ref.kill9());
     let acknowledged = writer.await.unwrap();
-    assert!(acknowledged.len() > 10 && acknowledged.len() < 2000, "the kill landed mid-stream ({} writes)", acknowledged.len());
+    assert!(
+        acknowledged.len() > 10 && acknowledged.len() < 2000,
+        "the kill landed mid-stream ({} writes)",
+        acknowledged.len()
+    );
     lab.up();
     let svcs: Api<Service> = Api::namespaced(lab.client().await, "default");
-    let stored: std::collections::HashSet<String> = svcs.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|s| s.metadata.name).collect();
-    let lost: Vec<&String> = acknowledged.iter().filter(|n| !stored.contains(*n)).collect();
-    assert!(lost.is_empty(), "{} acknowledged writes lost: {lost:?}", lost.len());
+    let stored: std::collections::HashSet<String> = svcs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|n| !stored.contains(*n))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost: {lost:?}",
+        lost.len()
+    );
 }

@@ -39,7 +39,11 @@ fn require_kubectl() -> bool {
     if support::kubectl_present() {
         return true;
     }
-    assert!(std::env::var_os("CI").is_none(), "kubectl is missing at {} in CI", support::KUBECTL);
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "kubectl is missing at {} in CI",
+        support::KUBECTL
+    );
     eprintln!("skipping: kubectl is not installed at {}", support::KUBECTL);
     false
 }
@@ -65,86 +69,234 @@ fn the_tutorial_runs_verbatim() {
 
     // Nodes as on the tutorial's kind cluster.
     let nodes = lab.ok(&["get", "nodes", "-o", "wide"]);
-    assert!(nodes.starts_with("NAME ") && nodes.contains("INTERNAL-IP"), "{nodes}");
+    assert!(
+        nodes.starts_with("NAME ") && nodes.contains("INTERNAL-IP"),
+        "{nodes}"
+    );
     let node_rows = rows(&nodes);
-    assert_eq!(node_rows.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(), ["lab-control-plane", "lab-worker", "lab-worker2"]);
-    assert_eq!(node_rows[0][1..3], ["Ready".to_string(), "control-plane".to_string()]);
+    assert_eq!(
+        node_rows.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(),
+        ["lab-control-plane", "lab-worker", "lab-worker2"]
+    );
+    assert_eq!(
+        node_rows[0][1..3],
+        ["Ready".to_string(), "control-plane".to_string()]
+    );
     assert_eq!(node_rows[1][5], "172.18.0.3");
 
     // The Deployment.
     std::fs::write(lab.dir.path().join("deployment.yaml"), DEPLOYMENT).unwrap();
-    assert_eq!(lab.ok(&["apply", "-f", "deployment.yaml"]).trim(), "deployment.apps/hello-world created");
-    assert_eq!(lab.ok(&["apply", "-f", "deployment.yaml"]).trim(), "deployment.apps/hello-world unchanged");
+    assert_eq!(
+        lab.ok(&["apply", "-f", "deployment.yaml"]).trim(),
+        "deployment.apps/hello-world created"
+    );
+    assert_eq!(
+        lab.ok(&["apply", "-f", "deployment.yaml"]).trim(),
+        "deployment.apps/hello-world unchanged"
+    );
     let deploys = lab.until(&["get", "deployments.apps"], WAIT, |o| o.contains(" 1/1 "));
-    assert_eq!(deploys.lines().next().unwrap().split_whitespace().collect::<Vec<_>>(), ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    assert_eq!(
+        deploys
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    );
     let (ok, _, err) = lab.kubectl(&["create", "-f", "deployment.yaml"]);
     assert!(!ok);
     assert!(err.contains(r#"Error from server (AlreadyExists): error when creating "deployment.yaml": deployments.apps "hello-world" already exists"#), "{err}");
 
-    assert_eq!(lab.ok(&["scale", "deployment", "hello-world", "--replicas=2"]).trim(), "deployment.apps/hello-world scaled");
-    let rollout = lab.ok(&["rollout", "status", "deployment/hello-world", "--timeout=20s"]);
-    assert!(rollout.trim_end().ends_with(r#"deployment "hello-world" successfully rolled out"#), "{rollout}");
+    assert_eq!(
+        lab.ok(&["scale", "deployment", "hello-world", "--replicas=2"])
+            .trim(),
+        "deployment.apps/hello-world scaled"
+    );
+    let rollout = lab.ok(&[
+        "rollout",
+        "status",
+        "deployment/hello-world",
+        "--timeout=20s",
+    ]);
+    assert!(
+        rollout
+            .trim_end()
+            .ends_with(r#"deployment "hello-world" successfully rolled out"#),
+        "{rollout}"
+    );
 
-    let pods = lab.until(&["get", "pods", "-o", "wide"], WAIT, |o| rows(o).len() == 2 && rows(o).iter().all(|r| r[2] == "Running"));
+    let pods = lab.until(&["get", "pods", "-o", "wide"], WAIT, |o| {
+        rows(o).len() == 2 && rows(o).iter().all(|r| r[2] == "Running")
+    });
     let header: Vec<&str> = pods.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "NOMINATED", "NODE", "READINESS", "GATES"]);
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+            "NOMINATED",
+            "NODE",
+            "READINESS",
+            "GATES"
+        ]
+    );
     let pod_rows = rows(&pods);
     let mut nodes_used: Vec<&str> = pod_rows.iter().map(|r| r[6].as_str()).collect();
     nodes_used.sort();
-    assert_eq!(nodes_used, ["lab-worker", "lab-worker2"], "Pods spread over the workers:\n{pods}");
+    assert_eq!(
+        nodes_used,
+        ["lab-worker", "lab-worker2"],
+        "Pods spread over the workers:\n{pods}"
+    );
     for r in &pod_rows {
         assert!(r[0].starts_with("hello-world-"), "{r:?}");
         assert_eq!(r[1], "1/1");
-        let cidr = if r[6] == "lab-worker" { "10.244.1.0/24" } else { "10.244.2.0/24" };
+        let cidr = if r[6] == "lab-worker" {
+            "10.244.1.0/24"
+        } else {
+            "10.244.2.0/24"
+        };
         assert!(in_cidr(&r[5], cidr), "Pod IP {} outside {cidr}", r[5]);
     }
     let ips = pod_ips(&lab);
 
     // ClusterIP.
-    assert_eq!(lab.ok(&["expose", "deployment", "hello-world", "--port=80", "--target-port=8080"]).trim(), "service/hello-world exposed");
+    assert_eq!(
+        lab.ok(&[
+            "expose",
+            "deployment",
+            "hello-world",
+            "--port=80",
+            "--target-port=8080"
+        ])
+        .trim(),
+        "service/hello-world exposed"
+    );
     let svcs = lab.ok(&["get", "svc"]);
     let svc_rows = rows(&svcs);
-    assert_eq!(svcs.lines().next().unwrap().split_whitespace().collect::<Vec<_>>(), ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]);
-    assert_eq!(svc_rows[0][..5], ["hello-world", "ClusterIP", &svc_rows[0][2], "<none>", "80/TCP"].map(String::from));
+    assert_eq!(
+        svcs.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ]
+    );
+    assert_eq!(
+        svc_rows[0][..5],
+        [
+            "hello-world",
+            "ClusterIP",
+            &svc_rows[0][2],
+            "<none>",
+            "80/TCP"
+        ]
+        .map(String::from)
+    );
     assert!(in_cidr(&svc_rows[0][2], "10.96.0.0/12"), "{svcs}");
-    assert_eq!(svc_rows[1][..5], ["kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"].map(String::from));
+    assert_eq!(
+        svc_rows[1][..5],
+        ["kubernetes", "ClusterIP", "10.96.0.1", "<none>", "443/TCP"].map(String::from)
+    );
     let yaml = lab.ok(&["get", "svc", "hello-world", "-o", "yaml"]);
-    for needle in ["kind: Service", &format!("clusterIP: {}", svc_rows[0][2]), "targetPort: 8080", "type: ClusterIP", "sessionAffinity: None", "uid: "] {
+    for needle in [
+        "kind: Service",
+        &format!("clusterIP: {}", svc_rows[0][2]),
+        "targetPort: 8080",
+        "type: ClusterIP",
+        "sessionAffinity: None",
+        "uid: ",
+    ] {
         assert!(yaml.contains(needle), "missing {needle:?} in:\n{yaml}");
     }
-    let slices = lab.until(&["get", "endpointslices"], WAIT, |o| ips.iter().all(|ip| o.contains(ip.as_str())));
-    assert!(slices.contains("IPv4") && slices.contains("8080"), "{slices}");
+    let slices = lab.until(&["get", "endpointslices"], WAIT, |o| {
+        ips.iter().all(|ip| o.contains(ip.as_str()))
+    });
+    assert!(
+        slices.contains("IPv4") && slices.contains("8080"),
+        "{slices}"
+    );
     let describe = lab.ok(&["describe", "svc", "hello-world"]);
-    let endpoints_line = describe.lines().find(|l| l.starts_with("Endpoints:")).unwrap_or_default().to_string();
+    let endpoints_line = describe
+        .lines()
+        .find(|l| l.starts_with("Endpoints:"))
+        .unwrap_or_default()
+        .to_string();
     for ip in &ips {
         assert!(endpoints_line.contains(&format!("{ip}:8080")), "{describe}");
     }
-    assert_eq!(lab.ok(&["delete", "svc", "hello-world"]).trim(), r#"service "hello-world" deleted"#);
+    assert_eq!(
+        lab.ok(&["delete", "svc", "hello-world"]).trim(),
+        r#"service "hello-world" deleted"#
+    );
     let (ok, _, err) = lab.kubectl(&["get", "svc", "hello-world"]);
-    assert!(!ok && err.contains(r#"Error from server (NotFound): services "hello-world" not found"#), "{err}");
+    assert!(
+        !ok && err.contains(r#"Error from server (NotFound): services "hello-world" not found"#),
+        "{err}"
+    );
 
     // NodePort: the port comes from the container port, the nodePort from the allocator.
-    lab.ok(&["expose", "deployment", "hello-world", "--target-port=8080", "--type=NodePort"]);
+    lab.ok(&[
+        "expose",
+        "deployment",
+        "hello-world",
+        "--target-port=8080",
+        "--type=NodePort",
+    ]);
     let svcs = lab.ok(&["get", "svc", "hello-world"]);
     let port = &rows(&svcs)[0][4];
-    let node_port: u16 = port.strip_prefix("8080:").and_then(|p| p.strip_suffix("/TCP")).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{svcs}"));
+    let node_port: u16 = port
+        .strip_prefix("8080:")
+        .and_then(|p| p.strip_suffix("/TCP"))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{svcs}"));
     assert!((30000..=32767).contains(&node_port));
     lab.ok(&["delete", "svc", "hello-world"]);
 
     // LoadBalancer: the lab's pool plays cloud-provider-kind.
-    lab.ok(&["expose", "deployment", "hello-world", "--port=80", "--target-port=8080", "--type=LoadBalancer"]);
-    let svcs = lab.until(&["get", "svc", "hello-world"], WAIT, |o| !o.contains("<pending>"));
+    lab.ok(&[
+        "expose",
+        "deployment",
+        "hello-world",
+        "--port=80",
+        "--target-port=8080",
+        "--type=LoadBalancer",
+    ]);
+    let svcs = lab.until(&["get", "svc", "hello-world"], WAIT, |o| {
+        !o.contains("<pending>")
+    });
     let r = &rows(&svcs)[0];
     assert_eq!(r[1], "LoadBalancer");
     assert!(in_cidr(&r[3], "172.18.255.192/26"), "{svcs}");
     assert!(r[4].starts_with("80:") && r[4].ends_with("/TCP"), "{svcs}");
     let describe = lab.ok(&["describe", "svc", "hello-world"]);
-    assert!(describe.contains(&format!("LoadBalancer Ingress:     {} (VIP)", r[3])), "{describe}");
+    assert!(
+        describe.contains(&format!("LoadBalancer Ingress:     {} (VIP)", r[3])),
+        "{describe}"
+    );
     assert!(describe.contains("EnsuredLoadBalancer"), "{describe}");
     lab.ok(&["delete", "svc", "hello-world"]);
 
     // get pods -w shows the Pod that a scale adds.
-    let mut watch = lab.kubectl_command(&["get", "pods", "-w"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut watch = lab
+        .kubectl_command(&["get", "pods", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let (tx, rx) = mpsc::channel();
     let stdout = watch.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -160,7 +312,11 @@ fn the_tutorial_runs_verbatim() {
     }
     lab.ok(&["scale", "deployment", "hello-world", "--replicas=3"]);
     let deadline = std::time::Instant::now() + WAIT;
-    let names_before: Vec<String> = seen.iter().skip(1).map(|l| l.split_whitespace().next().unwrap().to_string()).collect();
+    let names_before: Vec<String> = seen
+        .iter()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
     let mut new_running = false;
     while !new_running && std::time::Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
@@ -171,12 +327,25 @@ fn the_tutorial_runs_verbatim() {
     }
     let _ = watch.kill();
     let _ = watch.wait();
-    assert!(new_running, "no new Running Pod in the watch:\n{}", seen.join("\n"));
+    assert!(
+        new_running,
+        "no new Running Pod in the watch:\n{}",
+        seen.join("\n")
+    );
 
     // Deleting the Deployment takes its ReplicaSet and Pods with it.
-    assert_eq!(lab.ok(&["delete", "deployment", "hello-world"]).trim(), r#"deployment.apps "hello-world" deleted"#);
-    lab.until(&["get", "pods", "-o", "name"], WAIT, |o| o.trim().is_empty());
-    assert!(lab.ok(&["get", "replicasets", "-o", "name"]).trim().is_empty());
+    assert_eq!(
+        lab.ok(&["delete", "deployment", "hello-world"]).trim(),
+        r#"deployment.apps "hello-world" deleted"#
+    );
+    lab.until(&["get", "pods", "-o", "name"], WAIT, |o| {
+        o.trim().is_empty()
+    });
+    assert!(
+        lab.ok(&["get", "replicasets", "-o", "name"])
+            .trim()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -186,13 +355,38 @@ fn kubectl_errors_read_like_a_real_cluster() {
     }
     let lab = Lab::start();
     let (ok, _, err) = lab.kubectl(&["get", "deploy", "nosuch"]);
-    assert!(!ok && err.contains(r#"Error from server (NotFound): deployments.apps "nosuch" not found"#), "{err}");
-    let (ok, _, err) = lab.kubectl(&["create", "service", "nodeport", "bad", "--tcp=80:8080", "--node-port=80"]);
-    assert!(!ok && err.contains("provided port is not in the valid range. The range of valid ports is 30000-32767"), "{err}");
-    let (ok, _, err) = lab.kubectl(&["create", "service", "clusterip", "Bad_Name", "--tcp=80:8080"]);
+    assert!(
+        !ok && err.contains(r#"Error from server (NotFound): deployments.apps "nosuch" not found"#),
+        "{err}"
+    );
+    let service = |name: &str, node_port: u32| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: NodePort\n  selector:\n    app: web\n  ports:\n  - port: 80\n    nodePort: {node_port}\n"
+        )
+    };
+    std::fs::write(lab.dir.path().join("low.yaml"), service("low", 80)).unwrap();
+    let (ok, _, err) = lab.kubectl(&["apply", "-f", "low.yaml"]);
+    assert!(!ok && err.contains("spec.ports[0].nodePort: Invalid value: 80: provided port is not in the valid range. The range of valid ports is 30000-32767"), "{err}");
+    std::fs::write(lab.dir.path().join("name.yaml"), service("Bad_Name", 30080)).unwrap();
+    let (ok, _, err) = lab.kubectl(&["apply", "-f", "name.yaml"]);
     assert!(!ok && err.contains("Invalid value: \"Bad_Name\""), "{err}");
-    std::fs::write(lab.dir.path().join("typo.yaml"), DEPLOYMENT.replace("  replicas: 1", "  replicass: 1")).unwrap();
+    assert_eq!(
+        lab.ok(&["get", "svc", "-o", "name"]).trim(),
+        "service/kubernetes",
+        "nothing was stored"
+    );
+    std::fs::write(
+        lab.dir.path().join("typo.yaml"),
+        DEPLOYMENT.replace("  replicas: 1", "  replicass: 1"),
+    )
+    .unwrap();
     let (ok, _, err) = lab.kubectl(&["apply", "-f", "typo.yaml"]);
-    assert!(!ok && err.contains("unknown field \"spec.replicass\""), "{err}");
-    assert!(lab.ok(&["get", "deploy", "-o", "name"]).trim().is_empty(), "nothing was stored");
+    assert!(
+        !ok && err.contains("unknown field \"spec.replicass\""),
+        "{err}"
+    );
+    assert!(
+        lab.ok(&["get", "deploy", "-o", "name"]).trim().is_empty(),
+        "nothing was stored"
+    );
 }

@@ -27,18 +27,27 @@ fn has_generation(kind: Kind) -> bool {
 
 /// Kinds whose status the client cannot set on create (the controllers own it).
 fn status_is_server_owned(kind: Kind) -> bool {
-    matches!(kind, Kind::Pod | Kind::Service | Kind::Deployment | Kind::ReplicaSet)
+    matches!(
+        kind,
+        Kind::Pod | Kind::Service | Kind::Deployment | Kind::ReplicaSet
+    )
 }
 
 const NAME_SUFFIX_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 /// Five characters from Kubernetes' `generateName` alphabet (no vowels, no look-alikes).
 pub fn random_suffix(len: usize) -> String {
-    (0..len).map(|_| NAME_SUFFIX_CHARS[fastrand::usize(..NAME_SUFFIX_CHARS.len())] as char).collect()
+    (0..len)
+        .map(|_| NAME_SUFFIX_CHARS[fastrand::usize(..NAME_SUFFIX_CHARS.len())] as char)
+        .collect()
 }
 
 /// Fills the metadata a create gets from the server and checks the namespace.
-pub fn stamp_create(kind: Kind, url_namespace: Option<&str>, obj: &mut Value) -> Result<(), ApiError> {
+pub fn stamp_create(
+    kind: Kind,
+    url_namespace: Option<&str>,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
     let info = kind.info();
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
@@ -64,7 +73,13 @@ pub fn stamp_create(kind: Kind, url_namespace: Option<&str>, obj: &mut Value) ->
     meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
     meta["creationTimestamp"] = json!(now());
     let m = meta.as_object_mut().expect("metadata is an object");
-    for server_owned in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+    for server_owned in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "managedFields",
+        "selfLink",
+    ] {
         m.remove(server_owned);
     }
     if has_generation(kind) {
@@ -92,7 +107,13 @@ pub fn stamp_update(kind: Kind, old: &Value, obj: &mut Value, status_only: bool)
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
     }
-    for keep in ["uid", "creationTimestamp", "namespace", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+    for keep in [
+        "uid",
+        "creationTimestamp",
+        "namespace",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
         match old["metadata"].get(keep) {
             Some(v) => obj["metadata"][keep] = v.clone(),
             None => {
@@ -124,7 +145,11 @@ pub fn stamp_update(kind: Kind, old: &Value, obj: &mut Value, status_only: bool)
     }
     if has_generation(kind) {
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
-        let bumped = if old.get("spec") != obj.get("spec") { generation + 1 } else { generation };
+        let bumped = if old.get("spec") != obj.get("spec") {
+            generation + 1
+        } else {
+            generation
+        };
         obj["metadata"]["generation"] = json!(bumped);
     }
 }
@@ -143,8 +168,16 @@ pub fn allocate_service(
     old: Option<&Value>,
 ) -> Result<(), Vec<Cause>> {
     let (services, _) = store.list(Kind::Service, None);
-    let me = (svc["metadata"]["namespace"].clone(), svc["metadata"]["name"].clone());
-    let others = services.iter().filter(|s| (s["metadata"]["namespace"].clone(), s["metadata"]["name"].clone()) != me);
+    let me = (
+        svc["metadata"]["namespace"].clone(),
+        svc["metadata"]["name"].clone(),
+    );
+    let others = services.iter().filter(|s| {
+        (
+            s["metadata"]["namespace"].clone(),
+            s["metadata"]["name"].clone(),
+        ) != me
+    });
     let mut used_ips: HashSet<u32> = HashSet::new();
     let mut used_ports: HashSet<i64> = HashSet::new();
     for s in others {
@@ -158,13 +191,20 @@ pub fn allocate_service(
         }
     }
     let mut causes = Vec::new();
-    let svc_type = svc["spec"]["type"].as_str().unwrap_or("ClusterIP").to_string();
+    let svc_type = svc["spec"]["type"]
+        .as_str()
+        .unwrap_or("ClusterIP")
+        .to_string();
     if svc_type != "ExternalName" {
         allocate_cluster_ip(cluster, svc, old, &used_ips, &mut causes);
     }
     let wants_node_ports = svc_type == "NodePort"
-        || (svc_type == "LoadBalancer" && svc["spec"]["allocateLoadBalancerNodePorts"].as_bool() != Some(false));
-    let ports = svc["spec"]["ports"].as_array_mut().map(std::mem::take).unwrap_or_default();
+        || (svc_type == "LoadBalancer"
+            && svc["spec"]["allocateLoadBalancerNodePorts"].as_bool() != Some(false));
+    let ports = svc["spec"]["ports"]
+        .as_array_mut()
+        .map(std::mem::take)
+        .unwrap_or_default();
     let mut ports_out = Vec::with_capacity(ports.len());
     let (lo, hi) = cluster.node_port_range;
     for (i, mut p) in ports.into_iter().enumerate() {
@@ -173,7 +213,10 @@ pub fn allocate_service(
                 && !np.is_null()
                 && svc_type == "ClusterIP"
             {
-                causes.push(Cause::forbidden(format!("spec.ports[{i}].nodePort"), "may not be used when `type` is 'ClusterIP'"));
+                causes.push(Cause::forbidden(
+                    format!("spec.ports[{i}].nodePort"),
+                    "may not be used when `type` is 'ClusterIP'",
+                ));
             }
             ports_out.push(p);
             continue;
@@ -188,14 +231,21 @@ pub fn allocate_service(
                         format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
                     ));
                 } else if !used_ports.insert(np) {
-                    causes.push(Cause::invalid(field, &json!(np), "provided port is already allocated"));
+                    causes.push(Cause::invalid(
+                        field,
+                        &json!(np),
+                        "provided port is already allocated",
+                    ));
                 }
             }
             None => {
                 // Keep the port this Service had, as kube-apiserver does on type changes.
                 let kept = old
                     .and_then(|o| o["spec"]["ports"].as_array())
-                    .and_then(|ps| ps.iter().find(|op| op["port"] == p["port"] && op["protocol"] == p["protocol"]))
+                    .and_then(|ps| {
+                        ps.iter()
+                            .find(|op| op["port"] == p["port"] && op["protocol"] == p["protocol"])
+                    })
                     .and_then(|op| op["nodePort"].as_i64());
                 let port = kept.or_else(|| random_free(i64::from(lo), i64::from(hi), &used_ports));
                 match port {
@@ -214,17 +264,29 @@ pub fn allocate_service(
         ports_out.push(p);
     }
     svc["spec"]["ports"] = json!(ports_out);
-    if causes.is_empty() { Ok(()) } else { Err(causes) }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(causes)
+    }
 }
 
-fn allocate_cluster_ip(cluster: &ClusterConfig, svc: &mut Value, old: Option<&Value>, used: &HashSet<u32>, causes: &mut Vec<Cause>) {
+fn allocate_cluster_ip(
+    cluster: &ClusterConfig,
+    svc: &mut Value,
+    old: Option<&Value>,
+    used: &HashSet<u32>,
+    causes: &mut Vec<Cause>,
+) {
     let requested = svc["spec"]["clusterIP"].as_str().unwrap_or("").to_string();
     if requested == "None" {
         svc["spec"]["clusterIPs"] = json!(["None"]);
         return;
     }
     if requested.is_empty()
-        && let Some(kept) = old.and_then(|o| o["spec"]["clusterIP"].as_str()).filter(|ip| !ip.is_empty())
+        && let Some(kept) = old
+            .and_then(|o| o["spec"]["clusterIP"].as_str())
+            .filter(|ip| !ip.is_empty())
     {
         svc["spec"]["clusterIP"] = json!(kept);
         svc["spec"]["clusterIPs"] = json!([kept]);
@@ -246,16 +308,25 @@ fn allocate_cluster_ip(cluster: &ClusterConfig, svc: &mut Value, old: Option<&Va
         match pick.or_else(|| (first..=last).find(|c| !used.contains(c))) {
             Some(ip) => ip,
             None => {
-                causes.push(Cause::invalid("spec.clusterIPs", &json!([]), "failed to allocate IP: range is full"));
+                causes.push(Cause::invalid(
+                    "spec.clusterIPs",
+                    &json!([]),
+                    "failed to allocate IP: range is full",
+                ));
                 return;
             }
         }
     } else {
         let Some(ip) = ip_to_u32(&requested) else {
-            causes.push(Cause::invalid("spec.clusterIPs[0]", &json!(requested), "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"));
+            causes.push(Cause::invalid(
+                "spec.clusterIPs[0]",
+                &json!(requested),
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            ));
             return;
         };
-        let unchanged = old.and_then(|o| o["spec"]["clusterIP"].as_str()) == Some(requested.as_str());
+        let unchanged =
+            old.and_then(|o| o["spec"]["clusterIP"].as_str()) == Some(requested.as_str());
         if !unchanged {
             if ip < first || ip > last {
                 causes.push(Cause::invalid(
@@ -303,7 +374,10 @@ mod tests {
     fn allocates_in_range_and_refuses_clashes() {
         let store = Store::in_memory();
         let cluster = ClusterConfig::new("lab", 2);
-        let mut a = svc("a", json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP"}]}));
+        let mut a = svc(
+            "a",
+            json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP"}]}),
+        );
         allocate_service(&store, &cluster, &mut a, None).unwrap();
         let ip: Ipv4Addr = a["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
         assert!(cluster.service_cidr.contains(&ip));
@@ -311,13 +385,25 @@ mod tests {
         assert!((30000..=32767).contains(&np));
         store.create(Kind::Service, a.clone()).unwrap();
 
-        let mut b = svc("b", json!({"type": "NodePort", "clusterIP": ip.to_string(), "ports": [{"port": 80, "protocol": "TCP", "nodePort": np}]}));
+        let mut b = svc(
+            "b",
+            json!({"type": "NodePort", "clusterIP": ip.to_string(), "ports": [{"port": 80, "protocol": "TCP", "nodePort": np}]}),
+        );
         let causes = allocate_service(&store, &cluster, &mut b, None).unwrap_err();
         let text: Vec<String> = causes.iter().map(Cause::to_string).collect();
-        assert!(text[0].contains("provided IP is already allocated"), "{text:?}");
-        assert!(text[1].contains("provided port is already allocated"), "{text:?}");
+        assert!(
+            text[0].contains("provided IP is already allocated"),
+            "{text:?}"
+        );
+        assert!(
+            text[1].contains("provided port is already allocated"),
+            "{text:?}"
+        );
 
-        let mut c = svc("c", json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 80}]}));
+        let mut c = svc(
+            "c",
+            json!({"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP", "nodePort": 80}]}),
+        );
         let causes = allocate_service(&store, &cluster, &mut c, None).unwrap_err();
         assert_eq!(
             causes[0].to_string(),
@@ -329,13 +415,22 @@ mod tests {
     fn a_type_change_keeps_addresses() {
         let store = Store::in_memory();
         let cluster = ClusterConfig::new("lab", 2);
-        let mut a = svc("a", json!({"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}));
+        let mut a = svc(
+            "a",
+            json!({"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]}),
+        );
         allocate_service(&store, &cluster, &mut a, None).unwrap();
         let mut changed = a.clone();
-        changed["spec"]["ports"][0].as_object_mut().unwrap().remove("nodePort");
+        changed["spec"]["ports"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("nodePort");
         changed["spec"]["type"] = json!("NodePort");
         allocate_service(&store, &cluster, &mut changed, Some(&a)).unwrap();
-        assert_eq!(changed["spec"]["ports"][0]["nodePort"], a["spec"]["ports"][0]["nodePort"]);
+        assert_eq!(
+            changed["spec"]["ports"][0]["nodePort"],
+            a["spec"]["ports"][0]["nodePort"]
+        );
         assert_eq!(changed["spec"]["clusterIP"], a["spec"]["clusterIP"]);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use labapi::discovery;
 use labapi::path::{self, ResourcePath, Route};
@@ -38,14 +38,22 @@ pub struct ServeOptions {
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn json_response(code: StatusCode, value: &Value, content_type: &str) -> Response<Body> {
     let mut r = Response::new(full(value.to_string()));
     *r.status_mut() = code;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json")));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json")),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     r
 }
 
@@ -54,7 +62,11 @@ fn ok_json(value: &Value) -> Response<Body> {
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
-    json_response(StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &e.to_status(), "application/json")
+    json_response(
+        StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &e.to_status(),
+        "application/json",
+    )
 }
 
 /// What the client's `Accept` asks for.
@@ -67,7 +79,12 @@ fn table_request(accept: &str, q: &Query) -> Result<Option<IncludeObject>, ApiEr
 
 /// Constant-time comparison, so that the token cannot be guessed byte by byte from timings.
 fn token_matches(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 fn authenticated(req: &Request<Incoming>, token: &str) -> bool {
@@ -78,16 +95,37 @@ fn authenticated(req: &Request<Incoming>, token: &str) -> bool {
         .is_some_and(|t| token_matches(t.trim().as_bytes(), token.as_bytes()))
 }
 
+/// Reads the body up to [`MAX_BODY`]. A larger body is still read (and dropped) up to a
+/// bound, so that the client, which is still sending, gets the 413 instead of a broken pipe.
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(MAX_BODY)),
-        Err(e) => Err(ApiError::bad_request(format!("reading the request body failed: {e}"))),
+    const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+    let mut body = req.into_body();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("reading the request body failed: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            seen += data.len();
+            if seen <= MAX_BODY {
+                buf.extend_from_slice(data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
     }
+    if seen > MAX_BODY {
+        return Err(ApiError::too_large(MAX_BODY));
+    }
+    Ok(buf.freeze())
 }
 
 /// Serves one request.
-pub async fn handle(api: Arc<Api>, opts: Arc<ServeOptions>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    api: Arc<Api>,
+    opts: Arc<ServeOptions>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let uri = req.uri().clone();
@@ -99,52 +137,97 @@ pub async fn handle(api: Arc<Api>, opts: Arc<ServeOptions>, req: Request<Incomin
     response
 }
 
-async fn route(api: &Arc<Api>, opts: &ServeOptions, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn route(
+    api: &Arc<Api>,
+    opts: &ServeOptions,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let route = path::parse(req.uri().path()).map_err(|_| ApiError::no_route())?;
     let public = matches!(route, Route::Version | Route::Health);
     if !public && !authenticated(&req, &opts.token) {
         return Err(ApiError::unauthorized());
     }
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     match route {
         Route::Version => Ok(ok_json(&discovery::version())),
         Route::Health => {
             let mut r = Response::new(full("ok"));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             Ok(r)
         }
         Route::Api | Route::Apis => {
             let core = route == Route::Api;
             if discovery::wants_aggregated(&accept) {
-                Ok(json_response(StatusCode::OK, &discovery::aggregated(core), discovery::AGGREGATED_CONTENT_TYPE))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &discovery::aggregated(core),
+                    discovery::AGGREGATED_CONTENT_TYPE,
+                ))
             } else if core {
                 Ok(ok_json(&discovery::legacy_api(&opts.address)))
             } else {
                 Ok(ok_json(&discovery::legacy_apis()))
             }
         }
-        Route::GroupVersion { group, version } => Ok(ok_json(&discovery::legacy_resources(&group, &version))),
-        Route::OpenApiIndex => Ok(ok_json(&discovery::openapi_index())),
-        Route::OpenApiDocument { group, version } => {
-            discovery::openapi_document(&group, &version).map(|d| ok_json(&d)).ok_or_else(ApiError::no_route)
+        Route::GroupVersion { group, version } => {
+            Ok(ok_json(&discovery::legacy_resources(&group, &version)))
         }
+        Route::OpenApiIndex => Ok(ok_json(&discovery::openapi_index())),
+        Route::OpenApiDocument { group, version } => discovery::openapi_document(&group, &version)
+            .map(|d| ok_json(&d))
+            .ok_or_else(ApiError::no_route),
         Route::Resource(p) => resource(api, p, accept, req).await,
     }
 }
 
-async fn resource(api: &Arc<Api>, p: ResourcePath, accept: String, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn resource(
+    api: &Arc<Api>,
+    p: ResourcePath,
+    accept: String,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let q = Query::parse(req.uri().query())?;
     let method = req.method().clone();
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string();
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
     let table = table_request(&accept, &q)?;
+    if matches!(method, Method::POST | Method::PUT)
+        && content_type.starts_with("application/vnd.kubernetes.protobuf")
+    {
+        return Err(ApiError {
+            code: 415,
+            reason: "UnsupportedMediaType",
+            message: "the lab's API server reads JSON and YAML bodies, not protobuf (application/vnd.kubernetes.protobuf); write the object to a file and use `kubectl apply -f`".to_string(),
+            details: None,
+        });
+    }
     let api = api.clone();
     match (&method, p.name.is_some()) {
         (&Method::GET, _) if q.watch => {
             let encoding = table.map(Encoding::Table).unwrap_or(Encoding::Object);
             let rx = watch::start(&api, &p, &q, encoding)?;
-            let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx)) });
+            let stream = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+            });
             let mut r = Response::new(StreamBody::new(stream).boxed());
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             Ok(r)
         }
         (&Method::GET, false) => {
@@ -152,7 +235,13 @@ async fn resource(api: &Arc<Api>, p: ResourcePath, accept: String, req: Request<
             let body = match table {
                 Some(include) => {
                     let items: Vec<&Value> = page.items.iter().map(|o| o.as_ref()).collect();
-                    let mut t = labapi::table::table(p.kind, items, &page.resource_version.to_string(), include, jiff::Timestamp::now());
+                    let mut t = labapi::table::table(
+                        p.kind,
+                        items,
+                        &page.resource_version.to_string(),
+                        include,
+                        jiff::Timestamp::now(),
+                    );
                     if let Some(c) = &page.continue_token {
                         t["metadata"]["continue"] = json!(c);
                         t["metadata"]["remainingItemCount"] = json!(page.remaining);
@@ -169,7 +258,9 @@ async fn resource(api: &Arc<Api>, p: ResourcePath, accept: String, req: Request<
             }
             let obj = api.get(&p)?;
             let body = match table {
-                Some(include) => labapi::table::object_table(p.kind, &obj, include, jiff::Timestamp::now()),
+                Some(include) => {
+                    labapi::table::object_table(p.kind, &obj, include, jiff::Timestamp::now())
+                }
                 None => (*obj).clone(),
             };
             Ok(ok_json(&body))
@@ -195,18 +286,33 @@ async fn resource(api: &Arc<Api>, p: ResourcePath, accept: String, req: Request<
         }
         (&Method::DELETE, false) => {
             let body = read_body(req).await?;
-            let page = api.list(&p, &Query { limit: 0, continue_token: None, ..q.clone() })?;
+            let page = api.list(
+                &p,
+                &Query {
+                    limit: 0,
+                    continue_token: None,
+                    ..q.clone()
+                },
+            )?;
             for obj in &page.items {
-                let item = ResourcePath { name: obj["metadata"]["name"].as_str().map(str::to_string), namespace: obj["metadata"]["namespace"].as_str().map(str::to_string), ..p.clone() };
+                let item = ResourcePath {
+                    name: obj["metadata"]["name"].as_str().map(str::to_string),
+                    namespace: obj["metadata"]["namespace"].as_str().map(str::to_string),
+                    ..p.clone()
+                };
                 match api.delete(&item, &q, &body) {
                     Ok(_) => {}
                     Err(e) if e.code == 404 => {}
                     Err(e) => return Err(e),
                 }
             }
-            Ok(ok_json(&json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})))
+            Ok(ok_json(
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+            ))
         }
-        _ => Err(ApiError::method_not_allowed(format!("{method} is not supported on this path"))),
+        _ => Err(ApiError::method_not_allowed(format!(
+            "{method} is not supported on this path"
+        ))),
     }
 }
 
@@ -264,7 +370,8 @@ pub async fn serve(
                 let (api, opts) = (api.clone(), opts.clone());
                 async move { Ok::<_, Infallible>(handle(api, opts, req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }

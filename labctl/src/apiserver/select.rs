@@ -16,7 +16,12 @@ pub struct Selection {
 impl Selection {
     /// From the request's query (namespace comes from the path, see [`Selection::in_namespace`]).
     pub fn from_query(kind: Kind, q: &Query) -> Result<Selection, ApiError> {
-        let labels = q.label_selector.as_deref().filter(|s| !s.is_empty()).map(LabelSelector::parse).transpose()?;
+        let labels = q
+            .label_selector
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(LabelSelector::parse)
+            .transpose()?;
         let fields = match q.field_selector.as_deref().filter(|s| !s.is_empty()) {
             None => None,
             Some(s) => {
@@ -25,7 +30,12 @@ impl Selection {
                 Some(f)
             }
         };
-        Ok(Selection { labels, fields, namespace: None, name: None })
+        Ok(Selection {
+            labels,
+            fields,
+            namespace: None,
+            name: None,
+        })
     }
 
     /// Restricts to one namespace (watches on a namespaced path).
@@ -59,5 +69,7 @@ impl Selection {
 
 /// A `metav1.LabelSelector` in query-string form (`app=hello-world`), for Scale's status.
 pub fn selector_string(selector: &Value) -> String {
-    LabelSelector::from_match(selector).map(|s| s.to_query_string()).unwrap_or_default()
+    LabelSelector::from_match(selector)
+        .map(|s| s.to_query_string())
+        .unwrap_or_default()
 }

@@ -53,41 +53,71 @@ fn name_of(p: &ResourcePath) -> &str {
 }
 
 fn ns_of(p: &ResourcePath) -> &str {
-    if p.kind.info().namespaced { p.namespace.as_deref().unwrap_or("default") } else { "" }
+    if p.kind.info().namespaced {
+        p.namespace.as_deref().unwrap_or("default")
+    } else {
+        ""
+    }
 }
 
 /// Continue tokens carry the last key of the page and the resourceVersion of the first page.
 fn encode_continue(rv: u64, ns: &str, name: &str) -> String {
-    format!("{rv}:{ns}:{name}").bytes().map(|b| format!("{b:02x}")).collect()
+    format!("{rv}:{ns}:{name}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
     let bad = || ApiError::bad_request(format!("continue key is not valid: {token:?}"));
-    let bytes: Result<Vec<u8>, _> =
-        (0..token.len()).step_by(2).map(|i| token.get(i..i + 2).ok_or(()).and_then(|h| u8::from_str_radix(h, 16).map_err(|_| ()))).collect();
+    let bytes: Result<Vec<u8>, _> = (0..token.len())
+        .step_by(2)
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .ok_or(())
+                .and_then(|h| u8::from_str_radix(h, 16).map_err(|_| ()))
+        })
+        .collect();
     let text = String::from_utf8(bytes.map_err(|_| bad())?).map_err(|_| bad())?;
     let mut parts = text.splitn(3, ':');
-    let (_rv, ns, name) = (parts.next(), parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?);
+    let (_rv, ns, name) = (
+        parts.next(),
+        parts.next().ok_or_else(bad)?,
+        parts.next().ok_or_else(bad)?,
+    );
     Ok((ns.to_string(), name.to_string()))
 }
 
 impl Api {
     /// GET of one object.
     pub fn get(&self, p: &ResourcePath) -> Result<Arc<Value>, ApiError> {
-        self.store.get(p.kind, ns_of(p), name_of(p)).ok_or_else(|| ApiError::not_found(p.kind.info(), name_of(p)))
+        self.store
+            .get(p.kind, ns_of(p), name_of(p))
+            .ok_or_else(|| ApiError::not_found(p.kind.info(), name_of(p)))
     }
 
     /// LIST with selectors and paging.
     pub fn list(&self, p: &ResourcePath, q: &Query) -> Result<ListPage, ApiError> {
         let selection = Selection::from_query(p.kind, q)?;
-        let (all, rv) = self.store.list(p.kind, p.namespace.as_deref().filter(|_| p.kind.info().namespaced));
-        let after = q.continue_token.as_deref().map(decode_continue).transpose()?;
+        let (all, rv) = self.store.list(
+            p.kind,
+            p.namespace.as_deref().filter(|_| p.kind.info().namespaced),
+        );
+        let after = q
+            .continue_token
+            .as_deref()
+            .map(decode_continue)
+            .transpose()?;
         let mut items: Vec<Arc<Value>> = all
             .into_iter()
             .filter(|o| match &after {
                 None => true,
                 Some((ns, name)) => {
-                    let key = (o["metadata"]["namespace"].as_str().unwrap_or(""), o["metadata"]["name"].as_str().unwrap_or(""));
+                    let key = (
+                        o["metadata"]["namespace"].as_str().unwrap_or(""),
+                        o["metadata"]["name"].as_str().unwrap_or(""),
+                    );
                     key > (ns.as_str(), name.as_str())
                 }
             })
@@ -104,7 +134,12 @@ impl Api {
                 last["metadata"]["name"].as_str().unwrap_or(""),
             ));
         }
-        Ok(ListPage { items, resource_version: rv, continue_token, remaining })
+        Ok(ListPage {
+            items,
+            resource_version: rv,
+            continue_token,
+            remaining,
+        })
     }
 
     fn check_namespace(&self, kind: Kind, ns: &str, name: &str) -> Result<(), ApiError> {
@@ -132,10 +167,11 @@ impl Api {
     fn admit(&self, kind: Kind, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
         labapi::defaults::apply_defaults(kind, obj);
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-        let mut causes = labapi::validate::validate(kind, obj);
-        if let Some(old) = old {
-            causes.extend(labapi::validate::validate_update(kind, old, obj));
-        }
+        // Update validation includes the object's own validation.
+        let causes = match old {
+            Some(old) => labapi::validate::validate_update(kind, old, obj),
+            None => labapi::validate::validate(kind, obj),
+        };
         if !causes.is_empty() {
             return Err(ApiError::invalid(kind.info(), &name, &causes));
         }
@@ -150,12 +186,22 @@ impl Api {
     pub fn create(&self, p: &ResourcePath, q: &Query, body: &[u8]) -> Result<Written, ApiError> {
         let info = p.kind.info();
         if !info.writable {
-            return Err(ApiError::method_not_allowed(format!("{} are maintained by the lab's controllers and are read-only", info.plural)));
+            return Err(ApiError::method_not_allowed(format!(
+                "{} are maintained by the lab's controllers and are read-only",
+                info.plural
+            )));
         }
-        let (mut obj, warnings) = decode(p.kind, body, FieldValidation::from_query(q.field_validation.as_deref())?)?;
+        let (mut obj, warnings) = decode(
+            p.kind,
+            body,
+            FieldValidation::from_query(q.field_validation.as_deref())?,
+        )?;
         stamp_create(p.kind, p.namespace.as_deref(), &mut obj)?;
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         self.check_namespace(p.kind, &ns, &name)?;
         // The allocators read the stored Services: hold the lock until this one is stored.
         let _alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
@@ -166,9 +212,17 @@ impl Api {
         let object = if q.dry_run {
             obj
         } else {
-            (*self.store.create(p.kind, obj).map_err(|e| store_error(e, p.kind, &name))?).clone()
+            (*self
+                .store
+                .create(p.kind, obj)
+                .map_err(|e| store_error(e, p.kind, &name))?)
+            .clone()
         };
-        Ok(Written { object, warnings, created: true })
+        Ok(Written {
+            object,
+            warnings,
+            created: true,
+        })
     }
 
     /// Creates an object built inside the server (controllers): the same admission as a
@@ -177,15 +231,27 @@ impl Api {
         let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
         stamp_create(kind, ns.as_deref(), &mut obj)?;
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         self.check_namespace(kind, &ns, &name)?;
         let _alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
         self.admit(kind, &mut obj, None)?;
-        Ok((*self.store.create(kind, obj).map_err(|e| store_error(e, kind, &name))?).clone())
+        Ok((*self
+            .store
+            .create(kind, obj)
+            .map_err(|e| store_error(e, kind, &name))?)
+        .clone())
     }
 
     /// Deletes an object as a client's DELETE would (Pods gracefully).
-    pub fn delete_object(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, ApiError> {
+    pub fn delete_object(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         let p = ResourcePath {
             kind,
             namespace: Some(namespace.to_string()).filter(|n| !n.is_empty()),
@@ -198,11 +264,16 @@ impl Api {
     /// PUT of an object (or its status).
     pub fn replace(&self, p: &ResourcePath, q: &Query, body: &[u8]) -> Result<Written, ApiError> {
         if p.subresource.as_deref() == Some("scale") {
-            let scale: Value = serde_json::from_slice(body)
-                .map_err(|e| ApiError::bad_request(format!("Scale in version \"v1\" cannot be handled as a Scale: {e}")))?;
+            let scale: Value = serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "Scale in version \"v1\" cannot be handled as a Scale: {e}"
+                ))
+            })?;
             return self.set_scale(p, q, &scale);
         }
-        let (obj, warnings) = decode(p.kind, body, FieldValidation::from_query(q.field_validation.as_deref())?)?;
+        let validation =
+            FieldValidation::from_query_for(q.field_validation.as_deref(), "UpdateOptions")?;
+        let (obj, warnings) = decode(p.kind, body, validation)?;
         let body_name = obj["metadata"]["name"].as_str().unwrap_or("");
         if body_name != name_of(p) {
             return Err(ApiError::bad_request(format!(
@@ -210,23 +281,42 @@ impl Api {
                 name_of(p)
             )));
         }
-        let expected = obj["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok());
+        let expected = obj["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse().ok());
         if expected.is_none() {
             return Err(ApiError::invalid(
                 p.kind.info(),
                 name_of(p),
-                &[labapi::Cause::invalid("metadata.resourceVersion", &json!(""), "must be specified for an update")],
+                &[labapi::Cause::invalid(
+                    "metadata.resourceVersion",
+                    &json!(""),
+                    "must be specified for an update",
+                )],
             ));
         }
         let object = self.write_update(p, obj, expected, q.dry_run)?;
-        Ok(Written { object, warnings, created: false })
+        Ok(Written {
+            object,
+            warnings,
+            created: false,
+        })
     }
 
     /// The shared tail of PUT and PATCH.
-    fn write_update(&self, p: &ResourcePath, mut obj: Value, expected_rv: Option<u64>, dry_run: bool) -> Result<Value, ApiError> {
+    fn write_update(
+        &self,
+        p: &ResourcePath,
+        mut obj: Value,
+        expected_rv: Option<u64>,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
         let info = p.kind.info();
         if !info.writable {
-            return Err(ApiError::method_not_allowed(format!("{} are read-only", info.plural)));
+            return Err(ApiError::method_not_allowed(format!(
+                "{} are read-only",
+                info.plural
+            )));
         }
         let name = name_of(p);
         let _alloc = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
@@ -241,12 +331,21 @@ impl Api {
         if dry_run {
             return Ok(obj);
         }
-        let stored = self.store.update(p.kind, obj, Some(object_rv(&old))).map_err(|e| store_error(e, p.kind, name))?;
+        let stored = self
+            .store
+            .update(p.kind, obj, Some(object_rv(&old)))
+            .map_err(|e| store_error(e, p.kind, name))?;
         Ok((*stored).clone())
     }
 
     /// PATCH of an object, its status or its scale.
-    pub fn patch(&self, p: &ResourcePath, q: &Query, content_type: &str, body: &[u8]) -> Result<Written, ApiError> {
+    pub fn patch(
+        &self,
+        p: &ResourcePath,
+        q: &Query,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Written, ApiError> {
         let patch_type = PatchType::from_content_type(content_type)?;
         if p.subresource.as_deref() == Some("scale") {
             let current = self.scale(p)?;
@@ -256,14 +355,25 @@ impl Api {
         let old = self.get(p)?;
         let patched = apply_patch(p.kind, &old, patch_type, body)?;
         // Unknown fields in a patch are checked like those of a full object.
-        let validation = FieldValidation::from_query(q.field_validation.as_deref())?;
+        let validation =
+            FieldValidation::from_query_for(q.field_validation.as_deref(), "PatchOptions")?;
         let (patched, warnings) = decode(p.kind, patched.to_string().as_bytes(), validation)?;
         // A resourceVersion in the patch is a precondition; otherwise the patch applies to
         // whatever is stored now.
-        let expected = patched["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok());
-        let expected = if expected == Some(object_rv(&old)) { None } else { expected };
+        let expected = patched["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse().ok());
+        let expected = if expected == Some(object_rv(&old)) {
+            None
+        } else {
+            expected
+        };
         let object = self.write_update(p, patched, expected, q.dry_run)?;
-        Ok(Written { object, warnings, created: false })
+        Ok(Written {
+            object,
+            warnings,
+            created: false,
+        })
     }
 
     /// The `autoscaling/v1` Scale of a Deployment or ReplicaSet.
@@ -292,18 +402,35 @@ impl Api {
             other => {
                 let value = other.map(|r| json!(r)).unwrap_or(Value::Null);
                 return Err(ApiError::invalid(
-                    &labapi::resource::ResourceInfo { kind_name: "Scale", group: "autoscaling", ..*p.kind.info() },
+                    &labapi::resource::ResourceInfo {
+                        kind_name: "Scale",
+                        group: "autoscaling",
+                        ..*p.kind.info()
+                    },
                     name,
-                    &[labapi::Cause::invalid("spec.replicas", &value, "must be greater than or equal to 0")],
+                    &[labapi::Cause::invalid(
+                        "spec.replicas",
+                        &value,
+                        "must be greater than or equal to 0",
+                    )],
                 ));
             }
         };
         let mut obj = (*self.get(p)?).clone();
         obj["spec"]["replicas"] = json!(replicas);
-        let expected = scale["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok());
-        let main = ResourcePath { subresource: None, ..p.clone() };
+        let expected = scale["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse().ok());
+        let main = ResourcePath {
+            subresource: None,
+            ..p.clone()
+        };
         self.write_update(&main, obj, expected, q.dry_run)?;
-        Ok(Written { object: self.scale(p)?, warnings: Vec::new(), created: false })
+        Ok(Written {
+            object: self.scale(p)?,
+            warnings: Vec::new(),
+            created: false,
+        })
     }
 
     /// DELETE of one object. Pods on a node and Namespaces go through graceful termination;
@@ -311,12 +438,19 @@ impl Api {
     pub fn delete(&self, p: &ResourcePath, q: &Query, body: &[u8]) -> Result<Value, ApiError> {
         let info = p.kind.info();
         if !info.writable {
-            return Err(ApiError::method_not_allowed(format!("{} are read-only", info.plural)));
+            return Err(ApiError::method_not_allowed(format!(
+                "{} are read-only",
+                info.plural
+            )));
         }
         let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
             json!({})
         } else {
-            serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("DeleteOptions in version \"v1\" cannot be handled as a DeleteOptions: {e}")))?
+            serde_json::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "DeleteOptions in version \"v1\" cannot be handled as a DeleteOptions: {e}"
+                ))
+            })?
         };
         let name = name_of(p);
         let ns = ns_of(p);
@@ -329,14 +463,24 @@ impl Api {
         if q.dry_run {
             return Ok((*obj).clone());
         }
-        let grace = opts["gracePeriodSeconds"].as_i64().or(q.grace_period_seconds);
-        let policy = opts["propagationPolicy"].as_str().or(q.propagation_policy.as_deref()).unwrap_or("Background").to_string();
+        let grace = opts["gracePeriodSeconds"]
+            .as_i64()
+            .or(q.grace_period_seconds);
+        let policy = opts["propagationPolicy"]
+            .as_str()
+            .or(q.propagation_policy.as_deref())
+            .unwrap_or("Background")
+            .to_string();
         match p.kind {
             Kind::Namespace => return self.delete_namespace(name),
             Kind::Pod => {
-                let default_grace = obj["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
+                let default_grace = obj["spec"]["terminationGracePeriodSeconds"]
+                    .as_i64()
+                    .unwrap_or(30);
                 let grace = grace.unwrap_or(default_grace).max(0);
-                let on_node = obj["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+                let on_node = obj["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty());
                 if on_node && grace > 0 {
                     return self.start_graceful_delete(p, grace);
                 }
@@ -346,7 +490,10 @@ impl Api {
         if policy == "Orphan" {
             self.orphan_dependents(obj["metadata"]["uid"].as_str().unwrap_or(""));
         }
-        let gone = self.store.delete(p.kind, ns, name, None).map_err(|e| store_error(e, p.kind, name))?;
+        let gone = self
+            .store
+            .delete(p.kind, ns, name, None)
+            .map_err(|e| store_error(e, p.kind, name))?;
         Ok((*gone).clone())
     }
 
@@ -368,7 +515,9 @@ impl Api {
                 ModifyError::Store(e) => store_error(e, p.kind, name_of(p)),
                 ModifyError::Rejected(()) => ApiError::internal("graceful delete refused"),
             })?;
-        changed.map(|o| (*o).clone()).ok_or_else(|| ApiError::not_found(p.kind.info(), name_of(p)))
+        changed
+            .map(|o| (*o).clone())
+            .ok_or_else(|| ApiError::not_found(p.kind.info(), name_of(p)))
     }
 
     fn delete_namespace(&self, name: &str) -> Result<Value, ApiError> {
@@ -376,7 +525,9 @@ impl Api {
             return Err(ApiError {
                 code: 403,
                 reason: "Forbidden",
-                message: format!("namespaces {name:?} is forbidden: this namespace may not be deleted"),
+                message: format!(
+                    "namespaces {name:?} is forbidden: this namespace may not be deleted"
+                ),
                 details: Some(json!({"name": name, "kind": "namespaces"})),
             });
         }
@@ -392,17 +543,24 @@ impl Api {
                 Ok(true)
             })
             .map_err(|_| ApiError::internal("namespace delete failed"))?;
-        changed.map(|o| (*o).clone()).ok_or_else(|| ApiError::not_found(Kind::Namespace.info(), name))
+        changed
+            .map(|o| (*o).clone())
+            .ok_or_else(|| ApiError::not_found(Kind::Namespace.info(), name))
     }
 
     fn orphan_dependents(&self, owner_uid: &str) {
         for kind in [Kind::ReplicaSet, Kind::Pod, Kind::EndpointSlice] {
             for obj in self.store.list(kind, None).0 {
-                let owned = obj["metadata"]["ownerReferences"].as_array().is_some_and(|rs| rs.iter().any(|r| r["uid"] == owner_uid));
+                let owned = obj["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|rs| rs.iter().any(|r| r["uid"] == owner_uid));
                 if !owned {
                     continue;
                 }
-                let (ns, name) = (obj["metadata"]["namespace"].as_str().unwrap_or(""), obj["metadata"]["name"].as_str().unwrap_or(""));
+                let (ns, name) = (
+                    obj["metadata"]["namespace"].as_str().unwrap_or(""),
+                    obj["metadata"]["name"].as_str().unwrap_or(""),
+                );
                 let _ = self.store.modify(kind, ns, name, |o| -> Result<bool, ()> {
                     if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
                         refs.retain(|r| r["uid"] != owner_uid);
@@ -421,7 +579,10 @@ mod tests {
     #[test]
     fn continue_tokens_round_trip() {
         let t = encode_continue(42, "default", "hello-world");
-        assert_eq!(decode_continue(&t).unwrap(), ("default".to_string(), "hello-world".to_string()));
+        assert_eq!(
+            decode_continue(&t).unwrap(),
+            ("default".to_string(), "hello-world".to_string())
+        );
         assert_eq!(decode_continue("zz").unwrap_err().code, 400);
     }
 }

@@ -37,7 +37,9 @@ fn line(event_type: &str, object: Value) -> Bytes {
 fn encode(kind: Kind, obj: &Value, encoding: Encoding) -> Value {
     match encoding {
         Encoding::Object => obj.clone(),
-        Encoding::Table(include) => labapi::table::object_table(kind, obj, include, jiff::Timestamp::now()),
+        Encoding::Table(include) => {
+            labapi::table::object_table(kind, obj, include, jiff::Timestamp::now())
+        }
     }
 }
 
@@ -58,15 +60,23 @@ fn visible(event: &Event, selection: &Selection) -> Option<EventType> {
 }
 
 /// Starts a watch; the returned channel yields the body's chunks and ends with the watch.
-pub fn start(api: &Arc<Api>, p: &ResourcePath, q: &Query, encoding: Encoding) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+pub fn start(
+    api: &Arc<Api>,
+    p: &ResourcePath,
+    q: &Query,
+    encoding: Encoding,
+) -> Result<mpsc::Receiver<Bytes>, ApiError> {
     let kind = p.kind;
-    let mut selection = Selection::from_query(kind, q)?.in_namespace(p.namespace.as_deref().filter(|_| kind.info().namespaced));
+    let mut selection = Selection::from_query(kind, q)?
+        .in_namespace(p.namespace.as_deref().filter(|_| kind.info().namespaced));
     if let Some(name) = &p.name {
         selection = selection.with_name(name);
     }
     let from: Option<u64> = match q.resource_version.as_deref() {
         None | Some("0") => None,
-        Some(v) => Some(v.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}: must be an integer")))?),
+        Some(v) => Some(v.parse().map_err(|_| {
+            ApiError::bad_request(format!("invalid resourceVersion {v:?}: must be an integer"))
+        })?),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let (initial, backlog, mut live, mut last_rv) = match from {
@@ -86,11 +96,17 @@ pub fn start(api: &Arc<Api>, p: &ResourcePath, q: &Query, encoding: Encoding) ->
             Err(e) => return Err(ApiError::internal(e.to_string())),
         },
     };
-    let deadline = q.timeout_seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let deadline = q
+        .timeout_seconds
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let bookmarks = q.allow_bookmarks;
     tokio::spawn(async move {
         for obj in initial.iter().filter(|o| selection.matches(o)) {
-            if tx.send(line("ADDED", encode(kind, obj, encoding))).await.is_err() {
+            if tx
+                .send(line("ADDED", encode(kind, obj, encoding)))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -101,7 +117,9 @@ pub fn start(api: &Arc<Api>, p: &ResourcePath, q: &Query, encoding: Encoding) ->
             let event = match pending.pop_front() {
                 Some(e) => e,
                 None => {
-                    let sleep_until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
+                    let sleep_until = deadline.unwrap_or_else(|| {
+                        tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+                    });
                     tokio::select! {
                         e = live.recv() => match e { Some(e) => e, None => return },
                         _ = tokio::time::sleep_until(sleep_until) => return,
@@ -119,8 +137,17 @@ pub fn start(api: &Arc<Api>, p: &ResourcePath, q: &Query, encoding: Encoding) ->
             if event.kind != kind {
                 continue;
             }
-            let Some(event_type) = visible(&event, &selection) else { continue };
-            if tx.send(line(event_type.as_str(), encode(kind, &event.object, encoding))).await.is_err() {
+            let Some(event_type) = visible(&event, &selection) else {
+                continue;
+            };
+            if tx
+                .send(line(
+                    event_type.as_str(),
+                    encode(kind, &event.object, encoding),
+                ))
+                .await
+                .is_err()
+            {
                 return;
             }
         }

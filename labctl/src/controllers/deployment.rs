@@ -21,15 +21,28 @@ pub fn pod_template_hash(template: &Value) -> String {
         hash ^= u32::from(b);
         hash = hash.wrapping_mul(0x0100_0193);
     }
-    hash.to_string().bytes().map(|b| ALPHANUMS[usize::from(b) % ALPHANUMS.len()] as char).collect()
+    hash.to_string()
+        .bytes()
+        .map(|b| ALPHANUMS[usize::from(b) % ALPHANUMS.len()] as char)
+        .collect()
 }
 
 /// `25%` of `total`, rounded up for surge and down for unavailability, as intstr does.
 fn resolve(value: &Value, total: i64, round_up: bool, default_percent: i64) -> i64 {
-    let percent = |p: i64| if round_up { (p * total + 99) / 100 } else { p * total / 100 };
+    let percent = |p: i64| {
+        if round_up {
+            (p * total + 99) / 100
+        } else {
+            p * total / 100
+        }
+    };
     match value {
         Value::Number(n) => n.as_i64().unwrap_or(0),
-        Value::String(s) => s.strip_suffix('%').and_then(|p| p.parse().ok()).map(percent).unwrap_or(0),
+        Value::String(s) => s
+            .strip_suffix('%')
+            .and_then(|p| p.parse().ok())
+            .map(percent)
+            .unwrap_or(0),
         _ => percent(default_percent),
     }
 }
@@ -39,7 +52,10 @@ fn int(v: &Value) -> i64 {
 }
 
 fn revision(rs: &Value) -> i64 {
-    rs["metadata"]["annotations"][REVISION].as_str().and_then(|r| r.parse().ok()).unwrap_or(0)
+    rs["metadata"]["annotations"][REVISION]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
 }
 
 fn set_replicas(ctx: &Ctx, d: &Value, rs: &Value, replicas: i64) -> Result<(), ApiError> {
@@ -49,11 +65,17 @@ fn set_replicas(ctx: &Ctx, d: &Value, rs: &Value, replicas: i64) -> Result<(), A
     }
     ctx.api
         .store
-        .modify(Kind::ReplicaSet, meta(rs, "namespace"), meta(rs, "name"), |r| -> Result<bool, ()> {
-            r["spec"]["replicas"] = json!(replicas);
-            r["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"] = json!(int(&d["spec"]["replicas"]).to_string());
-            Ok(true)
-        })
+        .modify(
+            Kind::ReplicaSet,
+            meta(rs, "namespace"),
+            meta(rs, "name"),
+            |r| -> Result<bool, ()> {
+                r["spec"]["replicas"] = json!(replicas);
+                r["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"] =
+                    json!(int(&d["spec"]["replicas"]).to_string());
+                Ok(true)
+            },
+        )
         .map_err(|_| ApiError::internal("scaling a replica set failed"))?;
     let verb = if replicas > old { "up" } else { "down" };
     ctx.recorder.record(
@@ -61,7 +83,10 @@ fn set_replicas(ctx: &Ctx, d: &Value, rs: &Value, replicas: i64) -> Result<(), A
         d,
         "Normal",
         "ScalingReplicaSet",
-        &format!("Scaled {verb} replica set {} from {old} to {replicas}", meta(rs, "name")),
+        &format!(
+            "Scaled {verb} replica set {} from {old} to {replicas}",
+            meta(rs, "name")
+        ),
         "deployment-controller",
     );
     Ok(())
@@ -70,14 +95,28 @@ fn set_replicas(ctx: &Ctx, d: &Value, rs: &Value, replicas: i64) -> Result<(), A
 /// Brings a Deployment's ReplicaSets towards its spec and updates its status.
 pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
     let store = &ctx.api.store;
-    let Some(d) = store.get(Kind::Deployment, ns, name) else { return Ok(()) };
+    let Some(d) = store.get(Kind::Deployment, ns, name) else {
+        return Ok(());
+    };
     let uid = meta(&d, "uid").to_string();
     let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
     let template = &d["spec"]["template"];
     let hash = pod_template_hash(template);
-    let owned: Vec<Arc<Value>> = store.list(Kind::ReplicaSet, Some(ns)).0.into_iter().filter(|r| super::owner_uids(r).any(|u| u == uid)).collect();
-    let mut new_rs = owned.iter().find(|r| r["metadata"]["labels"]["pod-template-hash"] == hash.as_str()).cloned();
-    let mut old: Vec<Arc<Value>> = owned.iter().filter(|r| r["metadata"]["labels"]["pod-template-hash"] != hash.as_str()).cloned().collect();
+    let owned: Vec<Arc<Value>> = store
+        .list(Kind::ReplicaSet, Some(ns))
+        .0
+        .into_iter()
+        .filter(|r| super::owner_uids(r).any(|u| u == uid))
+        .collect();
+    let mut new_rs = owned
+        .iter()
+        .find(|r| r["metadata"]["labels"]["pod-template-hash"] == hash.as_str())
+        .cloned();
+    let mut old: Vec<Arc<Value>> = owned
+        .iter()
+        .filter(|r| r["metadata"]["labels"]["pod-template-hash"] != hash.as_str())
+        .cloned()
+        .collect();
     old.sort_by_key(|r| revision(r));
     let recreate = d["spec"]["strategy"]["type"] == "Recreate";
     let old_active: i64 = old.iter().map(|r| int(&r["spec"]["replicas"])).sum();
@@ -113,7 +152,10 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
             &d,
             "Normal",
             "ScalingReplicaSet",
-            &format!("Scaled up replica set {} from 0 to {initial}", meta(&created, "name")),
+            &format!(
+                "Scaled up replica set {} from 0 to {initial}",
+                meta(&created, "name")
+            ),
             "deployment-controller",
         );
         let created = Arc::new(created);
@@ -127,7 +169,10 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
         for r in &old {
             set_replicas(ctx, &d, r, 0)?;
         }
-        let old_pods: usize = old.iter().map(|r| int(&r["status"]["replicas"]) as usize).sum();
+        let old_pods: usize = old
+            .iter()
+            .map(|r| int(&r["status"]["replicas"]) as usize)
+            .sum();
         if old_pods == 0 {
             set_replicas(ctx, &d, &new_rs, replicas)?;
         }
@@ -147,10 +192,23 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
         }
         // Scale old ones down while enough Pods stay available.
         let min_available = replicas - max_unavailable;
-        let available: i64 = owned.iter().map(|r| int(&r["status"]["availableReplicas"])).sum();
-        let new_unavailable = (int(&new_rs["spec"]["replicas"]) - int(&new_rs["status"]["availableReplicas"])).max(0);
+        let available: i64 = owned
+            .iter()
+            .map(|r| int(&r["status"]["availableReplicas"]))
+            .sum();
+        let new_unavailable =
+            (int(&new_rs["spec"]["replicas"]) - int(&new_rs["status"]["availableReplicas"])).max(0);
         let all_pods: i64 = owned.iter().map(|r| int(&r["status"]["replicas"])).sum();
-        let mut budget = (all_pods - min_available - new_unavailable).max(0).min((available - min_available).max(0) + old.iter().map(|r| (int(&r["spec"]["replicas"]) - int(&r["status"]["availableReplicas"])).max(0)).sum::<i64>());
+        let mut budget = (all_pods - min_available - new_unavailable).max(0).min(
+            (available - min_available).max(0)
+                + old
+                    .iter()
+                    .map(|r| {
+                        (int(&r["spec"]["replicas"]) - int(&r["status"]["availableReplicas"]))
+                            .max(0)
+                    })
+                    .sum::<i64>(),
+        );
         for r in &old {
             if budget == 0 {
                 break;
@@ -168,11 +226,18 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
 }
 
 fn prune_history(ctx: &Ctx, d: &Value, old: &[Arc<Value>]) -> Result<(), ApiError> {
-    let limit = d["spec"]["revisionHistoryLimit"].as_i64().unwrap_or(10).max(0) as usize;
-    let idle: Vec<&Arc<Value>> = old.iter().filter(|r| int(&r["spec"]["replicas"]) == 0 && int(&r["status"]["replicas"]) == 0).collect();
+    let limit = d["spec"]["revisionHistoryLimit"]
+        .as_i64()
+        .unwrap_or(10)
+        .max(0) as usize;
+    let idle: Vec<&Arc<Value>> = old
+        .iter()
+        .filter(|r| int(&r["spec"]["replicas"]) == 0 && int(&r["status"]["replicas"]) == 0)
+        .collect();
     if idle.len() > limit {
         for r in &idle[..idle.len() - limit] {
-            ctx.api.delete_object(Kind::ReplicaSet, meta(r, "namespace"), meta(r, "name"))?;
+            ctx.api
+                .delete_object(Kind::ReplicaSet, meta(r, "namespace"), meta(r, "name"))?;
         }
     }
     Ok(())
@@ -183,18 +248,42 @@ fn update_status(ctx: &Ctx, d: &Value, new_rs: &Value) -> Result<(), ApiError> {
     let (ns, name) = (meta(d, "namespace"), meta(d, "name"));
     let uid = meta(d, "uid");
     // Read the ReplicaSets again: their status moves on while this runs.
-    let owned: Vec<Arc<Value>> = store.list(Kind::ReplicaSet, Some(ns)).0.into_iter().filter(|r| super::owner_uids(r).any(|u| u == uid)).collect();
+    let owned: Vec<Arc<Value>> = store
+        .list(Kind::ReplicaSet, Some(ns))
+        .0
+        .into_iter()
+        .filter(|r| super::owner_uids(r).any(|u| u == uid))
+        .collect();
     let new_name = meta(new_rs, "name");
     let sum = |field: &str| -> i64 { owned.iter().map(|r| int(&r["status"][field])).sum() };
     let replicas_spec = d["spec"]["replicas"].as_i64().unwrap_or(1);
-    let (replicas, ready, available) = (sum("replicas"), sum("readyReplicas"), sum("availableReplicas"));
-    let updated = owned.iter().find(|r| meta(r, "name") == new_name).map(|r| int(&r["status"]["replicas"])).unwrap_or(0);
-    let max_unavailable = resolve(&d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], replicas_spec, false, 25);
+    let (replicas, ready, available) = (
+        sum("replicas"),
+        sum("readyReplicas"),
+        sum("availableReplicas"),
+    );
+    let updated = owned
+        .iter()
+        .find(|r| meta(r, "name") == new_name)
+        .map(|r| int(&r["status"]["replicas"]))
+        .unwrap_or(0);
+    let max_unavailable = resolve(
+        &d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        replicas_spec,
+        false,
+        25,
+    );
     let is_available = available >= replicas_spec - max_unavailable;
-    let complete = updated == replicas_spec && replicas == replicas_spec && available == replicas_spec;
+    let complete =
+        updated == replicas_spec && replicas == replicas_spec && available == replicas_spec;
     let ts = now();
     let generation = d["metadata"]["generation"].clone();
-    let revision_text = owned.iter().find(|r| meta(r, "name") == new_name).map(|r| revision(r)).unwrap_or(1).to_string();
+    let revision_text = owned
+        .iter()
+        .find(|r| meta(r, "name") == new_name)
+        .map(|r| revision(r))
+        .unwrap_or(1)
+        .to_string();
     store
         .modify(Kind::Deployment, ns, name, |d| -> Result<bool, ()> {
             let old_conditions = d["status"]["conditions"].clone();
@@ -264,7 +353,10 @@ mod tests {
         let t = json!({"metadata": {"labels": {"app": "hello-world"}}, "spec": {"containers": [{"name": "hello-world"}]}});
         let h = pod_template_hash(&t);
         assert_eq!(h, pod_template_hash(&t.clone()));
-        assert!(h.len() <= 10 && h.bytes().all(|b| ALPHANUMS.contains(&b)), "{h}");
+        assert!(
+            h.len() <= 10 && h.bytes().all(|b| ALPHANUMS.contains(&b)),
+            "{h}"
+        );
         assert_ne!(h, pod_template_hash(&json!({"spec": {}})));
     }
 

@@ -17,12 +17,18 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 
 fn selector_of(svc: &Value) -> Option<LabelSelector> {
-    let map = svc["spec"]["selector"].as_object().filter(|m| !m.is_empty())?;
+    let map = svc["spec"]["selector"]
+        .as_object()
+        .filter(|m| !m.is_empty())?;
     Some(LabelSelector::from_map(map))
 }
 
 /// Names of the Services in `ns` whose selector matches any of `pods`.
-pub fn services_selecting<'a>(api: &Api, ns: &str, pods: impl IntoIterator<Item = Option<&'a Value>>) -> Vec<String> {
+pub fn services_selecting<'a>(
+    api: &Api,
+    ns: &str,
+    pods: impl IntoIterator<Item = Option<&'a Value>>,
+) -> Vec<String> {
     let pods: Vec<&Value> = pods.into_iter().flatten().collect();
     let mut names = Vec::new();
     for svc in api.store.list(Kind::Service, Some(ns)).0 {
@@ -36,7 +42,10 @@ pub fn services_selecting<'a>(api: &Api, ns: &str, pods: impl IntoIterator<Item 
 }
 
 fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 /// The port a Service port's targetPort means on this Pod: a number, or a container port name.
@@ -83,7 +92,10 @@ fn desired_slices(svc: &Value, pods: &[Arc<Value>]) -> Vec<(Vec<Value>, Vec<Valu
     }
     let mut out = Vec::new();
     for (ports, endpoints) in groups {
-        let ports: Vec<Value> = ports.into_iter().map(|(name, port, protocol)| json!({"name": name, "port": port, "protocol": protocol})).collect();
+        let ports: Vec<Value> = ports
+            .into_iter()
+            .map(|(name, port, protocol)| json!({"name": name, "port": port, "protocol": protocol}))
+            .collect();
         for chunk in endpoints.chunks(MAX_ENDPOINTS_PER_SLICE) {
             out.push((ports.clone(), chunk.to_vec()));
         }
@@ -125,10 +137,19 @@ fn endpoints_mirror(svc: &Value, slices: &[(Vec<Value>, Vec<Value>)]) -> Value {
 
 /// The Service's own slices (by label), oldest name first.
 fn current_slices(api: &Api, ns: &str, name: &str) -> Vec<Arc<Value>> {
-    api.store.list(Kind::EndpointSlice, Some(ns)).0.into_iter().filter(|s| s["metadata"]["labels"][SERVICE_NAME_LABEL] == name).collect()
+    api.store
+        .list(Kind::EndpointSlice, Some(ns))
+        .0
+        .into_iter()
+        .filter(|s| s["metadata"]["labels"][SERVICE_NAME_LABEL] == name)
+        .collect()
 }
 
-fn write_slices(ctx: &Ctx, svc: &Value, desired: Vec<(Vec<Value>, Vec<Value>)>) -> Result<(), ApiError> {
+fn write_slices(
+    ctx: &Ctx,
+    svc: &Value,
+    desired: Vec<(Vec<Value>, Vec<Value>)>,
+) -> Result<(), ApiError> {
     let (ns, name) = (meta(svc, "namespace"), meta(svc, "name"));
     let store = &ctx.api.store;
     let mut existing = current_slices(&ctx.api, ns, name).into_iter();
@@ -143,11 +164,16 @@ fn write_slices(ctx: &Ctx, svc: &Value, desired: Vec<(Vec<Value>, Vec<Value>)>) 
         match existing.next() {
             Some(slice) => {
                 store
-                    .modify(Kind::EndpointSlice, ns, meta(&slice, "name"), |s| -> Result<bool, ()> {
-                        s["ports"] = json!(ports);
-                        s["endpoints"] = json!(endpoints);
-                        Ok(true)
-                    })
+                    .modify(
+                        Kind::EndpointSlice,
+                        ns,
+                        meta(&slice, "name"),
+                        |s| -> Result<bool, ()> {
+                            s["ports"] = json!(ports);
+                            s["endpoints"] = json!(endpoints);
+                            Ok(true)
+                        },
+                    )
                     .map_err(|_| ApiError::internal("endpointslice update failed"))?;
             }
             None => {
@@ -176,7 +202,10 @@ fn write_slices(ctx: &Ctx, svc: &Value, desired: Vec<(Vec<Value>, Vec<Value>)>) 
 
 fn write_endpoints(ctx: &Ctx, mirror: Value) -> Result<(), ApiError> {
     let store = &ctx.api.store;
-    let (ns, name) = (meta(&mirror, "namespace").to_string(), meta(&mirror, "name").to_string());
+    let (ns, name) = (
+        meta(&mirror, "namespace").to_string(),
+        meta(&mirror, "name").to_string(),
+    );
     match store.get(Kind::Endpoints, &ns, &name) {
         Some(_) => {
             store
@@ -204,7 +233,9 @@ fn write_endpoints(ctx: &Ctx, mirror: Value) -> Result<(), ApiError> {
 fn assign_load_balancer(ctx: &Ctx, svc: &Value) -> Result<(), ApiError> {
     let (ns, name) = (meta(svc, "namespace"), meta(svc, "name"));
     let is_lb = svc["spec"]["type"] == "LoadBalancer";
-    let has_ingress = svc["status"]["loadBalancer"]["ingress"].as_array().is_some_and(|i| !i.is_empty());
+    let has_ingress = svc["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .is_some_and(|i| !i.is_empty());
     if is_lb == has_ingress {
         return Ok(());
     }
@@ -218,31 +249,61 @@ fn assign_load_balancer(ctx: &Ctx, svc: &Value) -> Result<(), ApiError> {
             .map_err(|_| ApiError::internal("service status update failed"))?;
         return Ok(());
     }
-    ctx.recorder.record(Kind::Service, svc, "Normal", "EnsuringLoadBalancer", "Ensuring load balancer", "service-controller");
+    ctx.recorder.record(
+        Kind::Service,
+        svc,
+        "Normal",
+        "EnsuringLoadBalancer",
+        "Ensuring load balancer",
+        "service-controller",
+    );
     let used: HashSet<String> = ctx
         .api
         .store
         .list(Kind::Service, None)
         .0
         .iter()
-        .flat_map(|s| s["status"]["loadBalancer"]["ingress"].as_array().cloned().unwrap_or_default())
+        .flat_map(|s| {
+            s["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
         .filter_map(|i| i["ip"].as_str().map(str::to_string))
         .collect();
     let (first, last) = ctx.api.cluster.load_balancer_pool;
-    let Some(ip) = (u32::from(first)..=u32::from(last)).map(Ipv4Addr::from).find(|ip| !used.contains(&ip.to_string())) else {
-        ctx.recorder.record(Kind::Service, svc, "Warning", "SyncLoadBalancerFailed", &format!("no free address in the lab's pool {first}-{last}"), "service-controller");
+    let Some(ip) = (u32::from(first)..=u32::from(last))
+        .map(Ipv4Addr::from)
+        .find(|ip| !used.contains(&ip.to_string()))
+    else {
+        ctx.recorder.record(
+            Kind::Service,
+            svc,
+            "Warning",
+            "SyncLoadBalancerFailed",
+            &format!("no free address in the lab's pool {first}-{last}"),
+            "service-controller",
+        );
         return Ok(());
     };
     let updated = ctx
         .api
         .store
         .modify(Kind::Service, ns, name, |s| -> Result<bool, ()> {
-            s["status"]["loadBalancer"] = json!({"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]});
+            s["status"]["loadBalancer"] =
+                json!({"ingress": [{"ip": ip.to_string(), "ipMode": "VIP"}]});
             Ok(true)
         })
         .map_err(|_| ApiError::internal("service status update failed"))?;
     if let Some(updated) = updated {
-        ctx.recorder.record(Kind::Service, &updated, "Normal", "EnsuredLoadBalancer", "Ensured load balancer", "service-controller");
+        ctx.recorder.record(
+            Kind::Service,
+            &updated,
+            "Normal",
+            "EnsuredLoadBalancer",
+            "Ensured load balancer",
+            "service-controller",
+        );
     }
     Ok(())
 }
@@ -262,11 +323,15 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
         let cp = ctx.api.cluster.control_plane();
         vec![(
             vec![json!({"name": "https", "port": 6443, "protocol": "TCP"})],
-            vec![json!({"addresses": [cp.internal_ip.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}})],
+            vec![
+                json!({"addresses": [cp.internal_ip.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}}),
+            ],
         )]
     } else {
         // Services without a selector have slices managed by someone else.
-        let Some(selector) = selector_of(&svc) else { return Ok(()) };
+        let Some(selector) = selector_of(&svc) else {
+            return Ok(());
+        };
         let mut pods: Vec<Arc<Value>> = store
             .list(Kind::Pod, Some(ns))
             .0

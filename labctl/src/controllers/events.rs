@@ -18,23 +18,41 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder writing through `api`.
     pub fn new(api: Arc<Api>) -> Recorder {
-        Recorder { api, seen: Mutex::new(HashMap::new()) }
+        Recorder {
+            api,
+            seen: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Records a `Normal` or `Warning` event about `obj` from `component`.
-    pub fn record(&self, kind: Kind, obj: &Value, event_type: &str, reason: &str, message: &str, component: &str) {
+    pub fn record(
+        &self,
+        kind: Kind,
+        obj: &Value,
+        event_type: &str,
+        reason: &str,
+        message: &str,
+        component: &str,
+    ) {
         let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
-        let ns = obj["metadata"]["namespace"].as_str().filter(|n| !n.is_empty()).unwrap_or("default").to_string();
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default")
+            .to_string();
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
         let key = (uid.clone(), reason.to_string(), message.to_string());
         let ts = now();
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(event_name) = seen.get(&key) {
-            let bumped = self.api.store.modify(Kind::Event, &ns, event_name, |e| -> Result<bool, ()> {
-                e["count"] = json!(e["count"].as_i64().unwrap_or(1) + 1);
-                e["lastTimestamp"] = json!(ts);
-                Ok(true)
-            });
+            let bumped =
+                self.api
+                    .store
+                    .modify(Kind::Event, &ns, event_name, |e| -> Result<bool, ()> {
+                        e["count"] = json!(e["count"].as_i64().unwrap_or(1) + 1);
+                        e["lastTimestamp"] = json!(ts);
+                        Ok(true)
+                    });
             if matches!(bumped, Ok(Some(_))) {
                 return;
             }

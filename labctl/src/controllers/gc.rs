@@ -10,7 +10,10 @@ pub fn collect(ctx: &Ctx, uid: &str) -> Result<(), ApiError> {
     for kind in [Kind::ReplicaSet, Kind::Pod, Kind::EndpointSlice] {
         for obj in ctx.api.store.list(kind, None).0 {
             if super::owner_uids(&obj).any(|u| u == uid) {
-                match ctx.api.delete_object(kind, meta(&obj, "namespace"), meta(&obj, "name")) {
+                match ctx
+                    .api
+                    .delete_object(kind, meta(&obj, "namespace"), meta(&obj, "name"))
+                {
                     Ok(_) => {}
                     Err(e) if e.code == 404 => {}
                     Err(e) => return Err(e),
@@ -33,9 +36,14 @@ pub fn finish_namespace(ctx: &Ctx, name: &str) -> Result<(), ApiError> {
             }
             // Pods go through graceful termination; everything else is removed at once.
             let result = if info.kind == Kind::Pod {
-                ctx.api.delete_object(Kind::Pod, name, meta(&obj, "name")).map(|_| ())
+                ctx.api
+                    .delete_object(Kind::Pod, name, meta(&obj, "name"))
+                    .map(|_| ())
             } else {
-                store.delete(info.kind, name, meta(&obj, "name"), None).map(|_| ()).map_err(|e| ApiError::internal(e.to_string()))
+                store
+                    .delete(info.kind, name, meta(&obj, "name"), None)
+                    .map(|_| ())
+                    .map_err(|e| ApiError::internal(e.to_string()))
             };
             match result {
                 Ok(()) => {}

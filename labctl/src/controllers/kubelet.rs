@@ -42,14 +42,30 @@ impl PodRuntime for ApiOnlyRuntime {
 }
 
 fn tolerates_control_plane(pod: &Value) -> bool {
-    pod["spec"]["tolerations"]
-        .as_array()
-        .is_some_and(|ts| ts.iter().any(|t| t["key"] == "node-role.kubernetes.io/control-plane" || (t["operator"] == "Exists" && t.get("key").is_none())))
+    pod["spec"]["tolerations"].as_array().is_some_and(|ts| {
+        ts.iter().any(|t| {
+            t["key"] == "node-role.kubernetes.io/control-plane"
+                || (t["operator"] == "Exists" && t.get("key").is_none())
+        })
+    })
 }
 
-fn pick_node<'a>(ctx: &'a Ctx, pod: &Value, pods: &[std::sync::Arc<Value>]) -> Option<&'a NodeConfig> {
-    let candidates = ctx.api.cluster.nodes.iter().filter(|n| !n.control_plane || tolerates_control_plane(pod));
-    candidates.min_by_key(|n| pods.iter().filter(|p| p["spec"]["nodeName"] == n.name.as_str()).count())
+fn pick_node<'a>(
+    ctx: &'a Ctx,
+    pod: &Value,
+    pods: &[std::sync::Arc<Value>],
+) -> Option<&'a NodeConfig> {
+    let candidates = ctx
+        .api
+        .cluster
+        .nodes
+        .iter()
+        .filter(|n| !n.control_plane || tolerates_control_plane(pod));
+    candidates.min_by_key(|n| {
+        pods.iter()
+            .filter(|p| p["spec"]["nodeName"] == n.name.as_str())
+            .count()
+    })
 }
 
 fn free_ip(node: &NodeConfig, pods: &[std::sync::Arc<Value>]) -> Option<Ipv4Addr> {
@@ -59,7 +75,10 @@ fn free_ip(node: &NodeConfig, pods: &[std::sync::Arc<Value>]) -> Option<Ipv4Addr
         .filter_map(|p| p["status"]["podIP"].as_str())
         .collect();
     // .1 is the node's bridge, as with kind's CNI.
-    node.pod_cidr.hosts().skip(1).find(|ip| !used.contains(ip.to_string().as_str()))
+    node.pod_cidr
+        .hosts()
+        .skip(1)
+        .find(|ip| !used.contains(ip.to_string().as_str()))
 }
 
 fn condition(kind: &str, ts: &str) -> Value {
@@ -69,7 +88,9 @@ fn condition(kind: &str, ts: &str) -> Value {
 /// Schedules, starts or finishes deleting one Pod.
 pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
     let store = &ctx.api.store;
-    let Some(pod) = store.get(Kind::Pod, ns, name) else { return Ok(()) };
+    let Some(pod) = store.get(Kind::Pod, ns, name) else {
+        return Ok(());
+    };
     if pod["metadata"]["deletionTimestamp"].is_string() {
         ctx.runtime.stop(&pod);
         let _ = store.delete(Kind::Pod, ns, name, Some(meta(&pod, "uid")));
@@ -78,7 +99,9 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
     let (pods, _) = store.list(Kind::Pod, None);
     let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("").to_string();
     if node_name.is_empty() {
-        let Some(node) = pick_node(ctx, &pod, &pods) else { return Ok(()) };
+        let Some(node) = pick_node(ctx, &pod, &pods) else {
+            return Ok(());
+        };
         let node_name = node.name.clone();
         let ts = now();
         let bound = store
@@ -91,20 +114,39 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
             })
             .map_err(|_| ApiError::internal("binding failed"))?;
         if let Some(bound) = bound {
-            ctx.recorder.record(Kind::Pod, &bound, "Normal", "Scheduled", &format!("Successfully assigned {ns}/{name} to {node_name}"), "default-scheduler");
+            ctx.recorder.record(
+                Kind::Pod,
+                &bound,
+                "Normal",
+                "Scheduled",
+                &format!("Successfully assigned {ns}/{name} to {node_name}"),
+                "default-scheduler",
+            );
         }
         return Ok(());
     }
     if pod["status"]["phase"] != "Pending" || pod["status"]["podIP"].is_string() {
         return Ok(());
     }
-    let Some(node) = ctx.api.cluster.nodes.iter().find(|n| n.name == node_name) else { return Ok(()) };
+    let Some(node) = ctx.api.cluster.nodes.iter().find(|n| n.name == node_name) else {
+        return Ok(());
+    };
     let Some(ip) = free_ip(node, &pods) else {
-        ctx.recorder.record(Kind::Pod, &pod, "Warning", "FailedCreatePodSandBox", &format!("no free address in {}", node.pod_cidr), "kubelet");
+        ctx.recorder.record(
+            Kind::Pod,
+            &pod,
+            "Warning",
+            "FailedCreatePodSandBox",
+            &format!("no free address in {}", node.pod_cidr),
+            "kubelet",
+        );
         return Ok(());
     };
     let ts = now();
-    let containers: Vec<Value> = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let containers: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let result = ctx.runtime.start(&pod, node, ip);
     let statuses: Vec<Value> = containers
         .iter()
@@ -145,17 +187,50 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
             Ok(true)
         })
         .map_err(|_| ApiError::internal("pod status update failed"))?;
-    let Some(started) = started else { return Ok(()) };
+    let Some(started) = started else {
+        return Ok(());
+    };
     match &result {
         Ok(()) => {
             for c in &containers {
-                let (cname, image) = (c["name"].as_str().unwrap_or(""), c["image"].as_str().unwrap_or(""));
-                ctx.recorder.record(Kind::Pod, &started, "Normal", "Pulled", &format!("Container image \"{image}\" already present on machine"), "kubelet");
-                ctx.recorder.record(Kind::Pod, &started, "Normal", "Created", &format!("Created container: {cname}"), "kubelet");
-                ctx.recorder.record(Kind::Pod, &started, "Normal", "Started", &format!("Started container {cname}"), "kubelet");
+                let (cname, image) = (
+                    c["name"].as_str().unwrap_or(""),
+                    c["image"].as_str().unwrap_or(""),
+                );
+                ctx.recorder.record(
+                    Kind::Pod,
+                    &started,
+                    "Normal",
+                    "Pulled",
+                    &format!("Container image \"{image}\" already present on machine"),
+                    "kubelet",
+                );
+                ctx.recorder.record(
+                    Kind::Pod,
+                    &started,
+                    "Normal",
+                    "Created",
+                    &format!("Created container: {cname}"),
+                    "kubelet",
+                );
+                ctx.recorder.record(
+                    Kind::Pod,
+                    &started,
+                    "Normal",
+                    "Started",
+                    &format!("Started container {cname}"),
+                    "kubelet",
+                );
             }
         }
-        Err(e) => ctx.recorder.record(Kind::Pod, &started, "Warning", "Failed", &e.message, "kubelet"),
+        Err(e) => ctx.recorder.record(
+            Kind::Pod,
+            &started,
+            "Warning",
+            "Failed",
+            &e.message,
+            "kubelet",
+        ),
     }
     Ok(())
 }

@@ -6,19 +6,30 @@ use serde_json::{Value, json};
 use super::{Ctx, meta};
 
 fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 /// Pods owned by the object with `uid`, in its namespace.
 pub fn owned_pods(ctx: &Ctx, ns: &str, uid: &str) -> Vec<std::sync::Arc<Value>> {
-    ctx.api.store.list(Kind::Pod, Some(ns)).0.into_iter().filter(|p| super::owner_uids(p).any(|u| u == uid)).collect()
+    ctx.api
+        .store
+        .list(Kind::Pod, Some(ns))
+        .0
+        .into_iter()
+        .filter(|p| super::owner_uids(p).any(|u| u == uid))
+        .collect()
 }
 
 /// Which Pod to delete first when scaling down: unscheduled, then not running, then not
 /// ready, then the newest (as the ReplicaSet controller ranks them).
 fn deletion_rank(pod: &Value) -> (bool, bool, bool, std::cmp::Reverse<String>) {
     (
-        !pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()),
+        !pod["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty()),
         pod["status"]["phase"] != "Running",
         !is_ready(pod),
         std::cmp::Reverse(meta(pod, "creationTimestamp").to_string()),
@@ -27,11 +38,17 @@ fn deletion_rank(pod: &Value) -> (bool, bool, bool, std::cmp::Reverse<String>) {
 
 /// Creates or deletes Pods to match `spec.replicas` and updates the status.
 pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
-    let Some(rs) = ctx.api.store.get(Kind::ReplicaSet, ns, name) else { return Ok(()) };
+    let Some(rs) = ctx.api.store.get(Kind::ReplicaSet, ns, name) else {
+        return Ok(());
+    };
     let uid = meta(&rs, "uid").to_string();
     let want = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
     let pods = owned_pods(ctx, ns, &uid);
-    let mut active: Vec<_> = pods.iter().filter(|p| !p["metadata"]["deletionTimestamp"].is_string()).cloned().collect();
+    let mut active: Vec<_> = pods
+        .iter()
+        .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
+        .cloned()
+        .collect();
     if active.len() < want {
         let template = &rs["spec"]["template"];
         for _ in active.len()..want {
@@ -47,9 +64,23 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
             }]);
             let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]});
             match ctx.api.create_value(Kind::Pod, pod) {
-                Ok(p) => ctx.recorder.record(Kind::ReplicaSet, &rs, "Normal", "SuccessfulCreate", &format!("Created pod: {}", meta(&p, "name")), "replicaset-controller"),
+                Ok(p) => ctx.recorder.record(
+                    Kind::ReplicaSet,
+                    &rs,
+                    "Normal",
+                    "SuccessfulCreate",
+                    &format!("Created pod: {}", meta(&p, "name")),
+                    "replicaset-controller",
+                ),
                 Err(e) => {
-                    ctx.recorder.record(Kind::ReplicaSet, &rs, "Warning", "FailedCreate", &format!("Error creating: {}", e.message), "replicaset-controller");
+                    ctx.recorder.record(
+                        Kind::ReplicaSet,
+                        &rs,
+                        "Warning",
+                        "FailedCreate",
+                        &format!("Error creating: {}", e.message),
+                        "replicaset-controller",
+                    );
                     return Err(e);
                 }
             }
@@ -59,11 +90,21 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
         for pod in active.iter().take(active.len() - want) {
             let pod_name = meta(pod, "name");
             ctx.api.delete_object(Kind::Pod, ns, pod_name)?;
-            ctx.recorder.record(Kind::ReplicaSet, &rs, "Normal", "SuccessfulDelete", &format!("Deleted pod: {pod_name}"), "replicaset-controller");
+            ctx.recorder.record(
+                Kind::ReplicaSet,
+                &rs,
+                "Normal",
+                "SuccessfulDelete",
+                &format!("Deleted pod: {pod_name}"),
+                "replicaset-controller",
+            );
         }
     }
     let pods = owned_pods(ctx, ns, &uid);
-    let active: Vec<_> = pods.iter().filter(|p| !p["metadata"]["deletionTimestamp"].is_string()).collect();
+    let active: Vec<_> = pods
+        .iter()
+        .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
+        .collect();
     let ready = active.iter().filter(|p| is_ready(p)).count();
     let generation = rs["metadata"]["generation"].clone();
     ctx.api

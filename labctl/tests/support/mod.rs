@@ -27,14 +27,22 @@ pub fn labctl(args: &[&str], state: &Path) -> Output {
 impl Lab {
     pub fn start() -> Lab {
         let dir = tempfile::tempdir().expect("temp dir");
-        let lab = Lab { dir, name: "lab".to_string() };
+        let lab = Lab {
+            dir,
+            name: "lab".to_string(),
+        };
         lab.up();
         lab
     }
 
     pub fn up(&self) {
         let out = labctl(&["up", "--name", &self.name], self.dir.path());
-        assert!(out.status.success(), "labctl up failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "labctl up failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn state(&self) -> PathBuf {
@@ -46,13 +54,24 @@ impl Lab {
     }
 
     pub fn pid(&self) -> i32 {
-        std::fs::read_to_string(self.state().join("labctl.pid")).expect("pid file").trim().parse().expect("pid")
+        std::fs::read_to_string(self.state().join("labctl.pid"))
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("pid")
     }
 
     /// Runs kubectl against the lab; returns (success, stdout, stderr).
     pub fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        let out = self.kubectl_command(args).output().expect("running kubectl");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = self
+            .kubectl_command(args)
+            .output()
+            .expect("running kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn kubectl_command(&self, args: &[&str]) -> Command {
@@ -80,7 +99,10 @@ impl Lab {
             if check(&out) {
                 return out;
             }
-            assert!(started.elapsed() < limit, "kubectl {args:?} did not reach the expected state within {limit:?}; last output:\n{out}");
+            assert!(
+                started.elapsed() < limit,
+                "kubectl {args:?} did not reach the expected state within {limit:?}; last output:\n{out}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -88,16 +110,22 @@ impl Lab {
     pub async fn client(&self) -> kube::Client {
         let text = std::fs::read_to_string(self.kubeconfig()).expect("kubeconfig");
         let config = kube::config::Kubeconfig::from_yaml(&text).expect("kubeconfig parses");
-        let config = kube::Config::from_custom_kubeconfig(config, &Default::default()).await.expect("kube config");
+        let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+            .await
+            .expect("kube config");
         kube::Client::try_from(config).expect("kube client")
     }
 
     pub fn kill9(&self) {
         let pid = self.pid();
-        Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .expect("kill");
         let started = Instant::now();
         while Path::new(&format!("/proc/{pid}/cmdline")).exists()
-            && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+            && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.contains(") Z"))
             && started.elapsed() < Duration::from_secs(5)
         {
             std::thread::sleep(Duration::from_millis(10));
@@ -117,5 +145,9 @@ pub fn kubectl_present() -> bool {
 
 /// Rows of a `kubectl get` table, split on runs of spaces.
 pub fn rows(table: &str) -> Vec<Vec<String>> {
-    table.lines().skip(1).map(|l| l.split_whitespace().map(str::to_string).collect()).collect()
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
 }
