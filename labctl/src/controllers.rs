@@ -11,12 +11,15 @@ mod endpoints;
 mod events;
 mod gc;
 mod kubelet;
+mod pod_index;
 mod queue;
 mod replicaset;
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use labapi::Kind;
+use labapi::selector::LabelSelector;
 use serde_json::Value;
 
 pub use kubelet::{ApiOnlyRuntime, PodRuntime, RuntimeError};
@@ -53,8 +56,88 @@ fn owner_named<'a>(obj: &'a Value, kind: &str) -> Option<&'a str> {
         .and_then(|r| r["name"].as_str())
 }
 
+/// Maps events to reconciles. Keeps every Service's selector, indexed by one of its
+/// `key=value` terms, so that a Pod event looks only at Services that could select it.
+#[derive(Default)]
+struct Router {
+    /// (namespace, label key, label value) -> Services whose selector requires that label.
+    by_label: HashMap<(String, String, String), BTreeMap<String, LabelSelector>>,
+    /// (namespace, name) -> the index entry the Service is filed under.
+    filed: HashMap<(String, String), (String, String, String)>,
+    /// Namespaces being deleted: the last Pod leaving one lets the namespace go.
+    terminating: HashSet<String>,
+    /// Pods by node, IP and owner.
+    pods: pod_index::PodIndex,
+}
+
+impl Router {
+    fn services_selecting(&self, ns: &str, pods: [Option<&Value>; 2]) -> Vec<String> {
+        let mut names = Vec::new();
+        for pod in pods.iter().flatten() {
+            let Some(labels) = pod["metadata"]["labels"].as_object() else {
+                continue;
+            };
+            for (k, v) in labels {
+                let key = (
+                    ns.to_string(),
+                    k.clone(),
+                    v.as_str().unwrap_or("").to_string(),
+                );
+                for (name, sel) in self.by_label.get(&key).into_iter().flatten() {
+                    if !names.contains(name) && sel.matches(labels) {
+                        names.push(name.clone());
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    fn tasks_for(&mut self, event: &Event, out: &mut Vec<Task>) {
+        if event.kind == Kind::Service {
+            let (ns, name) = (
+                meta(&event.object, "namespace").to_string(),
+                meta(&event.object, "name").to_string(),
+            );
+            if let Some(old) = self.filed.remove(&(ns.clone(), name.clone()))
+                && let Some(entry) = self.by_label.get_mut(&old)
+            {
+                entry.remove(&name);
+            }
+            let selector = endpoints::selector_of(&event.object)
+                .filter(|_| event.event_type != EventType::Deleted);
+            // A Service's selector is equality terms only, so any one of them is a filing key.
+            let first_term = event.object["spec"]["selector"]
+                .as_object()
+                .and_then(|m| m.iter().next());
+            if let (Some(sel), Some((k, v))) = (selector, first_term) {
+                let key = (ns.clone(), k.clone(), v.as_str().unwrap_or("").to_string());
+                self.by_label
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(name.clone(), sel);
+                self.filed.insert((ns, name), key);
+            }
+        }
+        if event.kind == Kind::Pod {
+            self.pods.apply(event);
+        }
+        if event.kind == Kind::Namespace {
+            let name = meta(&event.object, "name").to_string();
+            if event.event_type != EventType::Deleted
+                && event.object["metadata"]["deletionTimestamp"].is_string()
+            {
+                self.terminating.insert(name);
+            } else {
+                self.terminating.remove(&name);
+            }
+        }
+        tasks_for(self, event, out);
+    }
+}
+
 /// Which reconciles an event calls for.
-fn tasks_for(api: &Api, event: &Event, out: &mut Vec<Task>) {
+fn tasks_for(router: &Router, event: &Event, out: &mut Vec<Task>) {
     let obj = &event.object;
     let (ns, name) = (
         meta(obj, "namespace").to_string(),
@@ -82,18 +165,16 @@ fn tasks_for(api: &Api, event: &Event, out: &mut Vec<Task>) {
             }
             if event.event_type != EventType::Deleted {
                 out.push(Task::Pod(ns.clone(), name));
+            } else if router.terminating.contains(&ns) {
+                out.push(Task::Namespace(ns.clone()));
             }
-            for svc in
-                endpoints::services_selecting(api, &ns, [Some(obj.as_ref()), event.old.as_deref()])
-            {
+            for svc in router.services_selecting(&ns, [Some(obj.as_ref()), event.old.as_deref()]) {
                 out.push(Task::Service(ns.clone(), svc));
             }
         }
         Kind::Service => out.push(Task::Service(ns, name)),
-        Kind::Namespace => {
-            if obj["metadata"]["deletionTimestamp"].is_string() {
-                out.push(Task::Namespace(name));
-            }
+        Kind::Namespace if obj["metadata"]["deletionTimestamp"].is_string() => {
+            out.push(Task::Namespace(name))
         }
         _ => {}
     }
@@ -103,6 +184,7 @@ fn tasks_for(api: &Api, event: &Event, out: &mut Vec<Task>) {
 pub fn start(api: Arc<Api>, runtime: Arc<dyn PodRuntime>) -> std::thread::JoinHandle<()> {
     let (snapshot, mut events) = api.store.subscribe_now();
     let mut queue = WorkQueue::default();
+    let mut router = Router::default();
     // Everything that exists may need work after a restart (Pods to start, slices to fix).
     for kind in [
         Kind::Namespace,
@@ -120,7 +202,7 @@ pub fn start(api: Arc<Api>, runtime: Arc<dyn PodRuntime>) -> std::thread::JoinHa
                 old: None,
             };
             let mut tasks = Vec::new();
-            tasks_for(&api, &event, &mut tasks);
+            router.tasks_for(&event, &mut tasks);
             tasks.into_iter().for_each(|t| queue.push(t));
         }
     }
@@ -135,26 +217,32 @@ pub fn start(api: Arc<Api>, runtime: Arc<dyn PodRuntime>) -> std::thread::JoinHa
             let mut tasks = Vec::new();
             loop {
                 while let Ok(e) = events.try_recv() {
-                    tasks_for(&ctx.api, &e, &mut tasks);
+                    router.tasks_for(&e, &mut tasks);
                 }
                 tasks.drain(..).for_each(|t| queue.push(t));
                 match queue.pop() {
-                    Some(task) => run(&ctx, task),
-                    None => match events.blocking_recv() {
-                        Some(e) => tasks_for(&ctx.api, &e, &mut tasks),
-                        None => return,
-                    },
+                    Some(task) => run(&ctx, &router.pods, task),
+                    None => {
+                        ctx.recorder.flush();
+                        match events.try_recv() {
+                            Ok(e) => router.tasks_for(&e, &mut tasks),
+                            Err(_) => match events.blocking_recv() {
+                                Some(e) => router.tasks_for(&e, &mut tasks),
+                                None => return,
+                            },
+                        }
+                    }
                 }
             }
         })
         .expect("spawning the controller thread")
 }
 
-fn run(ctx: &Ctx, task: Task) {
+fn run(ctx: &Ctx, pods: &pod_index::PodIndex, task: Task) {
     let result = match &task {
         Task::Deployment(ns, name) => deployment::reconcile(ctx, ns, name),
-        Task::ReplicaSet(ns, name) => replicaset::reconcile(ctx, ns, name),
-        Task::Pod(ns, name) => kubelet::reconcile(ctx, ns, name),
+        Task::ReplicaSet(ns, name) => replicaset::reconcile(ctx, pods, ns, name),
+        Task::Pod(ns, name) => kubelet::reconcile(ctx, pods, ns, name),
         Task::Service(ns, name) => endpoints::reconcile(ctx, ns, name),
         Task::Collect(uid) => gc::collect(ctx, uid),
         Task::Namespace(name) => gc::finish_namespace(ctx, name),

@@ -357,12 +357,7 @@ impl Store {
     }
 
     /// Live events only, with the state they apply to: every object of every kind now.
-    pub fn subscribe_now(
-        &self,
-    ) -> (
-        HashMap<Kind, Vec<Arc<Value>>>,
-        mpsc::UnboundedReceiver<Arc<Event>>,
-    ) {
+    pub fn subscribe_now(&self) -> (Snapshot, mpsc::UnboundedReceiver<Arc<Event>>) {
         let mut inner = self.lock();
         let snapshot = inner
             .objects
@@ -374,6 +369,9 @@ impl Store {
         (snapshot, live)
     }
 }
+
+/// Every object, by kind.
+pub type Snapshot = HashMap<Kind, Vec<Arc<Value>>>;
 
 /// A failed [`Store::modify`].
 #[derive(Debug, thiserror::Error)]

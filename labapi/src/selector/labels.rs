@@ -199,7 +199,9 @@ impl LabelSelector {
 
     /// Whether an object's `metadata.labels` (none counting as empty) satisfy the selector.
     pub fn matches_object(&self, object: &Value) -> bool {
-        match object.pointer("/metadata/labels") {
+        // Not `Value::pointer`: it splits and unescapes the path on every call, and this runs
+        // for every Pod event against every Service.
+        match object.get("metadata").and_then(|m| m.get("labels")) {
             Some(Value::Object(labels)) => self.matches(labels),
             _ => self.matches(&Map::new()),
         }

@@ -248,7 +248,7 @@ async fn resource(
                     }
                     t
                 }
-                None => list_object(p.kind, &page),
+                None => return Ok(list_response(p.kind, &page)),
             };
             Ok(ok_json(&body))
         }
@@ -316,15 +316,37 @@ async fn resource(
     }
 }
 
-fn list_object(kind: Kind, page: &super::verbs::ListPage) -> Value {
+/// A List body, serialised straight from the stored objects: building it as a `Value` first
+/// would deep-copy every item.
+#[derive(serde::Serialize)]
+struct ListBody<'a> {
+    kind: String,
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    metadata: Value,
+    items: Vec<&'a Value>,
+}
+
+fn list_response(kind: Kind, page: &super::verbs::ListPage) -> Response<Body> {
     let info = kind.info();
-    let mut meta = json!({"resourceVersion": page.resource_version.to_string()});
+    let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
     if let Some(c) = &page.continue_token {
-        meta["continue"] = json!(c);
-        meta["remainingItemCount"] = json!(page.remaining);
+        metadata["continue"] = json!(c);
+        metadata["remainingItemCount"] = json!(page.remaining);
     }
-    let items: Vec<&Value> = page.items.iter().map(|o| o.as_ref()).collect();
-    json!({"kind": format!("{}List", info.kind_name), "apiVersion": info.api_version(), "metadata": meta, "items": items})
+    let body = ListBody {
+        kind: format!("{}List", info.kind_name),
+        api_version: info.api_version(),
+        metadata,
+        items: page.items.iter().map(|o| o.as_ref()).collect(),
+    };
+    let bytes = serde_json::to_vec(&body).expect("JSON values always serialise");
+    let mut r = Response::new(full(bytes));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn written(code: StatusCode, obj: &Value, warnings: &[String]) -> Response<Body> {

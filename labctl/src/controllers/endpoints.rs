@@ -16,29 +16,12 @@ const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 
-fn selector_of(svc: &Value) -> Option<LabelSelector> {
+/// A Service's selector; `None` for Services without one (their slices are managed elsewhere).
+pub fn selector_of(svc: &Value) -> Option<LabelSelector> {
     let map = svc["spec"]["selector"]
         .as_object()
         .filter(|m| !m.is_empty())?;
     Some(LabelSelector::from_map(map))
-}
-
-/// Names of the Services in `ns` whose selector matches any of `pods`.
-pub fn services_selecting<'a>(
-    api: &Api,
-    ns: &str,
-    pods: impl IntoIterator<Item = Option<&'a Value>>,
-) -> Vec<String> {
-    let pods: Vec<&Value> = pods.into_iter().flatten().collect();
-    let mut names = Vec::new();
-    for svc in api.store.list(Kind::Service, Some(ns)).0 {
-        if let Some(sel) = selector_of(&svc)
-            && pods.iter().any(|p| sel.matches_object(p))
-        {
-            names.push(meta(&svc, "name").to_string());
-        }
-    }
-    names
 }
 
 fn is_ready(pod: &Value) -> bool {

@@ -9,9 +9,21 @@ use serde_json::{Value, json};
 use crate::apiserver::Api;
 use crate::apiserver::admission::now;
 
+/// An event waiting to be written.
+struct Pending {
+    kind: Kind,
+    involved: Value,
+    event_type: String,
+    reason: String,
+    message: String,
+    component: String,
+    at: String,
+}
+
 /// Records Events, counting repeats of the same reason and message on one object.
 pub struct Recorder {
     api: Arc<Api>,
+    pending: Mutex<Vec<Pending>>,
     seen: Mutex<HashMap<(String, String, String), String>>,
 }
 
@@ -19,12 +31,15 @@ impl Recorder {
     /// A recorder writing through `api`.
     pub fn new(api: Arc<Api>) -> Recorder {
         Recorder {
+            pending: Mutex::new(Vec::new()),
             api,
             seen: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Records a `Normal` or `Warning` event about `obj` from `component`.
+    /// Records a `Normal` or `Warning` event about `obj` from `component`. Events are written
+    /// when the controllers are idle (as client-go's broadcaster writes them from its own
+    /// queue), so that recording never delays the work it reports on.
     pub fn record(
         &self,
         kind: Kind,
@@ -34,6 +49,52 @@ impl Recorder {
         message: &str,
         component: &str,
     ) {
+        let involved = json!({"metadata": {
+            "uid": obj["metadata"]["uid"], "namespace": obj["metadata"]["namespace"],
+            "name": obj["metadata"]["name"], "resourceVersion": obj["metadata"]["resourceVersion"],
+        }});
+        let pending = Pending {
+            kind,
+            involved,
+            event_type: event_type.to_string(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+            component: component.to_string(),
+            at: now(),
+        };
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pending);
+    }
+
+    /// Writes the events recorded since the last flush.
+    pub fn flush(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        for p in pending {
+            self.write(
+                p.kind,
+                &p.involved,
+                &p.event_type,
+                &p.reason,
+                &p.message,
+                &p.component,
+                &p.at,
+            );
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        kind: Kind,
+        obj: &Value,
+        event_type: &str,
+        reason: &str,
+        message: &str,
+        component: &str,
+        ts: &str,
+    ) {
         let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
         let ns = obj["metadata"]["namespace"]
             .as_str()
@@ -42,7 +103,7 @@ impl Recorder {
             .to_string();
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
         let key = (uid.clone(), reason.to_string(), message.to_string());
-        let ts = now();
+        let ts = ts.to_string();
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(event_name) = seen.get(&key) {
             let bumped =

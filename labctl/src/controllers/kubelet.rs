@@ -2,12 +2,12 @@
 //! an IP from that node's pod CIDR, and is started by the node's [`PodRuntime`]; a deleted Pod
 //! is stopped and then removed.
 
-use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use labapi::{ApiError, Kind};
 use serde_json::{Value, json};
 
+use super::pod_index::PodIndex;
 use super::{Ctx, meta};
 use crate::apiserver::admission::now;
 use crate::cluster::NodeConfig;
@@ -50,35 +50,22 @@ fn tolerates_control_plane(pod: &Value) -> bool {
     })
 }
 
-fn pick_node<'a>(
-    ctx: &'a Ctx,
-    pod: &Value,
-    pods: &[std::sync::Arc<Value>],
-) -> Option<&'a NodeConfig> {
+fn pick_node<'a>(ctx: &'a Ctx, pod: &Value, index: &PodIndex) -> Option<&'a NodeConfig> {
     let candidates = ctx
         .api
         .cluster
         .nodes
         .iter()
         .filter(|n| !n.control_plane || tolerates_control_plane(pod));
-    candidates.min_by_key(|n| {
-        pods.iter()
-            .filter(|p| p["spec"]["nodeName"] == n.name.as_str())
-            .count()
-    })
+    candidates.min_by_key(|n| index.pods_on(&n.name))
 }
 
-fn free_ip(node: &NodeConfig, pods: &[std::sync::Arc<Value>]) -> Option<Ipv4Addr> {
-    let used: HashSet<&str> = pods
-        .iter()
-        .filter(|p| p["spec"]["nodeName"] == node.name.as_str())
-        .filter_map(|p| p["status"]["podIP"].as_str())
-        .collect();
+fn free_ip(node: &NodeConfig, index: &PodIndex) -> Option<Ipv4Addr> {
     // .1 is the node's bridge, as with kind's CNI.
     node.pod_cidr
         .hosts()
         .skip(1)
-        .find(|ip| !used.contains(ip.to_string().as_str()))
+        .find(|ip| !index.ip_used(&node.name, ip))
 }
 
 fn condition(kind: &str, ts: &str) -> Value {
@@ -86,7 +73,7 @@ fn condition(kind: &str, ts: &str) -> Value {
 }
 
 /// Schedules, starts or finishes deleting one Pod.
-pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
+pub fn reconcile(ctx: &Ctx, index: &PodIndex, ns: &str, name: &str) -> Result<(), ApiError> {
     let store = &ctx.api.store;
     let Some(pod) = store.get(Kind::Pod, ns, name) else {
         return Ok(());
@@ -96,10 +83,9 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
         let _ = store.delete(Kind::Pod, ns, name, Some(meta(&pod, "uid")));
         return Ok(());
     }
-    let (pods, _) = store.list(Kind::Pod, None);
     let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("").to_string();
     if node_name.is_empty() {
-        let Some(node) = pick_node(ctx, &pod, &pods) else {
+        let Some(node) = pick_node(ctx, &pod, index) else {
             return Ok(());
         };
         let node_name = node.name.clone();
@@ -131,7 +117,7 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
     let Some(node) = ctx.api.cluster.nodes.iter().find(|n| n.name == node_name) else {
         return Ok(());
     };
-    let Some(ip) = free_ip(node, &pods) else {
+    let Some(ip) = free_ip(node, index) else {
         ctx.recorder.record(
             Kind::Pod,
             &pod,

@@ -19,10 +19,26 @@ pub enum Task {
     Namespace(String),
 }
 
-/// Tasks in arrival order; a task already waiting is not queued again.
+impl Task {
+    /// Lower runs first. Pods start before their owners count them, and Services recompute
+    /// their slices once the Pods of a burst are settled: the batching the EndpointSlice
+    /// controller gets from its batch period, without a timer.
+    fn tier(&self) -> usize {
+        match self {
+            Task::Pod(..) => 0,
+            Task::ReplicaSet(..) | Task::Collect(_) => 1,
+            Task::Deployment(..) => 2,
+            Task::Service(..) | Task::Namespace(_) => 3,
+        }
+    }
+}
+
+const TIERS: usize = 4;
+
+/// Tasks in arrival order within their tier; a task already waiting is not queued again.
 #[derive(Default)]
 pub struct WorkQueue {
-    order: VecDeque<Task>,
+    tiers: [VecDeque<Task>; TIERS],
     waiting: HashSet<Task>,
 }
 
@@ -30,13 +46,13 @@ impl WorkQueue {
     /// Queues a task unless it is already waiting.
     pub fn push(&mut self, task: Task) {
         if self.waiting.insert(task.clone()) {
-            self.order.push_back(task);
+            self.tiers[task.tier()].push_back(task);
         }
     }
 
-    /// The oldest waiting task.
+    /// The oldest waiting task of the lowest tier.
     pub fn pop(&mut self) -> Option<Task> {
-        let t = self.order.pop_front()?;
+        let t = self.tiers.iter_mut().find_map(|q| q.pop_front())?;
         self.waiting.remove(&t);
         Some(t)
     }
@@ -50,12 +66,16 @@ mod tests {
     fn waiting_tasks_are_not_repeated() {
         let mut q = WorkQueue::default();
         let svc = Task::Service("default".into(), "hello-world".into());
+        let pod = |n: &str| Task::Pod("default".into(), n.into());
         q.push(svc.clone());
-        q.push(Task::Collect("u".into()));
+        q.push(pod("a"));
         q.push(svc.clone());
+        q.push(pod("b"));
+        q.push(pod("a"));
+        assert_eq!(q.pop(), Some(pod("a")));
+        assert_eq!(q.pop(), Some(pod("b")));
         assert_eq!(q.pop(), Some(svc.clone()));
         q.push(svc.clone());
-        assert_eq!(q.pop(), Some(Task::Collect("u".into())));
         assert_eq!(q.pop(), Some(svc));
         assert_eq!(q.pop(), None);
     }

@@ -3,6 +3,7 @@
 use labapi::{ApiError, Kind};
 use serde_json::{Value, json};
 
+use super::pod_index::PodIndex;
 use super::{Ctx, meta};
 
 fn is_ready(pod: &Value) -> bool {
@@ -12,8 +13,18 @@ fn is_ready(pod: &Value) -> bool {
     })
 }
 
-/// Pods owned by the object with `uid`, in its namespace.
-pub fn owned_pods(ctx: &Ctx, ns: &str, uid: &str) -> Vec<std::sync::Arc<Value>> {
+/// Pods owned by the object with `uid`, from the index.
+fn owned_pods(ctx: &Ctx, index: &PodIndex, uid: &str) -> Vec<std::sync::Arc<Value>> {
+    index
+        .owned_by(uid)
+        .iter()
+        .filter_map(|(ns, name)| ctx.api.store.get(Kind::Pod, ns, name))
+        .collect()
+}
+
+/// Pods owned by `uid`, read from the store: right after this reconcile's own writes, which
+/// the index has not seen yet.
+fn owned_pods_now(ctx: &Ctx, ns: &str, uid: &str) -> Vec<std::sync::Arc<Value>> {
     ctx.api
         .store
         .list(Kind::Pod, Some(ns))
@@ -27,9 +38,7 @@ pub fn owned_pods(ctx: &Ctx, ns: &str, uid: &str) -> Vec<std::sync::Arc<Value>> 
 /// ready, then the newest (as the ReplicaSet controller ranks them).
 fn deletion_rank(pod: &Value) -> (bool, bool, bool, std::cmp::Reverse<String>) {
     (
-        !pod["spec"]["nodeName"]
-            .as_str()
-            .is_some_and(|n| !n.is_empty()),
+        pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty),
         pod["status"]["phase"] != "Running",
         !is_ready(pod),
         std::cmp::Reverse(meta(pod, "creationTimestamp").to_string()),
@@ -37,18 +46,19 @@ fn deletion_rank(pod: &Value) -> (bool, bool, bool, std::cmp::Reverse<String>) {
 }
 
 /// Creates or deletes Pods to match `spec.replicas` and updates the status.
-pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
+pub fn reconcile(ctx: &Ctx, index: &PodIndex, ns: &str, name: &str) -> Result<(), ApiError> {
     let Some(rs) = ctx.api.store.get(Kind::ReplicaSet, ns, name) else {
         return Ok(());
     };
     let uid = meta(&rs, "uid").to_string();
     let want = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
-    let pods = owned_pods(ctx, ns, &uid);
+    let pods = owned_pods(ctx, index, &uid);
     let mut active: Vec<_> = pods
         .iter()
         .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
         .cloned()
         .collect();
+    let changed = active.len() != want;
     if active.len() < want {
         let template = &rs["spec"]["template"];
         for _ in active.len()..want {
@@ -100,7 +110,11 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
             );
         }
     }
-    let pods = owned_pods(ctx, ns, &uid);
+    let pods = if changed {
+        owned_pods_now(ctx, ns, &uid)
+    } else {
+        owned_pods(ctx, index, &uid)
+    };
     let active: Vec<_> = pods
         .iter()
         .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
