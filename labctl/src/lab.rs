@@ -2,9 +2,7 @@
 //! `up` / `down` / `serve` lifecycle of the embedded lab cluster.
 
 use std::fs;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,7 +18,7 @@ use serde_json::json;
 use crate::apiserver::{self, Api, ServeOptions};
 use crate::cluster::ClusterConfig;
 use crate::controllers::{self, ApiOnlyRuntime};
-use crate::pki::Credentials;
+use crate::pki::{Credentials, write_private};
 use crate::store::Store;
 
 /// Where a lab keeps its files.
@@ -135,18 +133,6 @@ impl LabDir {
             && String::from_utf8_lossy(&cmdline).contains("labctl");
         is_lab.then_some(pid)
     }
-}
-
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn free_port() -> Result<u16> {

@@ -28,7 +28,8 @@ const CERT: &str = "apiserver.crt";
 const KEY: &str = "apiserver.key";
 const TOKEN: &str = "token";
 
-fn write_private(path: &Path, text: &str) -> Result<()> {
+/// Writes a file only its owner may read (keys, tokens, kubeconfigs).
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = fs::OpenOptions::new()
