@@ -94,15 +94,24 @@ impl LabDir {
     }
 
     /// Creates the directory, configuration, credentials and kubeconfig on first use.
-    pub fn create(&self, workers: usize) -> Result<(LabConfig, Credentials)> {
+    /// `pool` (first and last address) replaces the default LoadBalancer pool of a new lab.
+    pub fn create(
+        &self,
+        workers: usize,
+        pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    ) -> Result<(LabConfig, Credentials)> {
         fs::create_dir_all(&self.root).with_context(|| {
             format!("creating the lab's state directory {}", self.root.display())
         })?;
         let config = match self.config()? {
             Some(c) => c,
             None => {
+                let mut cluster = ClusterConfig::new(&self.name, workers);
+                if let Some(pool) = pool {
+                    cluster.load_balancer_pool = pool;
+                }
                 let c = LabConfig {
-                    cluster: ClusterConfig::new(&self.name, workers),
+                    cluster,
                     port: free_port()?,
                 };
                 write_private(
@@ -139,6 +148,27 @@ fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .context("finding a free port on 127.0.0.1")?;
     Ok(l.local_addr()?.port())
+}
+
+/// Parses a LoadBalancer pool `FIRST-LAST` (`172.18.255.200-172.18.255.250`).
+pub fn parse_pool(text: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+    let (a, b) = text.split_once('-').ok_or_else(|| {
+        format!("{text:?} is not a range: write FIRST-LAST, e.g. 172.18.255.200-172.18.255.250")
+    })?;
+    let first: Ipv4Addr = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+    let last: Ipv4Addr = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{b:?} is not an IPv4 address"))?;
+    if first > last {
+        return Err(format!(
+            "the pool's first address {first} comes after its last {last}"
+        ));
+    }
+    Ok((first, last))
 }
 
 /// The context (and cluster and user) name of lab `name` in kubeconfigs.

@@ -55,6 +55,10 @@ enum Cmd {
         /// Also add the lab to ~/.kube/config (or $KUBECONFIG) as context labctl-<name> and make it current.
         #[arg(long)]
         merge_kubeconfig: bool,
+        /// LoadBalancer ingress addresses, FIRST-LAST (what cloud-provider-kind or MetalLB
+        /// hands out on kind); fixed when the lab is created.
+        #[arg(long, value_name = "FIRST-LAST", value_parser = lab::parse_pool)]
+        load_balancer_pool: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
     },
     /// Stop the lab's server; with --purge also delete its stored objects and credentials.
     Down {
@@ -118,9 +122,10 @@ fn main() -> Result<()> {
             workers,
             foreground,
             merge_kubeconfig,
+            load_balancer_pool,
         } => {
             let dir = lab.dir();
-            let (config, _) = dir.create(usize::from(workers))?;
+            let (config, _) = dir.create(usize::from(workers), load_balancer_pool)?;
             if config.cluster.nodes.len() != usize::from(workers) + 1 && workers != 2 {
                 eprintln!(
                     "note: lab {:?} already exists with {} workers; --workers applies to new labs only",

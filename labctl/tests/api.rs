@@ -251,3 +251,90 @@ async fn acknowledged_writes_survive_kill_9() {
         lost.len()
     );
 }
+
+#[tokio::test]
+async fn paging_dry_run_and_the_three_patch_types() {
+    use kube::api::{DeleteParams, Patch, PatchParams};
+    let lab = Lab::start();
+    let svcs: Api<Service> = Api::namespaced(lab.client().await, "default");
+    for name in ["a", "b", "c"] {
+        svcs.create(&PostParams::default(), &service(name))
+            .await
+            .unwrap();
+    }
+    // limit / continue walk the sorted list page by page.
+    let mut names = Vec::new();
+    let mut params = ListParams::default().limit(2);
+    loop {
+        let page = svcs.list(&params).await.unwrap();
+        names.extend(page.items.into_iter().filter_map(|s| s.metadata.name));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break,
+        }
+    }
+    assert_eq!(names, ["a", "b", "c", "kubernetes"]);
+
+    // dryRun answers with the would-be object and stores nothing.
+    let dry = svcs
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &service("dry"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        dry.spec
+            .unwrap()
+            .cluster_ip
+            .is_some_and(|ip| ip.starts_with("10."))
+    );
+    assert!(svcs.get_opt("dry").await.unwrap().is_none());
+    svcs.delete(
+        "a",
+        &DeleteParams {
+            dry_run: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(svcs.get_opt("a").await.unwrap().is_some());
+
+    // Strategic merge merges ports by `port`; merge patch replaces the list; JSON patch edits it.
+    let pp = PatchParams::default();
+    let smp = json!({"spec": {"ports": [{"port": 80, "name": "http"}, {"port": 81, "name": "alt", "targetPort": 8081}]}});
+    let s = svcs.patch("a", &pp, &Patch::Strategic(&smp)).await.unwrap();
+    let ports: Vec<i32> = s
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let merge = json!({"metadata": {"labels": {"tier": "web"}}});
+    let s = svcs.patch("a", &pp, &Patch::Merge(&merge)).await.unwrap();
+    assert_eq!(s.metadata.labels.unwrap()["tier"], "web");
+    let ops: json_patch::Patch = serde_json::from_value(
+        json!([{"op": "replace", "path": "/spec/ports/0/port", "value": 90}]),
+    )
+    .unwrap();
+    let s = svcs.patch("a", &pp, &Patch::<()>::Json(ops)).await.unwrap();
+    assert_eq!(s.spec.unwrap().ports.unwrap()[0].port, 90);
+    // A patch that breaks validation is refused with the field named.
+    let bad = json!({"spec": {"type": "Balanced"}});
+    let (code, _, message) =
+        status_of(svcs.patch("a", &pp, &Patch::Merge(&bad)).await.unwrap_err());
+    assert_eq!(code, 422);
+    assert!(
+        message.contains("spec.type: Unsupported value: \"Balanced\""),
+        "{message}"
+    );
+}

@@ -290,6 +290,36 @@ fn the_tutorial_runs_verbatim() {
     assert!(describe.contains("EnsuredLoadBalancer"), "{describe}");
     lab.ok(&["delete", "svc", "hello-world"]);
 
+    // A rolling update: a second ReplicaSet takes over, the first is scaled to zero.
+    lab.ok(&[
+        "set",
+        "image",
+        "deployment/hello-world",
+        "hello-world=gcr.io/google-samples/hello-app:2.0",
+    ]);
+    let rollout = lab.ok(&[
+        "rollout",
+        "status",
+        "deployment/hello-world",
+        "--timeout=20s",
+    ]);
+    assert!(rollout.contains("successfully rolled out"), "{rollout}");
+    let rs = lab.until(&["get", "rs"], WAIT, |o| {
+        rows(o).len() == 2 && rows(o).iter().any(|r| r[1..4] == ["0", "0", "0"])
+    });
+    assert!(rows(&rs).iter().any(|r| r[1..4] == ["2", "2", "2"]), "{rs}");
+    let images = lab.until(
+        &[
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ],
+        WAIT,
+        |o| o.split_whitespace().count() == 2 && o.split_whitespace().all(|i| i.ends_with(":2.0")),
+    );
+    assert!(images.contains("hello-app:2.0"));
+
     // get pods -w shows the Pod that a scale adds.
     let mut watch = lab
         .kubectl_command(&["get", "pods", "-w"])

@@ -460,7 +460,11 @@ impl Api {
         {
             return Err(ApiError::conflict(info, name));
         }
-        if q.dry_run {
+        // DeleteOptions may carry dryRun in the body as well as in the query.
+        let dry_run_in_body = opts["dryRun"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v == "All"));
+        if q.dry_run || dry_run_in_body {
             return Ok((*obj).clone());
         }
         let grace = opts["gracePeriodSeconds"]
