@@ -17,8 +17,10 @@ use serde_json::json;
 
 use crate::apiserver::{self, Api, ServeOptions};
 use crate::cluster::ClusterConfig;
-use crate::controllers::{self, ApiOnlyRuntime};
+use crate::controllers::{self, ApiOnlyRuntime, PodRuntime};
+use crate::network;
 use crate::pki::{Credentials, write_private};
+use crate::runtime::KernelRuntime;
 use crate::store::Store;
 
 /// Where a lab keeps its files.
@@ -37,6 +39,22 @@ pub struct LabConfig {
     pub cluster: ClusterConfig,
     /// The API server's port on 127.0.0.1.
     pub port: u16,
+    /// Where Pods run and Services route.
+    #[serde(default)]
+    pub network: NetworkMode,
+}
+
+/// Where the lab's Pods run and its Services route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Kernel mode when this process may make network namespaces, else API only.
+    #[default]
+    Auto,
+    /// Network namespaces per node and Pod, wasm Pods, iptables rules per node (root).
+    Kernel,
+    /// The API and controllers only: Pods are Ready in the API but nothing serves.
+    None,
 }
 
 /// The default base for state directories: `$XDG_STATE_HOME/services-lab`, else
@@ -99,6 +117,7 @@ impl LabDir {
         &self,
         workers: usize,
         pool: Option<(Ipv4Addr, Ipv4Addr)>,
+        network_mode: NetworkMode,
     ) -> Result<(LabConfig, Credentials)> {
         fs::create_dir_all(&self.root).with_context(|| {
             format!("creating the lab's state directory {}", self.root.display())
@@ -113,6 +132,7 @@ impl LabDir {
                 let c = LabConfig {
                     cluster,
                     port: free_port()?,
+                    network: network_mode,
                 };
                 write_private(
                     &self.file("config.json"),
@@ -283,6 +303,23 @@ pub async fn serve(dir: &LabDir) -> Result<()> {
             dir.root.display()
         )
     })?;
+    let kernel = match config.network {
+        NetworkMode::None => false,
+        NetworkMode::Kernel => {
+            network::kernel_mode_available()
+                .map_err(|why| anyhow!("kernel mode was asked for, but {why}"))?;
+            true
+        }
+        NetworkMode::Auto => match network::kernel_mode_available() {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(
+                    "API-only mode: {why}; Pods will be Ready in the API but nothing serves them"
+                );
+                false
+            }
+        },
+    };
     let creds = Credentials::load_or_create(&dir.root)?;
     let store = Store::open(&dir.file("store.sqlite"))
         .with_context(|| format!("opening the lab's store in {}", dir.root.display()))?;
@@ -292,30 +329,106 @@ pub async fn serve(dir: &LabDir) -> Result<()> {
         .with_context(|| format!("listening on {addr}: the port is in use (is the lab already up? `labctl status`), or another program holds it"))?;
     let api = Arc::new(Api::new(Arc::new(store), config.cluster.clone()));
     seed(&api)?;
-    controllers::start(api.clone(), Arc::new(ApiOnlyRuntime));
-    write_private(&dir.pid_path(), &std::process::id().to_string())?;
-    write_private(&dir.ready_path(), "")?;
-    tracing::info!(%addr, "lab {} serving", dir.name);
+    let runtime: Arc<dyn PodRuntime> = if kernel {
+        // Namespaces left by a run that was killed are removed and the network is rebuilt;
+        // the Pods in the store are started again at their addresses.
+        network::build(&network::Names::new(&dir.name), &config.cluster, &dir.name)
+            .context("building the lab's network namespaces")?;
+        let host = hello_app::wasm_host::WasmHost::new(hello_app::wasm_host::HostConfig::default())
+            .context("loading the hello-app component")?;
+        Arc::new(KernelRuntime::new(
+            host,
+            &dir.name,
+            tokio::runtime::Handle::current(),
+        ))
+    } else {
+        Arc::new(ApiOnlyRuntime)
+    };
+    controllers::start(api.clone(), runtime);
     let opts = ServeOptions {
         tls: creds.server_config()?,
         token: creds.token.clone(),
         address: addr.to_string(),
     };
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
     };
-    apiserver::serve(api, listener, opts, shutdown)
+    let server = tokio::spawn(apiserver::serve(
+        api,
+        listener,
+        opts,
+        until_stopped(stopped.clone()),
+    ));
+    let mut dataplanes = Vec::new();
+    if kernel {
+        let text = fs::read_to_string(dir.kubeconfig_path())
+            .with_context(|| format!("reading {}", dir.kubeconfig_path().display()))?;
+        let kubeconfig =
+            kube::config::Kubeconfig::from_yaml(&text).context("reading the lab's kubeconfig")?;
+        let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .context("the lab's kubeconfig")?;
+        let client = kube::Client::try_from(client_config).context("a client of the lab's API")?;
+        for node in &config.cluster.nodes {
+            dataplanes.push(tokio::spawn(run_dataplane(
+                client.clone(),
+                dir.name.clone(),
+                node.clone(),
+                until_stopped(stopped.clone()),
+            )));
+        }
+    }
+    write_private(&dir.pid_path(), &std::process::id().to_string())?;
+    write_private(&dir.ready_path(), if kernel { "kernel" } else { "none" })?;
+    tracing::info!(%addr, kernel, "lab {} serving", dir.name);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let _ = stop.send(true);
+    server
         .await
+        .context("the API server task")?
         .context("serving the API")?;
+    for d in dataplanes {
+        let _ = d.await;
+    }
+    if kernel {
+        network::teardown(&dir.name);
+    }
     let _ = fs::remove_file(dir.ready_path());
     let _ = fs::remove_file(dir.pid_path());
     tracing::info!("lab {} stopped", dir.name);
     Ok(())
+}
+
+/// kube-proxy's part on one node: the dataplane's sync loop, watching the lab's API and
+/// programming iptables in the node's namespace.
+async fn run_dataplane(
+    client: kube::Client,
+    lab: String,
+    node: crate::cluster::NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use dataplane::apply::Netns;
+    use dataplane::apply::iptables::IptablesApplier;
+    let ns = network::Names::new(&lab).node(&node.name);
+    let mut config = dataplane::model::NodeConfig::new(node.name.clone());
+    config.node_ips = vec![node.internal_ip];
+    config.cluster_cidr = Some("10.244.0.0/16".parse().expect("valid CIDR"));
+    let backend = dataplane::watch::IptablesBackend(IptablesApplier::new(Netns::named(ns)));
+    // The lab's rule sets are small: sync within 50 ms of a change rather than kube-proxy's 1 s.
+    let options = dataplane::watch::SyncOptions {
+        min_interval: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let stats = Arc::new(std::sync::Mutex::new(dataplane::watch::SyncStats::default()));
+    if let Err(e) = dataplane::watch::run(client, config, backend, options, stats, shutdown).await {
+        tracing::error!(node = %node.name, "the dataplane stopped: {e}");
+    }
 }
 
 /// Starts the lab's server in the background and waits until it answers.

@@ -6,5 +6,7 @@ pub mod apiserver;
 pub mod cluster;
 pub mod controllers;
 pub mod lab;
+pub mod network;
 pub mod pki;
+pub mod runtime;
 pub mod store;

@@ -36,6 +36,15 @@ impl LabArgs {
     }
 }
 
+/// Where `labctl curl` sends from.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum From {
+    /// A node's namespace (as `curl` on a kind node).
+    Node,
+    /// The client namespace outside the cluster (as a browser on the host).
+    Client,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Start the embedded lab cluster (in the background unless --foreground) and wait until
@@ -55,6 +64,10 @@ enum Cmd {
         /// Also add the lab to ~/.kube/config (or $KUBECONFIG) as context labctl-<name> and make it current.
         #[arg(long)]
         merge_kubeconfig: bool,
+        /// Where Pods run: `kernel` (network namespaces, wasm Pods, iptables per node; needs
+        /// root), `none` (API only), `auto` (kernel when possible); fixed when the lab is created.
+        #[arg(long, value_enum, default_value_t = lab::NetworkMode::Auto)]
+        network: lab::NetworkMode,
         /// LoadBalancer ingress addresses, FIRST-LAST (what cloud-provider-kind or MetalLB
         /// hands out on kind); fixed when the lab is created.
         #[arg(long, value_name = "FIRST-LAST", value_parser = lab::parse_pool)]
@@ -86,6 +99,39 @@ enum Cmd {
     Status {
         #[command(flatten)]
         lab: LabArgs,
+    },
+    /// Run a command inside a lab node's network namespace (kernel mode), where the tutorial
+    /// runs it on a node.
+    #[command(
+        after_help = "Examples:\n  labctl exec lab-worker -- iptables -t nat -L KUBE-SERVICES -n\n  labctl exec client -- ip route"
+    )]
+    Exec {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// A node name (`lab-worker`) or `client` (the namespace outside the cluster).
+        node: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Send HTTP GETs from inside the lab (kernel mode) and print the answers.
+    #[command(
+        after_help = "Examples:\n  labctl curl http://10.96.12.34\n  labctl curl http://172.18.255.200 --from client --count 4\n  labctl curl http://127.0.0.1:30583 --from node --node lab-worker2"
+    )]
+    Curl {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// `http://IP[:PORT]` (port 80 when left out).
+        url: String,
+        /// Where the request starts: a node, or the client outside the cluster.
+        #[arg(long, value_enum, default_value_t = From::Node)]
+        from: From,
+        /// Which node, with `--from node` [default: the first worker].
+        #[arg(long)]
+        node: Option<String>,
+        /// How many requests.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        count: u32,
     },
     /// Run the lab's server in this process (what `labctl up` starts in the background).
     #[command(hide = true)]
@@ -123,9 +169,10 @@ fn main() -> Result<()> {
             foreground,
             merge_kubeconfig,
             load_balancer_pool,
+            network,
         } => {
             let dir = lab.dir();
-            let (config, _) = dir.create(usize::from(workers), load_balancer_pool)?;
+            let (config, _) = dir.create(usize::from(workers), load_balancer_pool, network)?;
             if config.cluster.nodes.len() != usize::from(workers) + 1 && workers != 2 {
                 eprintln!(
                     "note: lab {:?} already exists with {} workers; --workers applies to new labs only",
@@ -165,7 +212,15 @@ fn main() -> Result<()> {
         }
         Cmd::Down { lab, purge } => {
             let dir = lab.dir();
-            let was_running = lab::stop(&dir, Duration::from_secs(10))?;
+            let was_running = lab::stop(&dir, Duration::from_secs(15))?;
+            // A lab killed without a chance to clean up leaves its namespaces behind.
+            let removed = labctl::network::teardown(&lab.name);
+            if removed > 0 {
+                eprintln!(
+                    "Removed {removed} network namespaces of lab {:?}.",
+                    lab.name
+                );
+            }
             let merged = user_kubeconfig();
             // KUBECONFIG may point at the lab's own file, which goes with the lab.
             if merged != dir.kubeconfig_path()
@@ -245,6 +300,47 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Exec { lab, node, command } => {
+            let ns = lab_namespace(&lab, &node)?;
+            let status = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns])
+                .args(&command)
+                .status()
+                .context("running `ip netns exec` (is iproute2 installed?)")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Curl {
+            lab,
+            url,
+            from,
+            node,
+            count,
+        } => {
+            let target = parse_url(&url)?;
+            let config = lab
+                .dir()
+                .config()?
+                .context("the lab does not exist; run `labctl up` first")?;
+            let where_from = match from {
+                From::Client => "client".to_string(),
+                From::Node => node.unwrap_or_else(|| {
+                    config
+                        .cluster
+                        .nodes
+                        .iter()
+                        .find(|n| !n.control_plane)
+                        .map(|n| n.name.clone())
+                        .unwrap_or_default()
+                }),
+            };
+            let ns = lab_namespace(&lab, &where_from)?;
+            for _ in 0..count {
+                let body = labctl::network::http_get(&ns, target, Duration::from_secs(3))
+                    .with_context(|| format!("GET {url} from {where_from}"))?;
+                print!("{body}");
+            }
+            Ok(())
+        }
         Cmd::Serve { lab } => {
             init_tracing();
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -253,4 +349,58 @@ fn main() -> Result<()> {
             rt.block_on(lab::serve(&lab.dir()))
         }
     }
+}
+
+/// The namespace of `node` (or `client`) in a running kernel-mode lab.
+fn lab_namespace(lab: &LabArgs, node: &str) -> Result<String> {
+    let dir = lab.dir();
+    let config = dir
+        .config()?
+        .with_context(|| format!("lab {:?} does not exist; run `labctl up` first", lab.name))?;
+    if dir.running_pid().is_none() {
+        anyhow::bail!(
+            "lab {:?} is not running; `labctl up --name {}` starts it",
+            lab.name,
+            lab.name
+        );
+    }
+    let names = labctl::network::Names::new(&lab.name);
+    let ns = if node == "client" {
+        names.client()
+    } else if config.cluster.nodes.iter().any(|n| n.name == node) {
+        names.node(node)
+    } else {
+        let known: Vec<&str> = config
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        anyhow::bail!(
+            "no node {node:?} in lab {:?}; its nodes are {} (or `client`)",
+            lab.name,
+            known.join(", ")
+        );
+    };
+    if !std::path::Path::new("/run/netns").join(&ns).exists() {
+        anyhow::bail!(
+            "lab {:?} runs without kernel networking (API only), so there is no {node} namespace; labs created with `--network kernel` as root have one",
+            lab.name
+        );
+    }
+    Ok(ns)
+}
+
+/// `http://IP[:PORT][/...]` to an address.
+fn parse_url(url: &str) -> Result<std::net::SocketAddr> {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let host_port = rest.split('/').next().unwrap_or("");
+    let with_port = if host_port.contains(':') {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:80")
+    };
+    with_port.parse().with_context(|| {
+        format!("{url:?} is not http://IP[:PORT] (names are not resolved in the lab)")
+    })
 }

@@ -28,6 +28,11 @@ pub trait PodRuntime: Send + Sync {
     fn start(&self, pod: &Value, node: &NodeConfig, ip: Ipv4Addr) -> Result<(), RuntimeError>;
     /// Stops the Pod (drains, then frees its resources).
     fn stop(&self, pod: &Value);
+    /// Whether the Pod is served now (after a restart of the lab, Running Pods are not until
+    /// they are started again).
+    fn is_running(&self, _pod: &Value) -> bool {
+        true
+    }
 }
 
 /// A runtime that serves nothing: Pods are Running and Ready in the API only.
@@ -110,6 +115,9 @@ pub fn reconcile(ctx: &Ctx, index: &PodIndex, ns: &str, name: &str) -> Result<()
             );
         }
         return Ok(());
+    }
+    if pod["status"]["phase"] == "Running" && !ctx.runtime.is_running(&pod) {
+        return restart(ctx, &pod, &node_name);
     }
     if pod["status"]["phase"] != "Pending" || pod["status"]["podIP"].is_string() {
         return Ok(());
@@ -217,6 +225,25 @@ pub fn reconcile(ctx: &Ctx, index: &PodIndex, ns: &str, name: &str) -> Result<()
             &e.message,
             "kubelet",
         ),
+    }
+    Ok(())
+}
+
+/// Starts a Running Pod again at its address (the lab process restarted), so that it keeps
+/// its name and IP as a Pod does when its node reboots.
+fn restart(ctx: &Ctx, pod: &Value, node_name: &str) -> Result<(), ApiError> {
+    let Some(node) = ctx.api.cluster.nodes.iter().find(|n| n.name == node_name) else {
+        return Ok(());
+    };
+    let Some(ip) = pod["status"]["podIP"]
+        .as_str()
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+    else {
+        return Ok(());
+    };
+    if let Err(e) = ctx.runtime.start(pod, node, ip) {
+        ctx.recorder
+            .record(Kind::Pod, pod, "Warning", "Failed", &e.message, "kubelet");
     }
     Ok(())
 }

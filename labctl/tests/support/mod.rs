@@ -25,13 +25,28 @@ pub fn labctl(args: &[&str], state: &Path) -> Output {
 }
 
 impl Lab {
+    /// A lab of the API and controllers only (the API tests need no Pods that serve).
     pub fn start() -> Lab {
+        Lab::start_named("lab", &["--network", "none"])
+    }
+
+    /// A lab named `name` created with extra `labctl up` flags. Kernel-mode labs that run at
+    /// the same time need different names: their namespaces are named after them.
+    pub fn start_named(name: &str, flags: &[&str]) -> Lab {
         let dir = tempfile::tempdir().expect("temp dir");
         let lab = Lab {
             dir,
-            name: "lab".to_string(),
+            name: name.to_string(),
         };
-        lab.up();
+        let mut args = vec!["up", "--name", name];
+        args.extend_from_slice(flags);
+        let out = labctl(&args, lab.dir.path());
+        assert!(
+            out.status.success(),
+            "labctl up failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         lab
     }
 
@@ -72,6 +87,13 @@ impl Lab {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Runs labctl on this lab.
+    pub fn labctl(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = vec![args[0], "--name", &self.name];
+        all.extend_from_slice(&args[1..]);
+        labctl(&all, self.dir.path())
     }
 
     pub fn kubectl_command(&self, args: &[&str]) -> Command {

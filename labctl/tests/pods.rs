@@ -1,0 +1,271 @@
+//! Kernel mode: Pods served by wasm instances in their own network namespaces, Services routed
+//! by the dataplane's iptables rules in each node's namespace, reached from a node and from
+//! the client namespace outside the cluster, as in the tutorial. Needs root.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use support::{Lab, rows};
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: hello-world
+spec:
+  selector:
+    matchLabels:
+      app: hello-world
+  replicas: 3
+  template:
+    metadata:
+      labels:
+        app: hello-world
+    spec:
+      containers:
+        - name: hello-world
+          image: gcr.io/google-samples/hello-app:1.0
+          ports:
+            - containerPort: 8080
+";
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn kernel_mode() -> bool {
+    let root = rustix::process::geteuid().is_root();
+    if root && support::kubectl_present() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI runs as root with kubectl; kernel mode must be tested there"
+    );
+    eprintln!("skipping: kernel mode needs root and kubectl");
+    false
+}
+
+/// Hostnames answering `count` GETs of `url` from `from` (`node` or `client`).
+fn answers(lab: &Lab, url: &str, from: &str, count: u32) -> Result<BTreeMap<String, u32>, String> {
+    let out = lab.labctl(&["curl", url, "--from", from, "--count", &count.to_string()]);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let mut seen = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(host) = line.strip_prefix("Hostname: ") {
+            *seen.entry(host.to_string()).or_default() += 1;
+        }
+    }
+    Ok(seen)
+}
+
+/// Repeats `answers` until `check` holds, within `WAIT`.
+fn until(
+    lab: &Lab,
+    url: &str,
+    from: &str,
+    count: u32,
+    check: impl Fn(&BTreeMap<String, u32>) -> bool,
+) -> BTreeMap<String, u32> {
+    let started = Instant::now();
+    loop {
+        let last = answers(lab, url, from, count);
+        if let Ok(seen) = &last
+            && check(seen)
+        {
+            return seen.clone();
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "{url} from {from} never satisfied the check; last: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pod_names(lab: &Lab) -> Vec<String> {
+    rows(&lab.ok(&["get", "pods"]))
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect()
+}
+
+#[test]
+fn services_route_to_every_pod_from_nodes_and_the_client() {
+    if !kernel_mode() {
+        return;
+    }
+    let lab = Lab::start_named("route", &["--network", "kernel"]);
+    std::fs::write(lab.dir.path().join("deployment.yaml"), DEPLOYMENT).unwrap();
+    lab.ok(&["apply", "-f", "deployment.yaml"]);
+    lab.ok(&[
+        "rollout",
+        "status",
+        "deployment/hello-world",
+        "--timeout=30s",
+    ]);
+    lab.ok(&[
+        "expose",
+        "deployment",
+        "hello-world",
+        "--port=80",
+        "--target-port=8080",
+        "--type=LoadBalancer",
+    ]);
+    let svc = lab.until(&["get", "svc", "hello-world"], WAIT, |o| {
+        !o.contains("<pending>")
+    });
+    let row = &rows(&svc)[0];
+    let (cluster_ip, external_ip) = (row[2].clone(), row[3].clone());
+    let node_port = row[4]
+        .trim_start_matches("80:")
+        .trim_end_matches("/TCP")
+        .to_string();
+    let pods = pod_names(&lab);
+    assert_eq!(pods.len(), 3);
+
+    // ClusterIP from a node: every Pod answers, and no Pod gets far less than its share.
+    let seen = until(&lab, &format!("http://{cluster_ip}"), "node", 90, |s| {
+        s.len() == 3
+    });
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), pods);
+    assert!(
+        seen.values().all(|n| *n >= 10),
+        "90 requests over 3 Pods: {seen:?}"
+    );
+
+    // NodePort on the node's loopback, NodePort on a node's IP from outside, LoadBalancer from outside.
+    until(
+        &lab,
+        &format!("http://127.0.0.1:{node_port}"),
+        "node",
+        30,
+        |s| s.len() == 3,
+    );
+    until(
+        &lab,
+        &format!("http://172.18.0.4:{node_port}"),
+        "client",
+        30,
+        |s| s.len() == 3,
+    );
+    until(&lab, &format!("http://{external_ip}"), "client", 30, |s| {
+        s.len() == 3
+    });
+
+    // The version is the image's.
+    let out = lab.labctl(&["curl", &format!("http://{cluster_ip}")]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with("Hello, world!\nVersion: 1.0.0\nHostname: hello-world-")
+    );
+
+    // The tutorial's listing, run on the node.
+    let out = lab.labctl(&[
+        "exec",
+        "route-worker",
+        "--",
+        "iptables",
+        "-t",
+        "nat",
+        "-L",
+        "KUBE-SERVICES",
+        "-n",
+    ]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("KUBE-SVC-DZ6LTOHRG6HQWHYE")
+            && listing.contains("default/hello-world cluster IP"),
+        "{listing}"
+    );
+
+    // Scaling down takes the removed Pods out of the answers.
+    lab.ok(&["scale", "deployment", "hello-world", "--replicas=1"]);
+    let left = lab.until(&["get", "pods", "-o", "name"], WAIT, |o| {
+        o.lines().count() == 1
+    });
+    let left = left.trim().trim_start_matches("pod/").to_string();
+    until(&lab, &format!("http://{cluster_ip}"), "node", 20, |s| {
+        s.len() == 1 && s.contains_key(&left)
+    });
+
+    // An image the lab cannot run stays in ErrImagePull, with an Event saying which can.
+    lab.ok(&[
+        "set",
+        "image",
+        "deployment/hello-world",
+        "hello-world=nginx:1.27",
+    ]);
+    let pods = lab.until(&["get", "pods"], WAIT, |o| o.contains("ErrImagePull"));
+    let bad = rows(&pods)
+        .into_iter()
+        .find(|r| r[2] == "ErrImagePull")
+        .unwrap()[0]
+        .clone();
+    let describe = lab.ok(&["describe", "pod", &bad]);
+    assert!(
+        describe.contains("the lab runs only its built-in hello-app component"),
+        "{describe}"
+    );
+    // The old Pod keeps serving: a rollout never removes the last available Pod.
+    until(&lab, &format!("http://{cluster_ip}"), "node", 5, |s| {
+        s.contains_key(&left)
+    });
+}
+
+#[test]
+fn a_killed_lab_comes_back_with_the_same_pods_and_leaves_nothing_after_down() {
+    if !kernel_mode() {
+        return;
+    }
+    let lab = Lab::start_named("crash", &["--network", "kernel"]);
+    std::fs::write(
+        lab.dir.path().join("deployment.yaml"),
+        DEPLOYMENT.replace("replicas: 3", "replicas: 2"),
+    )
+    .unwrap();
+    lab.ok(&["apply", "-f", "deployment.yaml"]);
+    lab.ok(&[
+        "rollout",
+        "status",
+        "deployment/hello-world",
+        "--timeout=30s",
+    ]);
+    lab.ok(&[
+        "expose",
+        "deployment",
+        "hello-world",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let cluster_ip = rows(&lab.ok(&["get", "svc", "hello-world"]))[0][2].clone();
+    until(&lab, &format!("http://{cluster_ip}"), "node", 20, |s| {
+        s.len() == 2
+    });
+    let before = lab.ok(&["get", "pods", "-o", "wide"]);
+
+    lab.kill9();
+    lab.up();
+    let seen = until(&lab, &format!("http://{cluster_ip}"), "node", 20, |s| {
+        s.len() == 2
+    });
+    let after = lab.ok(&["get", "pods", "-o", "wide"]);
+    let ips = |t: &str| {
+        rows(t)
+            .into_iter()
+            .map(|r| (r[0].clone(), r[5].clone(), r[6].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ips(&before),
+        ips(&after),
+        "same Pods, IPs and nodes after the restart"
+    );
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), pod_names(&lab));
+
+    let out = lab.labctl(&["down"]);
+    assert!(out.status.success());
+    let left: Vec<String> = labctl::network::existing("crash");
+    assert!(left.is_empty(), "namespaces left after down: {left:?}");
+}
