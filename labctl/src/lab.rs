@@ -20,7 +20,7 @@ use crate::cluster::ClusterConfig;
 use crate::controllers::{self, ApiOnlyRuntime, PodRuntime};
 use crate::network;
 use crate::pki::{Credentials, write_private};
-use crate::runtime::KernelRuntime;
+use crate::runtime::{Placement, WasmRuntime};
 use crate::store::Store;
 
 /// Where a lab keeps its files.
@@ -48,11 +48,13 @@ pub struct LabConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
-    /// Kernel mode when this process may make network namespaces, else API only.
+    /// Kernel mode when this process may make network namespaces, else userspace.
     #[default]
     Auto,
     /// Network namespaces per node and Pod, wasm Pods, iptables rules per node (root).
     Kernel,
+    /// Wasm Pods and the dataplane's userspace proxy on loopback addresses (no privileges).
+    Userspace,
     /// The API and controllers only: Pods are Ready in the API but nothing serves.
     None,
 }
@@ -303,23 +305,7 @@ pub async fn serve(dir: &LabDir) -> Result<()> {
             dir.root.display()
         )
     })?;
-    let kernel = match config.network {
-        NetworkMode::None => false,
-        NetworkMode::Kernel => {
-            network::kernel_mode_available()
-                .map_err(|why| anyhow!("kernel mode was asked for, but {why}"))?;
-            true
-        }
-        NetworkMode::Auto => match network::kernel_mode_available() {
-            Ok(()) => true,
-            Err(why) => {
-                tracing::warn!(
-                    "API-only mode: {why}; Pods will be Ready in the API but nothing serves them"
-                );
-                false
-            }
-        },
-    };
+    let mode = resolve_mode(config.network)?;
     let creds = Credentials::load_or_create(&dir.root)?;
     let store = Store::open(&dir.file("store.sqlite"))
         .with_context(|| format!("opening the lab's store in {}", dir.root.display()))?;
@@ -329,20 +315,27 @@ pub async fn serve(dir: &LabDir) -> Result<()> {
         .with_context(|| format!("listening on {addr}: the port is in use (is the lab already up? `labctl status`), or another program holds it"))?;
     let api = Arc::new(Api::new(Arc::new(store), config.cluster.clone()));
     seed(&api)?;
-    let runtime: Arc<dyn PodRuntime> = if kernel {
-        // Namespaces left by a run that was killed are removed and the network is rebuilt;
-        // the Pods in the store are started again at their addresses.
-        network::build(&network::Names::new(&dir.name), &config.cluster, &dir.name)
-            .context("building the lab's network namespaces")?;
-        let host = hello_app::wasm_host::WasmHost::new(hello_app::wasm_host::HostConfig::default())
-            .context("loading the hello-app component")?;
-        Arc::new(KernelRuntime::new(
-            host,
-            &dir.name,
-            tokio::runtime::Handle::current(),
-        ))
-    } else {
-        Arc::new(ApiOnlyRuntime)
+    let runtime: Arc<dyn PodRuntime> = match mode {
+        Mode::ApiOnly => Arc::new(ApiOnlyRuntime),
+        Mode::Kernel | Mode::Userspace => {
+            let placement = if mode == Mode::Kernel {
+                // Namespaces left by a run that was killed are removed and the network is
+                // rebuilt; the Pods in the store are started again at their addresses.
+                network::build(&network::Names::new(&dir.name), &config.cluster, &dir.name)
+                    .context("building the lab's network namespaces")?;
+                Placement::Namespaces(network::Names::new(&dir.name))
+            } else {
+                Placement::Loopback
+            };
+            let host =
+                hello_app::wasm_host::WasmHost::new(hello_app::wasm_host::HostConfig::default())
+                    .context("loading the hello-app component")?;
+            Arc::new(WasmRuntime::new(
+                host,
+                placement,
+                tokio::runtime::Handle::current(),
+            ))
+        }
     };
     controllers::start(api.clone(), runtime);
     let opts = ServeOptions {
@@ -361,7 +354,7 @@ pub async fn serve(dir: &LabDir) -> Result<()> {
         until_stopped(stopped.clone()),
     ));
     let mut dataplanes = Vec::new();
-    if kernel {
+    if mode != Mode::ApiOnly {
         let text = fs::read_to_string(dir.kubeconfig_path())
             .with_context(|| format!("reading {}", dir.kubeconfig_path().display()))?;
         let kubeconfig =
@@ -370,18 +363,26 @@ pub async fn serve(dir: &LabDir) -> Result<()> {
             .await
             .context("the lab's kubeconfig")?;
         let client = kube::Client::try_from(client_config).context("a client of the lab's API")?;
-        for node in &config.cluster.nodes {
-            dataplanes.push(tokio::spawn(run_dataplane(
-                client.clone(),
-                dir.name.clone(),
-                node.clone(),
+        if mode == Mode::Kernel {
+            for node in &config.cluster.nodes {
+                dataplanes.push(tokio::spawn(run_dataplane(
+                    client.clone(),
+                    dir.name.clone(),
+                    node.clone(),
+                    until_stopped(stopped.clone()),
+                )));
+            }
+        } else {
+            dataplanes.push(tokio::spawn(crate::userspace::run(
+                client,
+                config.cluster.clone(),
                 until_stopped(stopped.clone()),
             )));
         }
     }
     write_private(&dir.pid_path(), &std::process::id().to_string())?;
-    write_private(&dir.ready_path(), if kernel { "kernel" } else { "none" })?;
-    tracing::info!(%addr, kernel, "lab {} serving", dir.name);
+    write_private(&dir.ready_path(), mode.as_str())?;
+    tracing::info!(%addr, mode = mode.as_str(), "lab {} serving", dir.name);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing a SIGTERM handler")?;
     tokio::select! {
@@ -396,13 +397,66 @@ pub async fn serve(dir: &LabDir) -> Result<()> {
     for d in dataplanes {
         let _ = d.await;
     }
-    if kernel {
+    if mode == Mode::Kernel {
         network::teardown(&dir.name);
     }
     let _ = fs::remove_file(dir.ready_path());
     let _ = fs::remove_file(dir.pid_path());
     tracing::info!("lab {} stopped", dir.name);
     Ok(())
+}
+
+/// How a running lab serves Pods and Services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Network namespaces, wasm Pods inside them, iptables per node.
+    Kernel,
+    /// Wasm Pods and the userspace proxy on loopback addresses, no privileges needed.
+    Userspace,
+    /// The API and controllers only.
+    ApiOnly,
+}
+
+impl Mode {
+    /// The word `labctl status` and the ready file use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Kernel => "kernel",
+            Mode::Userspace => "userspace",
+            Mode::ApiOnly => "none",
+        }
+    }
+}
+
+fn resolve_mode(asked: NetworkMode) -> Result<Mode> {
+    Ok(match asked {
+        NetworkMode::None => Mode::ApiOnly,
+        NetworkMode::Userspace => Mode::Userspace,
+        NetworkMode::Kernel => {
+            network::kernel_mode_available()
+                .map_err(|why| anyhow!("kernel mode was asked for, but {why}"))?;
+            Mode::Kernel
+        }
+        NetworkMode::Auto => match network::kernel_mode_available() {
+            Ok(()) => Mode::Kernel,
+            Err(why) => {
+                tracing::warn!(
+                    "userspace mode: {why}; Pods and Services are served on loopback addresses (127.x twins of their IPs; reach them with `labctl curl`)"
+                );
+                Mode::Userspace
+            }
+        },
+    })
+}
+
+/// The mode a running lab serves in, from its ready file.
+pub fn running_mode(dir: &LabDir) -> Option<Mode> {
+    match fs::read_to_string(dir.ready_path()).ok()?.trim() {
+        "kernel" => Some(Mode::Kernel),
+        "userspace" => Some(Mode::Userspace),
+        "none" => Some(Mode::ApiOnly),
+        _ => None,
+    }
 }
 
 /// kube-proxy's part on one node: the dataplane's sync loop, watching the lab's API and

@@ -10,3 +10,4 @@ pub mod network;
 pub mod pki;
 pub mod runtime;
 pub mod store;
+pub mod userspace;

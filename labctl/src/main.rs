@@ -160,8 +160,18 @@ fn init_tracing() {
         .init();
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    // One line per cause, as a CLI should; no backtrace even when RUST_BACKTRACE is set.
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Up {
             lab,
@@ -208,6 +218,23 @@ fn main() -> Result<()> {
                 "Use it with kubectl:\n  export KUBECONFIG={}\n  kubectl get nodes -o wide",
                 dir.kubeconfig_path().display()
             );
+            match lab::running_mode(&dir) {
+                Some(lab::Mode::Kernel) => println!(
+                    "Kernel mode: nodes, Pods and a client are network namespaces; try `labctl curl http://<CLUSTER-IP>` or `labctl exec {}-worker -- iptables -t nat -L KUBE-SERVICES -n`.",
+                    lab.name
+                ),
+                Some(lab::Mode::Userspace) => println!(
+                    "Userspace mode{}: Pods and Services are served on loopback twins of their addresses (10.96.0.5 at 127.96.0.5); reach them with `labctl curl http://<CLUSTER-IP>`.",
+                    if config.network == lab::NetworkMode::Auto {
+                        " (this process may not create network namespaces; run as root for kernel mode)"
+                    } else {
+                        ""
+                    }
+                ),
+                _ => println!(
+                    "API-only mode: Pods become Ready in the API, but nothing serves them."
+                ),
+            }
             Ok(())
         }
         Cmd::Down { lab, purge } => {
@@ -287,8 +314,11 @@ fn main() -> Result<()> {
                     dir.root.display()
                 ),
                 (Some(c), Some(pid)) => println!(
-                    "Lab {:?} is running: https://127.0.0.1:{} (pid {pid}), {} nodes, kubeconfig {}.",
+                    "Lab {:?} is running in {} mode: https://127.0.0.1:{} (pid {pid}), {} nodes, kubeconfig {}.",
                     lab.name,
+                    lab::running_mode(&dir)
+                        .map(lab::Mode::as_str)
+                        .unwrap_or("unknown"),
                     c.port,
                     c.cluster.nodes.len(),
                     dir.kubeconfig_path().display()
@@ -317,10 +347,41 @@ fn main() -> Result<()> {
             count,
         } => {
             let target = parse_url(&url)?;
-            let config = lab
-                .dir()
+            let dir = lab.dir();
+            let config = dir
                 .config()?
                 .context("the lab does not exist; run `labctl up` first")?;
+            if lab::running_mode(&dir) == Some(lab::Mode::Userspace) {
+                // Every address of the lab has a loopback twin in the host's namespace.
+                let twin = match target.ip() {
+                    std::net::IpAddr::V4(ip) if !ip.is_loopback() => {
+                        labctl::runtime::loopback_twin(ip)
+                    }
+                    std::net::IpAddr::V4(ip) => ip,
+                    std::net::IpAddr::V6(_) => anyhow::bail!("the lab is IPv4 only"),
+                };
+                let addr = std::net::SocketAddr::from((
+                    twin,
+                    labctl::runtime::userspace_port(target.port()),
+                ));
+                for _ in 0..count {
+                    let stream =
+                        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                            .with_context(|| {
+                                format!("connecting to {url} (served at {addr} in userspace mode)")
+                            })?;
+                    print!(
+                        "{}",
+                        labctl::network::http_exchange(
+                            stream,
+                            &target.to_string(),
+                            Duration::from_secs(3)
+                        )
+                        .with_context(|| format!("GET {url}"))?
+                    );
+                }
+                return Ok(());
+            }
             let where_from = match from {
                 From::Client => "client".to_string(),
                 From::Node => node.unwrap_or_else(|| {
@@ -384,7 +445,7 @@ fn lab_namespace(lab: &LabArgs, node: &str) -> Result<String> {
     };
     if !std::path::Path::new("/run/netns").join(&ns).exists() {
         anyhow::bail!(
-            "lab {:?} runs without kernel networking (API only), so there is no {node} namespace; labs created with `--network kernel` as root have one",
+            "lab {:?} runs without kernel networking (userspace or API-only mode), so there is no {node} namespace; labs created as root with `--network kernel` have one (in userspace mode, `labctl curl` reaches Services from the host)",
             lab.name
         );
     }

@@ -43,23 +43,61 @@ struct Running {
     done: std::sync::mpsc::Receiver<()>,
 }
 
-/// Pods as wasm instances in their own network namespaces.
-pub struct KernelRuntime {
+/// Where a Pod's socket lives.
+pub enum Placement {
+    /// In the Pod's own network namespace, on its node's bridge (kernel mode).
+    Namespaces(Names),
+    /// On the host's loopback, at the Pod IP's loopback twin (userspace mode).
+    Loopback,
+}
+
+/// Pods as wasm instances, in their own network namespaces or on loopback addresses.
+pub struct WasmRuntime {
     host: WasmHost,
-    names: Names,
+    placement: Placement,
     handle: tokio::runtime::Handle,
     running: Mutex<HashMap<String, Running>>,
 }
 
-impl KernelRuntime {
-    /// A runtime for lab `lab`, spawning its servers on `handle`.
-    pub fn new(host: WasmHost, lab: &str, handle: tokio::runtime::Handle) -> KernelRuntime {
-        KernelRuntime {
+impl WasmRuntime {
+    /// A runtime placing Pods by `placement`, spawning their servers on `handle`.
+    pub fn new(
+        host: WasmHost,
+        placement: Placement,
+        handle: tokio::runtime::Handle,
+    ) -> WasmRuntime {
+        WasmRuntime {
             host,
-            names: Names::new(lab),
+            placement,
             handle,
             running: Mutex::new(HashMap::new()),
         }
+    }
+}
+
+/// The loopback twin of a lab address in userspace mode: 10.244.1.5 is served at
+/// 127.244.1.5, 10.96.0.10 at 127.96.0.10, 172.18.0.3 at 127.18.0.3. All of 127.0.0.0/8
+/// is local on Linux, so no setup (and no privilege) is needed.
+pub fn loopback_twin(ip: Ipv4Addr) -> Ipv4Addr {
+    let [_, b, c, d] = ip.octets();
+    Ipv4Addr::new(127, b, c, d)
+}
+
+/// The port a service port is served on in userspace mode: ports an unprivileged process may
+/// not bind (below `net.ipv4.ip_unprivileged_port_start`, 1024 by default) move up by 10000.
+/// `labctl curl` applies the same shift, so `labctl curl http://<ClusterIP>` works either way.
+pub fn userspace_port(port: u16) -> u16 {
+    if rustix::process::geteuid().is_root() {
+        return port;
+    }
+    let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024);
+    if port < start {
+        port.saturating_add(10000)
+    } else {
+        port
     }
 }
 
@@ -67,7 +105,7 @@ fn uid(pod: &Value) -> &str {
     pod["metadata"]["uid"].as_str().unwrap_or("")
 }
 
-impl PodRuntime for KernelRuntime {
+impl PodRuntime for WasmRuntime {
     fn start(&self, pod: &Value, node: &NodeConfig, ip: Ipv4Addr) -> Result<(), RuntimeError> {
         let containers = pod["spec"]["containers"]
             .as_array()
@@ -91,10 +129,21 @@ impl PodRuntime for KernelRuntime {
             reason: "RunContainerError".into(),
             message,
         };
-        let ns = network::add_pod(&self.names, &node.name, node.pod_cidr, uid(pod), ip)
-            .map_err(|e| failed(format!("setting up the Pod's network: {e}")))?;
-        let listener = network::listen_in(&ns, port)
-            .map_err(|e| failed(format!("listening on port {port} in the Pod: {e}")))?;
+        let listener = match &self.placement {
+            Placement::Namespaces(names) => {
+                let ns = network::add_pod(names, &node.name, node.pod_cidr, uid(pod), ip)
+                    .map_err(|e| failed(format!("setting up the Pod's network: {e}")))?;
+                network::listen_in(&ns, port)
+                    .map_err(|e| failed(format!("listening on port {port} in the Pod: {e}")))?
+            }
+            Placement::Loopback => {
+                let addr = (loopback_twin(ip), port);
+                let l = std::net::TcpListener::bind(addr)
+                    .map_err(|e| failed(format!("listening on {}:{port}: {e}", addr.0)))?;
+                l.set_nonblocking(true).map_err(|e| failed(e.to_string()))?;
+                l
+            }
+        };
         let served = self
             .host
             .pod(PodSpec::new(name).version(version).log(PodLog::Discard));
@@ -128,7 +177,9 @@ impl PodRuntime for KernelRuntime {
             let _ = r.stop.send(());
             let _ = r.done.recv_timeout(DRAIN);
         }
-        network::remove_pod(&self.names, uid(pod));
+        if let Placement::Namespaces(names) = &self.placement {
+            network::remove_pod(names, uid(pod));
+        }
     }
 
     fn is_running(&self, pod: &Value) -> bool {

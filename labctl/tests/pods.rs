@@ -269,3 +269,71 @@ fn a_killed_lab_comes_back_with_the_same_pods_and_leaves_nothing_after_down() {
     let left: Vec<String> = labctl::network::existing("crash");
     assert!(left.is_empty(), "namespaces left after down: {left:?}");
 }
+
+#[test]
+fn userspace_mode_serves_the_same_scenario_on_loopback() {
+    if !support::kubectl_present() {
+        assert!(std::env::var_os("CI").is_none(), "kubectl is missing in CI");
+        eprintln!("skipping: kubectl is not installed");
+        return;
+    }
+    let lab = Lab::start_named("user", &["--network", "userspace"]);
+    let status = lab.labctl(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("running in userspace mode"),
+        "{status:?}"
+    );
+    std::fs::write(lab.dir.path().join("deployment.yaml"), DEPLOYMENT).unwrap();
+    lab.ok(&["apply", "-f", "deployment.yaml"]);
+    lab.ok(&[
+        "rollout",
+        "status",
+        "deployment/hello-world",
+        "--timeout=30s",
+    ]);
+    lab.ok(&[
+        "expose",
+        "deployment",
+        "hello-world",
+        "--port=80",
+        "--target-port=8080",
+        "--type=LoadBalancer",
+    ]);
+    let svc = lab.until(&["get", "svc", "hello-world"], WAIT, |o| {
+        !o.contains("<pending>")
+    });
+    let row = &rows(&svc)[0];
+    let node_port = row[4]
+        .trim_start_matches("80:")
+        .trim_end_matches("/TCP")
+        .to_string();
+    let pods = pod_names(&lab);
+    // The same kubectl view as kernel mode: Pod IPs from the nodes' CIDRs.
+    assert!(
+        rows(&lab.ok(&["get", "pods", "-o", "wide"]))
+            .iter()
+            .all(|r| r[5].starts_with("10.244."))
+    );
+    let seen = until(&lab, &format!("http://{}", row[2]), "node", 90, |s| {
+        s.len() == 3
+    });
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), pods);
+    until(
+        &lab,
+        &format!("http://127.0.0.1:{node_port}"),
+        "node",
+        30,
+        |s| s.len() == 3,
+    );
+    until(&lab, &format!("http://{}", row[3]), "client", 30, |s| {
+        s.len() == 3
+    });
+    lab.ok(&["scale", "deployment", "hello-world", "--replicas=1"]);
+    let left = lab.until(&["get", "pods", "-o", "name"], WAIT, |o| {
+        o.lines().count() == 1
+    });
+    let left = left.trim().trim_start_matches("pod/").to_string();
+    until(&lab, &format!("http://{}", row[2]), "node", 20, |s| {
+        s.len() == 1 && s.contains_key(&left)
+    });
+}
