@@ -34,6 +34,8 @@ struct Ctx {
     api: Arc<Api>,
     runtime: Arc<dyn PodRuntime>,
     recorder: Recorder,
+    /// Pods whose termination has started (uids), so that it starts once.
+    stopping: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 fn meta<'a>(obj: &'a Value, field: &str) -> &'a str {
@@ -210,6 +212,7 @@ pub fn start(api: Arc<Api>, runtime: Arc<dyn PodRuntime>) -> std::thread::JoinHa
         recorder: Recorder::new(api.clone()),
         api,
         runtime,
+        stopping: Arc::default(),
     };
     std::thread::Builder::new()
         .name("controllers".into())

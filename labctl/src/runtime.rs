@@ -182,6 +182,12 @@ impl PodRuntime for WasmRuntime {
         }
     }
 
+    fn drain_delay(&self) -> Duration {
+        // The dataplanes sync at most every 50 ms; iptables-restore of the lab's rules takes
+        // a few tens of milliseconds more.
+        Duration::from_millis(250)
+    }
+
     fn is_running(&self, pod: &Value) -> bool {
         self.running
             .lock()

@@ -180,6 +180,40 @@ fn services_route_to_every_pod_from_nodes_and_the_client() {
         "{listing}"
     );
 
+    // Deleting a Pod under a steady stream of requests loses none: its endpoint leaves the
+    // rules before it stops serving.
+    let victim = pod_names(&lab)[0].clone();
+    let stream = lab
+        .labctl_command(&["curl", &format!("http://{cluster_ip}"), "--count", "400"])
+        .spawn()
+        .expect("labctl curl");
+    std::thread::sleep(Duration::from_millis(150));
+    lab.ok(&["delete", "pod", &victim, "--wait=false"]);
+    let out = stream.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let hosts: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("Hostname: "))
+        .collect();
+    assert!(
+        out.status.success() && hosts.len() == 400,
+        "{} of 400 answered: {}",
+        hosts.len(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The deletion happened inside the stream: the victim answered at its start, not at its end.
+    assert!(
+        hosts[..50].contains(&victim.as_str()),
+        "{victim} never answered"
+    );
+    assert!(
+        !hosts[350..].contains(&victim.as_str()),
+        "{victim} still answered after its deletion"
+    );
+    lab.until(&["get", "pods"], WAIT, |o| {
+        !o.contains(&victim) && rows(o).len() == 3
+    });
+
     // Scaling down takes the removed Pods out of the answers.
     lab.ok(&["scale", "deployment", "hello-world", "--replicas=1"]);
     let left = lab.until(&["get", "pods", "-o", "name"], WAIT, |o| {

@@ -28,6 +28,12 @@ pub trait PodRuntime: Send + Sync {
     fn start(&self, pod: &Value, node: &NodeConfig, ip: Ipv4Addr) -> Result<(), RuntimeError>;
     /// Stops the Pod (drains, then frees its resources).
     fn stop(&self, pod: &Value);
+    /// How long a deleted Pod keeps serving after its endpoint stopped being ready, so that
+    /// the dataplanes have removed it before it stops (what a preStop sleep buys on a real
+    /// cluster). Zero for runtimes that serve nothing.
+    fn drain_delay(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     /// Whether the Pod is served now (after a restart of the lab, Running Pods are not until
     /// they are started again).
     fn is_running(&self, _pod: &Value) -> bool {
@@ -84,8 +90,7 @@ pub fn reconcile(ctx: &Ctx, index: &PodIndex, ns: &str, name: &str) -> Result<()
         return Ok(());
     };
     if pod["metadata"]["deletionTimestamp"].is_string() {
-        ctx.runtime.stop(&pod);
-        let _ = store.delete(Kind::Pod, ns, name, Some(meta(&pod, "uid")));
+        terminate(ctx, &pod);
         return Ok(());
     }
     let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("").to_string();
@@ -246,4 +251,69 @@ fn restart(ctx: &Ctx, pod: &Value, node_name: &str) -> Result<(), ApiError> {
             .record(Kind::Pod, pod, "Warning", "Failed", &e.message, "kubelet");
     }
     Ok(())
+}
+
+/// Ends a deleted Pod: once no EndpointSlice lists it as ready (bounded wait) and the
+/// runtime's drain delay has passed, it stops serving and leaves the API. Off the controller
+/// thread, so that the slice update it waits for can happen.
+fn terminate(ctx: &Ctx, pod: &Value) {
+    let uid = meta(pod, "uid").to_string();
+    let delay = ctx.runtime.drain_delay();
+    if delay.is_zero() {
+        ctx.runtime.stop(pod);
+        let _ = ctx.api.store.delete(
+            Kind::Pod,
+            meta(pod, "namespace"),
+            meta(pod, "name"),
+            Some(&uid),
+        );
+        return;
+    }
+    if !ctx
+        .stopping
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(uid.clone())
+    {
+        return;
+    }
+    let (api, runtime, stopping, pod) = (
+        ctx.api.clone(),
+        ctx.runtime.clone(),
+        ctx.stopping.clone(),
+        pod.clone(),
+    );
+    let grace = pod["metadata"]["deletionGracePeriodSeconds"]
+        .as_u64()
+        .unwrap_or(30);
+    std::thread::spawn(move || {
+        let ns = meta(&pod, "namespace");
+        let limit = std::time::Instant::now() + std::time::Duration::from_secs(grace.min(2));
+        let listed_ready = || {
+            api.store
+                .list(Kind::EndpointSlice, Some(ns))
+                .0
+                .iter()
+                .any(|s| {
+                    s["endpoints"].as_array().is_some_and(|eps| {
+                        eps.iter().any(|e| {
+                            e["targetRef"]["uid"] == uid.as_str()
+                                && e["conditions"]["ready"] == true
+                        })
+                    })
+                })
+        };
+        while listed_ready() && std::time::Instant::now() < limit {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::thread::sleep(delay);
+        runtime.stop(&pod);
+        let _ = api
+            .store
+            .delete(Kind::Pod, ns, meta(&pod, "name"), Some(&uid));
+        stopping
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid);
+    });
 }

@@ -91,9 +91,21 @@ impl Lab {
 
     /// Runs labctl on this lab.
     pub fn labctl(&self, args: &[&str]) -> Output {
-        let mut all: Vec<&str> = vec![args[0], "--name", &self.name];
-        all.extend_from_slice(&args[1..]);
-        labctl(&all, self.dir.path())
+        self.labctl_command(args).output().expect("running labctl")
+    }
+
+    /// labctl on this lab as a command with its output captured, to start in the background.
+    pub fn labctl_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_labctl"));
+        c.arg(args[0])
+            .args(["--name", &self.name])
+            .args(&args[1..])
+            .env("LABCTL_STATE_DIR", self.dir.path())
+            .env("HOME", self.dir.path())
+            .env_remove("KUBECONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
     }
 
     pub fn kubectl_command(&self, args: &[&str]) -> Command {
