@@ -193,6 +193,18 @@ pub fn parse_pool(text: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
     Ok((first, last))
 }
 
+/// The kubeconfig kubectl uses by default: the first file in `$KUBECONFIG`, else
+/// `~/.kube/config`.
+pub fn user_kubeconfig() -> PathBuf {
+    if let Some(first) = std::env::var_os("KUBECONFIG")
+        .and_then(|v| std::env::split_paths(&v).next())
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        return first;
+    }
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".kube/config")
+}
+
 /// The context (and cluster and user) name of lab `name` in kubeconfigs.
 pub fn context_name(name: &str) -> String {
     format!("labctl-{name}")
@@ -534,6 +546,42 @@ pub fn start_background(dir: &LabDir, base: &Path, timeout: Duration) -> Result<
         "the lab's server did not become ready within {timeout:?}; see {}",
         dir.log_path().display()
     )
+}
+
+/// What `down` did.
+#[derive(Debug, Clone, Default)]
+pub struct DownReport {
+    /// Whether the lab's server was running.
+    pub was_running: bool,
+    /// Network namespaces removed (left by a crash, or by the server just stopped).
+    pub namespaces_removed: usize,
+    /// The kubeconfig the lab's context was taken out of.
+    pub context_removed_from: Option<PathBuf>,
+}
+
+/// Stops lab `dir`, removes its namespaces and its context from `user_kubeconfig`, and with
+/// `purge` deletes its state directory.
+pub fn down(dir: &LabDir, purge: bool, user_kubeconfig: &Path) -> Result<DownReport> {
+    let was_running = stop(dir, Duration::from_secs(15))?;
+    // A lab killed without a chance to clean up leaves its namespaces behind.
+    let namespaces_removed = network::teardown(&dir.name);
+    let mut context_removed_from = None;
+    // KUBECONFIG may point at the lab's own file, which goes with the lab.
+    if user_kubeconfig != dir.kubeconfig_path()
+        && fs::read_to_string(user_kubeconfig).is_ok_and(|t| t.contains(&context_name(&dir.name)))
+    {
+        merge_kubeconfig(user_kubeconfig, "{}", &dir.name, true)?;
+        context_removed_from = Some(user_kubeconfig.to_path_buf());
+    }
+    if purge && dir.root.exists() {
+        fs::remove_dir_all(&dir.root)
+            .with_context(|| format!("deleting {}", dir.root.display()))?;
+    }
+    Ok(DownReport {
+        was_running,
+        namespaces_removed,
+        context_removed_from,
+    })
 }
 
 /// Stops the lab's server (SIGTERM, then SIGKILL after `grace`). Returns whether one ran.

@@ -4,10 +4,15 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod console;
 pub mod controllers;
 pub mod lab;
 pub mod network;
 pub mod pki;
+pub mod probe;
+pub mod reach;
 pub mod runtime;
 pub mod store;
+pub mod tutorial;
 pub mod userspace;
+pub mod verify;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use labctl::lab::{self, LabDir};
+use labctl::{probe, reach, tutorial, verify};
 
 /// Services Lab: the Kubernetes Services tutorial on an embedded lab cluster.
 #[derive(Parser)]
@@ -43,6 +44,17 @@ enum From {
     Node,
     /// The client namespace outside the cluster (as a browser on the host).
     Client,
+    /// The host itself (userspace mode, where the lab's addresses have loopback twins).
+    Host,
+}
+
+/// How `labctl verify` prints its verdict.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    /// A bar chart and one line per check.
+    Text,
+    /// One JSON object.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -133,22 +145,77 @@ enum Cmd {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
         count: u32,
     },
+    /// Run the Services tutorial from start to end on a fresh lab: the Deployment, ClusterIP,
+    /// NodePort and LoadBalancer Services, the kube-proxy rules behind them, and whether load
+    /// is spread over the Pods. Exits 0 only if every check held.
+    #[command(
+        after_help = "Steps: cluster, deployment, clusterip, nodeport, loadbalancer, cleanup.\n\nExamples:\n  labctl tutorial\n  labctl tutorial --step clusterip --keep\n  labctl tutorial --network userspace --requests 300"
+    )]
+    Tutorial {
+        /// The tutorial's lab; a lab of that name is removed first, so that it starts fresh.
+        #[arg(long, default_value = "tutorial")]
+        name: String,
+        /// Where labs keep their state [default: $XDG_STATE_HOME/services-lab or ~/.local/state/services-lab].
+        #[arg(long, env = "LABCTL_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Worker nodes.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=50))]
+        workers: u8,
+        /// Where Pods run (see `labctl up --help`).
+        #[arg(long, value_enum, default_value_t = lab::NetworkMode::Auto)]
+        network: lab::NetworkMode,
+        /// Leave the lab up at the end, for exploring with kubectl.
+        #[arg(long)]
+        keep: bool,
+        /// Stop after this step.
+        #[arg(long, value_enum)]
+        step: Option<tutorial::Step>,
+        /// Requests per load-distribution check.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        requests: u32,
+    },
+    /// Send requests through a Service, count the answers per Pod, and check that every Ready
+    /// Pod answered and that the split is uniform (chi-square goodness of fit).
+    #[command(
+        after_help = "Examples:\n  labctl verify svc/hello-world\n  labctl verify svc/hello-world --from client --requests 500\n  labctl verify svc/hello-world --output json --junit verify.xml"
+    )]
+    Verify {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// The Service: svc/<name>.
+        service: String,
+        /// Its namespace.
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+        /// Which service port [default: the first].
+        #[arg(long)]
+        port: Option<u16>,
+        /// How many requests (one connection each).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100000))]
+        requests: u32,
+        /// Where they start: a node (to the ClusterIP), the client outside the cluster (to the
+        /// EXTERNAL-IP, else a node's NodePort), or the host (userspace mode).
+        #[arg(long, value_enum, default_value_t = From::Node)]
+        from: From,
+        /// Which node, with `--from node` [default: the first worker].
+        #[arg(long)]
+        node: Option<String>,
+        /// The significance level below which the uniformity test fails.
+        #[arg(long, default_value_t = verify::DEFAULT_SIGNIFICANCE)]
+        significance: f64,
+        /// How to print the verdict.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Also write the verdict as a JUnit XML file (for CI).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+    },
     /// Run the lab's server in this process (what `labctl up` starts in the background).
     #[command(hide = true)]
     Serve {
         #[command(flatten)]
         lab: LabArgs,
     },
-}
-
-fn user_kubeconfig() -> PathBuf {
-    if let Some(first) = std::env::var_os("KUBECONFIG")
-        .and_then(|v| std::env::split_paths(&v).next())
-        .filter(|p| !p.as_os_str().is_empty())
-    {
-        return first;
-    }
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".kube/config")
 }
 
 fn init_tracing() {
@@ -190,8 +257,8 @@ fn run(cli: Cli) -> Result<()> {
                     config.cluster.nodes.len() - 1
                 );
             }
-            if merge_kubeconfig && user_kubeconfig() != dir.kubeconfig_path() {
-                let path = user_kubeconfig();
+            if merge_kubeconfig && lab::user_kubeconfig() != dir.kubeconfig_path() {
+                let path = lab::user_kubeconfig();
                 let text = std::fs::read_to_string(dir.kubeconfig_path())?;
                 lab::merge_kubeconfig(&path, &text, &lab.name, false)?;
                 eprintln!(
@@ -239,32 +306,21 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Down { lab, purge } => {
             let dir = lab.dir();
-            let was_running = lab::stop(&dir, Duration::from_secs(15))?;
-            // A lab killed without a chance to clean up leaves its namespaces behind.
-            let removed = labctl::network::teardown(&lab.name);
-            if removed > 0 {
+            let report = lab::down(&dir, purge, &lab::user_kubeconfig())?;
+            if report.namespaces_removed > 0 {
                 eprintln!(
-                    "Removed {removed} network namespaces of lab {:?}.",
-                    lab.name
+                    "Removed {} network namespaces of lab {:?}.",
+                    report.namespaces_removed, lab.name
                 );
             }
-            let merged = user_kubeconfig();
-            // KUBECONFIG may point at the lab's own file, which goes with the lab.
-            if merged != dir.kubeconfig_path()
-                && std::fs::read_to_string(&merged)
-                    .is_ok_and(|t| t.contains(&lab::context_name(&lab.name)))
-            {
-                lab::merge_kubeconfig(&merged, "{}", &lab.name, true)?;
+            if let Some(path) = &report.context_removed_from {
                 eprintln!(
                     "Removed context {} from {}.",
                     lab::context_name(&lab.name),
-                    merged.display()
+                    path.display()
                 );
             }
-            if purge && dir.root.exists() {
-                std::fs::remove_dir_all(&dir.root)
-                    .with_context(|| format!("deleting {}", dir.root.display()))?;
-            }
+            let was_running = report.was_running;
             match (was_running, purge) {
                 (true, true) => println!("Lab {:?} stopped and its state deleted.", lab.name),
                 (true, false) => println!(
@@ -290,8 +346,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             let text = std::fs::read_to_string(dir.kubeconfig_path())
                 .with_context(|| format!("reading {}", dir.kubeconfig_path().display()))?;
-            if merge && user_kubeconfig() != dir.kubeconfig_path() {
-                let target = user_kubeconfig();
+            if merge && lab::user_kubeconfig() != dir.kubeconfig_path() {
+                let target = lab::user_kubeconfig();
                 lab::merge_kubeconfig(&target, &text, &lab.name, false)?;
                 eprintln!(
                     "Added context {} to {} and made it current.",
@@ -331,7 +387,18 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Exec { lab, node, command } => {
-            let ns = lab_namespace(&lab, &node)?;
+            let dir = lab.dir();
+            let config = dir.config()?.with_context(|| {
+                format!("lab {:?} does not exist; run `labctl up` first", lab.name)
+            })?;
+            if dir.running_pid().is_none() {
+                anyhow::bail!(
+                    "lab {:?} is not running; `labctl up --name {}` starts it",
+                    lab.name,
+                    lab.name
+                );
+            }
+            let ns = reach::namespace(&dir, &config, &node)?;
             let status = std::process::Command::new("ip")
                 .args(["netns", "exec", &ns])
                 .args(&command)
@@ -346,59 +413,95 @@ fn run(cli: Cli) -> Result<()> {
             node,
             count,
         } => {
-            let target = parse_url(&url)?;
-            let dir = lab.dir();
-            let config = dir
-                .config()?
-                .context("the lab does not exist; run `labctl up` first")?;
-            if lab::running_mode(&dir) == Some(lab::Mode::Userspace) {
-                // Every address of the lab has a loopback twin in the host's namespace.
-                let twin = match target.ip() {
-                    std::net::IpAddr::V4(ip) if !ip.is_loopback() => {
-                        labctl::runtime::loopback_twin(ip)
-                    }
-                    std::net::IpAddr::V4(ip) => ip,
-                    std::net::IpAddr::V6(_) => anyhow::bail!("the lab is IPv4 only"),
-                };
-                let addr = std::net::SocketAddr::from((
-                    twin,
-                    labctl::runtime::userspace_port(target.port()),
-                ));
-                for _ in 0..count {
-                    let stream =
-                        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-                            .with_context(|| {
-                                format!("connecting to {url} (served at {addr} in userspace mode)")
-                            })?;
-                    print!(
-                        "{}",
-                        labctl::network::http_exchange(
-                            stream,
-                            &target.to_string(),
-                            Duration::from_secs(3)
-                        )
-                        .with_context(|| format!("GET {url}"))?
-                    );
-                }
-                return Ok(());
-            }
-            let where_from = match from {
-                From::Client => "client".to_string(),
-                From::Node => node.unwrap_or_else(|| {
-                    config
-                        .cluster
-                        .nodes
-                        .iter()
-                        .find(|n| !n.control_plane)
-                        .map(|n| n.name.clone())
-                        .unwrap_or_default()
-                }),
+            let target = reach::parse_url(&url)?;
+            let origin = match from {
+                From::Node => reach::Origin::Node(node),
+                From::Client => reach::Origin::Client,
+                From::Host => reach::Origin::Host,
             };
-            let ns = lab_namespace(&lab, &where_from)?;
-            for _ in 0..count {
-                let body = labctl::network::http_get(&ns, target, Duration::from_secs(3))
-                    .with_context(|| format!("GET {url} from {where_from}"))?;
+            let place = reach::Reach::new(&lab.dir(), &origin)?;
+            for answer in place.get_many(target, count, Duration::from_secs(3)) {
+                let body = answer.with_context(|| place.describe(target))?;
                 print!("{body}");
+            }
+            Ok(())
+        }
+        Cmd::Tutorial {
+            name,
+            state_dir,
+            workers,
+            network,
+            keep,
+            step,
+            requests,
+        } => {
+            let lab = LabArgs { name, state_dir };
+            tutorial::run(&tutorial::Options {
+                dir: lab.dir(),
+                base: lab.base(),
+                workers: usize::from(workers),
+                network,
+                keep,
+                stop_after: step,
+                requests,
+                significance: verify::DEFAULT_SIGNIFICANCE,
+            })
+        }
+        Cmd::Verify {
+            lab,
+            service,
+            namespace,
+            port,
+            requests,
+            from,
+            node,
+            significance,
+            output,
+            junit,
+        } => {
+            if !(significance > 0.0 && significance < 1.0) {
+                anyhow::bail!("--significance {significance} is not a probability between 0 and 1");
+            }
+            let dir = lab.dir();
+            let config = dir.config()?.with_context(|| {
+                format!("lab {:?} does not exist; run `labctl up` first", lab.name)
+            })?;
+            let request = probe::Request {
+                name: probe::parse_service(&service)?,
+                namespace,
+                port,
+                origin: match from {
+                    From::Node => reach::Origin::Node(node),
+                    From::Client => reach::Origin::Client,
+                    From::Host => reach::Origin::Host,
+                },
+                requests,
+                significance,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(probe::verify(&dir, &config, &request))?;
+            if let Some(path) = &junit {
+                let xml = verify::junit(&report, &format!("svc/{}", request.name))?;
+                std::fs::write(path, xml).with_context(|| format!("writing {}", path.display()))?;
+            }
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Text => {
+                    let mut console = labctl::console::Console::default();
+                    console.output(&format!("{}\n", report.target));
+                    console.output(&verify::chart(&report));
+                    let line = verify::summary(&report);
+                    if report.passed {
+                        console.pass(&line);
+                    } else {
+                        console.fail(&line);
+                    }
+                }
+            }
+            if !report.passed {
+                anyhow::bail!("{}", report.reasons.join("; "));
             }
             Ok(())
         }
@@ -410,58 +513,4 @@ fn run(cli: Cli) -> Result<()> {
             rt.block_on(lab::serve(&lab.dir()))
         }
     }
-}
-
-/// The namespace of `node` (or `client`) in a running kernel-mode lab.
-fn lab_namespace(lab: &LabArgs, node: &str) -> Result<String> {
-    let dir = lab.dir();
-    let config = dir
-        .config()?
-        .with_context(|| format!("lab {:?} does not exist; run `labctl up` first", lab.name))?;
-    if dir.running_pid().is_none() {
-        anyhow::bail!(
-            "lab {:?} is not running; `labctl up --name {}` starts it",
-            lab.name,
-            lab.name
-        );
-    }
-    let names = labctl::network::Names::new(&lab.name);
-    let ns = if node == "client" {
-        names.client()
-    } else if config.cluster.nodes.iter().any(|n| n.name == node) {
-        names.node(node)
-    } else {
-        let known: Vec<&str> = config
-            .cluster
-            .nodes
-            .iter()
-            .map(|n| n.name.as_str())
-            .collect();
-        anyhow::bail!(
-            "no node {node:?} in lab {:?}; its nodes are {} (or `client`)",
-            lab.name,
-            known.join(", ")
-        );
-    };
-    if !std::path::Path::new("/run/netns").join(&ns).exists() {
-        anyhow::bail!(
-            "lab {:?} runs without kernel networking (userspace or API-only mode), so there is no {node} namespace; labs created as root with `--network kernel` have one (in userspace mode, `labctl curl` reaches Services from the host)",
-            lab.name
-        );
-    }
-    Ok(ns)
-}
-
-/// `http://IP[:PORT][/...]` to an address.
-fn parse_url(url: &str) -> Result<std::net::SocketAddr> {
-    let rest = url.strip_prefix("http://").unwrap_or(url);
-    let host_port = rest.split('/').next().unwrap_or("");
-    let with_port = if host_port.contains(':') {
-        host_port.to_string()
-    } else {
-        format!("{host_port}:80")
-    };
-    with_port.parse().with_context(|| {
-        format!("{url:?} is not http://IP[:PORT] (names are not resolved in the lab)")
-    })
 }
