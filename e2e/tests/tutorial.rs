@@ -1,0 +1,221 @@
+//! `labctl tutorial` as a user runs it: the binary, its exit code and the shape of its output,
+//! in each dataplane mode, plus `--step`/`--keep` with `labctl verify` on the kept lab, and a
+//! failure that is explained.
+
+use std::time::Duration;
+
+use e2e::{Run, Sandbox, is_root, namespaces_of};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Every step ran, in order, every check passed, and the summary says so.
+fn assert_passed(run: &Run, steps: usize) {
+    assert_eq!(run.code, Some(0), "{}", run.all());
+    let mut at = 0;
+    for n in 1..=steps {
+        let heading = format!("[{n}/6] ");
+        let found = run.stdout[at..]
+            .find(&heading)
+            .unwrap_or_else(|| panic!("step {n} missing or out of order\n{}", run.all()));
+        at += found;
+    }
+    assert!(!run.stdout.contains("FAIL"), "{}", run.all());
+    assert!(run.stdout.contains("\nTutorial passed: "), "{}", run.all());
+    // Not a terminal: plain text, no colour codes.
+    assert!(!run.stdout.contains('\u{1b}'), "{}", run.all());
+}
+
+/// The commands a user types appear verbatim, with their real output after them.
+fn assert_tutorial_commands(run: &Run) {
+    for command in [
+        "$ kubectl apply -f deployment.yaml\ndeployment.apps/hello-world created\n",
+        "$ kubectl scale deployment hello-world --replicas=2\ndeployment.apps/hello-world scaled\n",
+        "$ kubectl expose deployment hello-world --port=80 --target-port=8080\nservice/hello-world exposed\n",
+        "$ kubectl expose deployment hello-world --target-port=8080 --type=NodePort\nservice/hello-world exposed\n",
+        "$ kubectl expose deployment hello-world --port=80 --target-port=8080 --type=LoadBalancer\nservice/hello-world exposed\n",
+        "$ kubectl get svc\nNAME          TYPE        CLUSTER-IP",
+        "$ kubectl get service\nNAME          TYPE           CLUSTER-IP",
+    ] {
+        assert!(
+            run.stdout.contains(command),
+            "missing {command:?}\n{}",
+            run.all()
+        );
+    }
+    let answers = run
+        .stdout
+        .matches("Hello, world!\nVersion: 1.0.0\nHostname: hello-world-")
+        .count();
+    assert!(answers >= 4, "{answers} curl answers\n{}", run.all());
+}
+
+#[test]
+fn the_tutorial_passes_in_kernel_mode_with_iptables() {
+    if !is_root() {
+        eprintln!("skipped: kernel mode needs root to create network namespaces (CI runs as root)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test as root"
+        );
+        return;
+    }
+    let sandbox = Sandbox::default();
+    let run = sandbox.labctl(
+        &["tutorial", "--name", "e2e-ipt", "--network", "kernel"],
+        LIMIT,
+    );
+    sandbox.down("e2e-ipt");
+    assert_passed(&run, 6);
+    assert_tutorial_commands(&run);
+    // The deep dive lists the kernel's rules on a node and checks them.
+    for listing in [
+        "e2e-ipt-worker$ iptables -t nat -L KUBE-SERVICES -n | column -t\n",
+        "e2e-ipt-worker$ iptables -t nat -L KUBE-SVC-DZ6LTOHRG6HQWHYE -n | column -t\n",
+        "e2e-ipt-worker$ iptables -t nat -L KUBE-NODEPORTS -n | column -t\n",
+        "e2e-ipt-worker$ iptables -t nat -L KUBE-EXT-DZ6LTOHRG6HQWHYE -n | column -t\n",
+        "client$ curl http://172.18.255.200/\n",
+        "PASS one KUBE-SEP chain per Ready Pod",
+        "PASS the first endpoint is chosen with probability 0.5",
+        "PASS load is spread over every Ready Pod",
+    ] {
+        assert!(
+            run.stdout.contains(listing),
+            "missing {listing:?}\n{}",
+            run.all()
+        );
+    }
+    // The lab is gone: state, namespaces.
+    assert!(!sandbox.lab_dir("e2e-ipt").exists());
+    assert!(
+        namespaces_of("e2e-ipt").is_empty(),
+        "{:?}",
+        namespaces_of("e2e-ipt")
+    );
+    eprintln!("kernel-mode tutorial took {:.1?}", run.elapsed);
+}
+
+#[test]
+fn the_tutorial_passes_in_userspace_mode() {
+    let sandbox = Sandbox::default();
+    let run = sandbox.labctl(
+        &["tutorial", "--name", "e2e-usr", "--network", "userspace"],
+        LIMIT,
+    );
+    sandbox.down("e2e-usr");
+    assert_passed(&run, 6);
+    assert_tutorial_commands(&run);
+    assert!(run.stdout.contains("# Userspace mode"), "{}", run.all());
+    assert!(namespaces_of("e2e-usr").is_empty());
+    eprintln!("userspace-mode tutorial took {:.1?}", run.elapsed);
+}
+
+#[test]
+fn a_kept_lab_stops_after_the_named_step_and_verify_judges_it() {
+    let sandbox = Sandbox::default();
+    let name = "e2e-keep";
+    let run = sandbox.labctl(
+        &[
+            "tutorial",
+            "--name",
+            name,
+            "--network",
+            "userspace",
+            "--step",
+            "deployment",
+            "--keep",
+        ],
+        LIMIT,
+    );
+    assert_passed(&run, 2);
+    assert!(!run.stdout.contains("[3/6]"), "{}", run.all());
+    assert!(
+        run.stdout.contains("Stopping after step 2"),
+        "{}",
+        run.all()
+    );
+    // The lab is still up with the Deployment; expose it and judge the spread.
+    let kubeconfig = sandbox.lab_dir(name).join("kubeconfig");
+    let expose = std::process::Command::new("kubectl")
+        .args([
+            "expose",
+            "deployment",
+            "hello-world",
+            "--port=80",
+            "--target-port=8080",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("KUBECACHEDIR", sandbox.dir.path().join("cache"))
+        .output();
+    let junit = sandbox.dir.path().join("verify.xml");
+    let verify = match expose {
+        Ok(out) if out.status.success() => Some(sandbox.labctl(
+            &[
+                "verify",
+                "svc/hello-world",
+                "--name",
+                name,
+                "--requests",
+                "200",
+                "--output",
+                "json",
+                "--junit",
+                junit.to_str().unwrap(),
+            ],
+            LIMIT,
+        )),
+        _ => None,
+    };
+    let missing = sandbox.labctl(&["verify", "svc/nope", "--name", name], LIMIT);
+    sandbox.down(name);
+    let Some(verify) = verify else {
+        eprintln!("skipped the verify part: kubectl is not on PATH");
+        assert!(std::env::var_os("CI").is_none(), "CI has kubectl");
+        return;
+    };
+    assert_eq!(verify.code, Some(0), "{}", verify.all());
+    let report: serde_json::Value = serde_json::from_str(&verify.stdout).expect("JSON");
+    assert_eq!(report["requests"], 200);
+    assert_eq!(report["passed"], true);
+    let shares = report["shares"].as_array().unwrap();
+    assert_eq!(shares.len(), 2, "{report}");
+    assert!(
+        shares
+            .iter()
+            .all(|s| s["ready"] == true && s["answers"].as_u64() > Some(0))
+    );
+    assert!(report["uniformity"]["p_value"].as_f64().unwrap() >= 0.001);
+    let xml = std::fs::read_to_string(&junit).expect("the JUnit file");
+    assert!(
+        xml.contains(r#"failures="0""#) && xml.contains("every Ready Pod answered"),
+        "{xml}"
+    );
+    assert_eq!(missing.code, Some(1), "{}", missing.all());
+    assert!(
+        missing
+            .stderr
+            .contains(r#"error: service "nope" not found in namespace "default""#),
+        "{}",
+        missing.all()
+    );
+}
+
+#[test]
+fn a_tutorial_that_cannot_work_says_why_and_exits_non_zero() {
+    let sandbox = Sandbox::default();
+    let run = sandbox.labctl(
+        &["tutorial", "--name", "e2e-none", "--network", "none"],
+        LIMIT,
+    );
+    sandbox.down("e2e-none");
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(
+        run.stdout.contains("Tutorial failed after 0 checks"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stderr.contains("API-only") && run.stderr.contains("--network auto"),
+        "{}",
+        run.all()
+    );
+}
