@@ -6,6 +6,7 @@ pub mod apiserver;
 pub mod cluster;
 pub mod console;
 pub mod controllers;
+pub mod kind;
 pub mod lab;
 pub mod network;
 pub mod pki;

@@ -149,7 +149,7 @@ enum Cmd {
     /// NodePort and LoadBalancer Services, the kube-proxy rules behind them, and whether load
     /// is spread over the Pods. Exits 0 only if every check held.
     #[command(
-        after_help = "Steps: cluster, deployment, clusterip, nodeport, loadbalancer, cleanup.\n\nExamples:\n  labctl tutorial\n  labctl tutorial --step clusterip --keep\n  labctl tutorial --network userspace --requests 300"
+        after_help = "Steps: cluster, deployment, clusterip, nodeport, loadbalancer, cleanup.\n\nExamples:\n  labctl tutorial\n  labctl tutorial --step clusterip --keep\n  labctl tutorial --network userspace --requests 300\n  labctl tutorial --provider kind\n  labctl tutorial --provider kubeconfig --context my-aks"
     )]
     Tutorial {
         /// The tutorial's lab; a lab of that name is removed first, so that it starts fresh.
@@ -173,6 +173,17 @@ enum Cmd {
         /// Requests per load-distribution check.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10000))]
         requests: u32,
+        /// Which cluster: the embedded lab, a kind cluster named --name (needs Docker and
+        /// kind), or an existing cluster from a kubeconfig (its objects hello-world are
+        /// created and deleted in namespace default; nothing else is touched).
+        #[arg(long, value_enum, default_value_t = tutorial::Provider::Embedded)]
+        provider: tutorial::Provider,
+        /// With --provider kubeconfig: the kubeconfig [default: $KUBECONFIG or ~/.kube/config].
+        #[arg(long, requires = "provider")]
+        kubeconfig: Option<PathBuf>,
+        /// With --provider kubeconfig: the context [default: the current one].
+        #[arg(long, requires = "provider")]
+        context: Option<String>,
     },
     /// Send requests through a Service, count the answers per Pod, and check that every Ready
     /// Pod answered and that the split is uniform (chi-square goodness of fit).
@@ -434,7 +445,17 @@ fn run(cli: Cli) -> Result<()> {
             keep,
             step,
             requests,
+            provider,
+            kubeconfig,
+            context,
         } => {
+            if provider != tutorial::Provider::Kubeconfig
+                && (kubeconfig.is_some() || context.is_some())
+            {
+                anyhow::bail!(
+                    "--kubeconfig and --context choose an existing cluster: add `--provider kubeconfig`"
+                );
+            }
             let lab = LabArgs { name, state_dir };
             tutorial::run(&tutorial::Options {
                 dir: lab.dir(),
@@ -445,6 +466,9 @@ fn run(cli: Cli) -> Result<()> {
                 stop_after: step,
                 requests,
                 significance: verify::DEFAULT_SIGNIFICANCE,
+                provider,
+                kubeconfig,
+                context,
             })
         }
         Cmd::Verify {

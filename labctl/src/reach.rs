@@ -34,6 +34,10 @@ pub struct Reach {
 enum How {
     Namespace(String),
     Loopback,
+    /// Inside a container (a kind node), through `docker exec`.
+    Docker(String),
+    /// Straight from the host (a real cluster's LoadBalancer address).
+    Direct,
 }
 
 impl Reach {
@@ -80,6 +84,22 @@ impl Reach {
         }
     }
 
+    /// A kind node: requests and commands go through `docker exec <container>`.
+    pub fn docker(container: &str) -> Reach {
+        Reach {
+            how: How::Docker(container.to_string()),
+            place: container.to_string(),
+        }
+    }
+
+    /// The host itself, sending to addresses it can route to.
+    pub fn host() -> Reach {
+        Reach {
+            how: How::Direct,
+            place: "host".into(),
+        }
+    }
+
     /// Whether the lab serves on loopback twins (userspace mode).
     pub fn is_loopback(&self) -> bool {
         matches!(self.how, How::Loopback)
@@ -95,8 +115,11 @@ impl Reach {
     ) -> Vec<std::io::Result<String>> {
         let host = target.to_string();
         match &self.how {
-            How::Loopback => {
-                let addr = twin(target);
+            How::Loopback | How::Direct => {
+                let addr = match self.how {
+                    How::Loopback => twin(target),
+                    _ => target,
+                };
                 (0..count)
                     .map(|_| {
                         let stream = TcpStream::connect_timeout(&addr, timeout)?;
@@ -117,6 +140,7 @@ impl Reach {
                 });
                 run.unwrap_or_else(|e| vec![Err(e)])
             }
+            How::Docker(container) => docker_curl(container, target, count, timeout),
         }
     }
 
@@ -135,7 +159,9 @@ impl Reach {
                 "GET http://{target}/ (served at {} in userspace mode)",
                 twin(target)
             ),
-            How::Namespace(_) => format!("GET http://{target}/ from {}", self.place),
+            How::Namespace(_) | How::Docker(_) | How::Direct => {
+                format!("GET http://{target}/ from {}", self.place)
+            }
         }
     }
 
@@ -147,9 +173,47 @@ impl Reach {
                 c.args(["netns", "exec", ns, program]);
                 c
             }
-            How::Loopback => std::process::Command::new(program),
+            How::Docker(container) => {
+                let mut c = std::process::Command::new("docker");
+                c.args(["exec", container, program]);
+                c
+            }
+            How::Loopback | How::Direct => std::process::Command::new(program),
         }
     }
+}
+
+/// `count` curls inside `container` in one `docker exec` (kind node images have curl), each
+/// answer followed by a marker line so that they can be told apart.
+fn docker_curl(
+    container: &str,
+    target: SocketAddr,
+    count: u32,
+    timeout: Duration,
+) -> Vec<std::io::Result<String>> {
+    const END: &str = "--labctl-answer-end--";
+    let script = format!(
+        "for i in $(seq {count}); do curl -sS -m {} http://{target}/ 2>&1 || echo 'curl failed'; echo {END}; done",
+        timeout.as_secs().max(1)
+    );
+    let out = match std::process::Command::new("docker")
+        .args(["exec", container, "sh", "-c", &script])
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => return vec![Err(e)],
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .split(&format!("{END}\n"))
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            if a.starts_with("Hello") {
+                Ok(a.to_string())
+            } else {
+                Err(std::io::Error::other(a.trim().to_string()))
+            }
+        })
+        .collect()
 }
 
 /// Where a lab address is served in userspace mode.

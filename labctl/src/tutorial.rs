@@ -13,7 +13,8 @@ use dataplane::names;
 use serde_json::Value;
 
 use crate::console::{self, Console};
-use crate::lab::{self, LabConfig, LabDir, Mode, NetworkMode};
+use crate::kind;
+use crate::lab::{self, LabDir, Mode, NetworkMode};
 use crate::reach::{Origin, Reach};
 use crate::verify;
 
@@ -66,6 +67,18 @@ const STEPS: [(Step, &str); 6] = [
     (Step::Cleanup, "Cleanup"),
 ];
 
+/// Which cluster the tutorial runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Provider {
+    /// The embedded lab cluster (no Docker needed).
+    #[default]
+    Embedded,
+    /// A kind cluster (needs Docker and kind; cloud-provider-kind for LoadBalancers).
+    Kind,
+    /// An existing cluster from a kubeconfig (e.g. AKS, as in the tutorial's LoadBalancer part).
+    Kubeconfig,
+}
+
 /// What `labctl tutorial` was asked to do.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -85,6 +98,12 @@ pub struct Options {
     pub requests: u32,
     /// The uniformity test's significance level.
     pub significance: f64,
+    /// Which cluster.
+    pub provider: Provider,
+    /// With `Provider::Kubeconfig`: the kubeconfig (else kubectl's default) and context.
+    pub kubeconfig: Option<PathBuf>,
+    /// With `Provider::Kubeconfig`: the context (else the current one).
+    pub context: Option<String>,
 }
 
 /// Runs the tutorial; `Ok` only if every check held.
@@ -92,25 +111,18 @@ pub fn run(options: &Options) -> Result<()> {
     let started = Instant::now();
     let mut t = Tutorial::new(options)?;
     let result = t.steps();
-    let cleanup = if options.keep {
-        t.console.note(&format!(
-            "The lab stays up (--keep): export KUBECONFIG={}; `labctl down --name {} --purge` removes it.",
-            options.dir.kubeconfig_path().display(),
-            options.dir.name
-        ));
-        Ok(())
-    } else {
-        lab::down(&options.dir, true, &lab::user_kubeconfig())
-            .map(|_| ())
-            .context("removing the tutorial's lab")
-    };
+    let cleanup = t.teardown();
     let elapsed = started.elapsed().as_secs_f64();
     match &result {
         Ok(()) => t.console.summary(
             true,
             &format!(
-                "Tutorial passed: {} checks held in {elapsed:.1} s.",
-                t.checks
+                "Tutorial passed: {} checks held{} in {elapsed:.1} s.",
+                t.checks,
+                match t.skipped {
+                    0 => String::new(),
+                    n => format!(", {n} skipped (see SKIP above)"),
+                }
             ),
         ),
         Err(e) => t.console.summary(
@@ -129,15 +141,29 @@ struct Tutorial<'a> {
     console: Console,
     kubectl: Kubectl,
     checks: usize,
+    skipped: usize,
     /// Filled once the cluster is up.
     lab: Option<Running>,
+    /// cloud-provider-kind, when the tutorial started it.
+    lb_controller: Option<u32>,
 }
 
+/// What the cluster offers the tutorial.
 struct Running {
-    config: LabConfig,
-    mode: Mode,
-    node: Reach,
+    /// Sends from a node (and runs commands there), where the provider gives node access.
+    node: Option<Reach>,
+    /// Sends from outside the cluster.
     client: Reach,
+    /// The kernel's rules can be listed on the node; otherwise why not.
+    rules: Result<(), String>,
+    /// Prompts name where commands run (`tutorial-worker$`).
+    prompts: bool,
+    /// LoadBalancer addresses come from this pool (the embedded lab's).
+    pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// Nodes the cluster should have, when known.
+    nodes: Option<usize>,
+    /// How long a LoadBalancer address may take to appear.
+    lb_wait: Duration,
 }
 
 /// The hello-world Pods as the API shows them.
@@ -150,13 +176,77 @@ struct Pod {
 
 impl<'a> Tutorial<'a> {
     fn new(options: &'a Options) -> Result<Tutorial<'a>> {
+        // kubectl runs in the lab's directory, where deployment.yaml is written.
+        std::fs::create_dir_all(&options.dir.root)
+            .with_context(|| format!("creating {}", options.dir.root.display()))?;
         Ok(Tutorial {
             options,
             console: Console::default(),
-            kubectl: Kubectl::find(&options.dir)?,
+            kubectl: Kubectl::find(options)?,
             checks: 0,
+            skipped: 0,
             lab: None,
+            lb_controller: None,
         })
+    }
+
+    /// Takes down what the tutorial brought up, unless asked to keep it.
+    fn teardown(&mut self) -> Result<()> {
+        let o = self.options;
+        if o.keep {
+            let how = match o.provider {
+                Provider::Embedded => format!(
+                    "export KUBECONFIG={}; `labctl down --name {} --purge` removes it",
+                    o.dir.kubeconfig_path().display(),
+                    o.dir.name
+                ),
+                Provider::Kind => format!(
+                    "export KUBECONFIG={}; `kind delete cluster --name {}` removes it",
+                    o.dir.kubeconfig_path().display(),
+                    o.dir.name
+                ),
+                Provider::Kubeconfig => {
+                    "its hello-world objects are left in namespace default".into()
+                }
+            };
+            self.console
+                .note(&format!("The cluster stays up (--keep): {how}."));
+            return Ok(());
+        }
+        match o.provider {
+            Provider::Embedded => lab::down(&o.dir, true, &lab::user_kubeconfig())
+                .map(|_| ())
+                .context("removing the tutorial's lab"),
+            // Nothing to take down when the cluster was never made (kind cleans up a failed create).
+            Provider::Kind if self.lab.is_none() => Ok(()),
+            Provider::Kind => {
+                if let Some(pid) = self.lb_controller.take()
+                    && let Some(pid) = rustix::process::Pid::from_raw(pid as i32)
+                {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                }
+                kind::delete(&o.dir.name)
+            }
+            Provider::Kubeconfig => {
+                // Leave the user's cluster as it was found, also after a failure or --step.
+                let _ =
+                    self.kubectl
+                        .run(&["delete", "service", "hello-world", "--ignore-not-found"]);
+                let _ = self.kubectl.run(&[
+                    "delete",
+                    "deployment",
+                    "hello-world",
+                    "--ignore-not-found",
+                ]);
+                Ok(())
+            }
+        }
+    }
+
+    /// Records a check that could not be made here, and why.
+    fn skip(&mut self, what: &str, why: &str) {
+        self.skipped += 1;
+        self.console.note(&format!("SKIP {what}: {why}"));
     }
 
     fn steps(&mut self) -> Result<()> {
@@ -207,6 +297,23 @@ impl<'a> Tutorial<'a> {
     }
 
     fn cluster(&mut self) -> Result<()> {
+        match self.options.provider {
+            Provider::Embedded => self.embedded_cluster()?,
+            Provider::Kind => self.kind_cluster()?,
+            Provider::Kubeconfig => self.existing_cluster()?,
+        }
+        let nodes = self.kubectl(&["get", "nodes", "-o", "wide"])?;
+        let listed = rows(&nodes).count();
+        let ready = rows(&nodes).filter(|r| r.get(1) == Some(&"Ready")).count();
+        let expected = self.running().nodes.unwrap_or(listed);
+        self.check(
+            listed > 0 && listed == expected && ready == expected,
+            &format!("{expected} nodes are Ready"),
+            || format!("{ready} of {listed} are (expected {expected})"),
+        )
+    }
+
+    fn embedded_cluster(&mut self) -> Result<()> {
         let o = self.options;
         if o.dir.config()?.is_some() {
             self.console.note(&format!(
@@ -242,19 +349,99 @@ impl<'a> Tutorial<'a> {
             o.dir.kubeconfig_path().display()
         ));
         self.lab = Some(Running {
-            node: Reach::new(&o.dir, &Origin::Node(None))?,
+            node: Some(Reach::new(&o.dir, &Origin::Node(None))?),
             client: Reach::new(&o.dir, &Origin::Client)?,
-            config,
-            mode,
+            rules: match mode {
+                Mode::Kernel => Ok(()),
+                _ => Err("userspace mode has no kernel rules to list: the dataplane's userspace proxy makes the same choices (random endpoint, session affinity, refusal without endpoints) on the loopback twins".into()),
+            },
+            prompts: mode == Mode::Kernel,
+            pool: Some(config.cluster.load_balancer_pool),
+            nodes: Some(config.cluster.nodes.len()),
+            lb_wait: Duration::from_secs(20),
         });
-        let nodes = self.kubectl(&["get", "nodes", "-o", "wide"])?;
-        let expected = self.running().config.cluster.nodes.len();
-        let ready = rows(&nodes).filter(|r| r.get(1) == Some(&"Ready")).count();
-        self.check(
-            ready == expected,
-            &format!("{expected} nodes are Ready"),
-            || format!("{ready} of {expected} are"),
-        )
+        Ok(())
+    }
+
+    fn kind_cluster(&mut self) -> Result<()> {
+        let o = self.options;
+        kind::preflight()?;
+        std::fs::create_dir_all(&o.dir.root)
+            .with_context(|| format!("creating {}", o.dir.root.display()))?;
+        let kubeconfig = o.dir.kubeconfig_path();
+        self.console.command(
+            None,
+            &format!(
+                "kind create cluster --name {} --config kind.yaml  # {} workers, podSubnet 10.244.0.0/16",
+                o.dir.name, o.workers
+            ),
+        );
+        let spin = console::spinner("creating the kind cluster (about a minute)");
+        let created = kind::create(&o.dir.name, o.workers, &kubeconfig);
+        spin.finish_and_clear();
+        created?;
+        let spin = console::spinner("building and loading the hello-app image");
+        let image = kind::load_image(&o.dir.name);
+        spin.finish_and_clear();
+        self.console.note(&image?);
+        match kind::start_load_balancer_controller(&o.dir.root.join("cloud-provider-kind.log"))? {
+            Ok(pid) => {
+                self.lb_controller = Some(pid);
+                self.console.note("cloud-provider-kind runs, so LoadBalancer Services get an address reachable from this host");
+            }
+            Err(why) => self.console.note(&why),
+        }
+        self.lab = Some(Running {
+            node: Some(Reach::docker(&kind::worker(&o.dir.name, 0))),
+            client: Reach::host(),
+            rules: Ok(()),
+            prompts: true,
+            pool: None,
+            nodes: Some(o.workers + 1),
+            lb_wait: Duration::from_secs(90),
+        });
+        Ok(())
+    }
+
+    fn existing_cluster(&mut self) -> Result<()> {
+        let o = self.options;
+        self.console.note(&format!(
+            "An existing cluster: kubeconfig {}, context {}",
+            o.kubeconfig
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "from KUBECONFIG or ~/.kube/config".into()),
+            o.context.as_deref().unwrap_or("(current)")
+        ));
+        self.kubectl.run(&["version"]).context(
+            "the cluster does not answer; check the kubeconfig and context (`kubectl cluster-info` shows what kubectl reaches)",
+        )?;
+        for kind in ["deployment", "service"] {
+            let found = self.kubectl.run(&[
+                "get",
+                kind,
+                "hello-world",
+                "--ignore-not-found",
+                "-o",
+                "name",
+            ])?;
+            if !found.trim().is_empty() {
+                bail!(
+                    "{} already exists in namespace default; the tutorial creates it (delete it, or use another context)",
+                    found.trim()
+                );
+            }
+        }
+        self.lab = Some(Running {
+            node: None,
+            client: Reach::host(),
+            rules: Err("an existing cluster gives labctl no shell on its nodes; run the listing on a node (e.g. through `kubectl debug node/<node> -it --image=...`)".into()),
+            prompts: false,
+            pool: None,
+            nodes: None,
+            lb_wait: Duration::from_secs(300),
+        });
+        Ok(())
     }
 
     fn deployment(&mut self) -> Result<()> {
@@ -285,36 +472,45 @@ impl<'a> Tutorial<'a> {
         })?;
         self.kubectl(&["get", "pods", "-o", "wide"])?;
         let pods = self.pods()?;
-        let config = self.running().config.clone();
+        let cidrs = self.pod_cidrs()?;
         let misplaced: Vec<String> = pods
             .iter()
-            .filter(|p| {
-                !config
-                    .cluster
-                    .nodes
-                    .iter()
-                    .any(|n| n.name == p.node && n.pod_cidr.contains(&p.ip))
-            })
+            .filter(|p| cidrs.get(&p.node).is_some_and(|cidr| !cidr.contains(&p.ip)))
             .map(|p| format!("{} ({} on {})", p.name, p.ip, p.node))
             .collect();
         self.check(
             pods.len() == 2 && misplaced.is_empty(),
-            "both Pods run with an IP from their node's pod CIDR",
+            "both Pods run, each with an IP from its node's pod CIDR",
             || format!("{} Pods; misplaced: {}", pods.len(), misplaced.join(", ")),
         )?;
         let mut nodes: Vec<&str> = pods.iter().map(|p| p.node.as_str()).collect();
         nodes.dedup();
-        let workers = config
-            .cluster
-            .nodes
-            .iter()
-            .filter(|n| !n.control_plane)
-            .count();
-        self.check(
-            workers < 2 || nodes.len() == 2,
-            "the scheduler spread them over two nodes",
-            || format!("both run on {}", nodes[0]),
-        )
+        // The lab's scheduler spreads replicas over the workers; a real one only prefers to.
+        if self.options.provider == Provider::Embedded && self.options.workers >= 2 {
+            self.check(
+                nodes.len() == 2,
+                "the scheduler spread them over two nodes",
+                || format!("both run on {}", nodes[0]),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Each node's pod CIDR, where the cluster records one.
+    fn pod_cidrs(&self) -> Result<std::collections::BTreeMap<String, ipnet::Ipv4Net>> {
+        let out = self.kubectl.run(&["get", "nodes", "-o", "json"])?;
+        let list: Value = serde_json::from_str(&out).context("kubectl's JSON")?;
+        Ok(list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| {
+                Some((
+                    n["metadata"]["name"].as_str()?.to_string(),
+                    n["spec"]["podCIDR"].as_str()?.parse().ok()?,
+                ))
+            })
+            .collect())
     }
 
     fn cluster_ip(&mut self) -> Result<()> {
@@ -340,11 +536,18 @@ impl<'a> Tutorial<'a> {
         )?;
         let cluster_ip = cluster_ip.expect("checked");
         let target = SocketAddr::from((cluster_ip, 80));
-        self.wait_until_served(target, false)?;
-        for _ in 0..2 {
-            self.curl(false, &cluster_ip.to_string(), target)?;
+        if self.running().node.is_some() {
+            self.wait_until_served(target, false)?;
+            for _ in 0..2 {
+                self.curl(false, &cluster_ip.to_string(), target)?;
+            }
+            self.distribution(false, target, "svc/hello-world via its ClusterIP")?;
+        } else {
+            self.skip(
+                &format!("curl {cluster_ip} from a node"),
+                "an existing cluster gives labctl no place inside it to send from",
+            );
         }
-        self.distribution(false, target, "svc/hello-world via its ClusterIP")?;
         self.kubectl(&["get", "svc", "hello-world", "-o", "yaml"])?;
         self.deep_dive_cluster_ip(cluster_ip, 80)?;
         self.console.note("cleanup and delete the service");
@@ -378,9 +581,16 @@ impl<'a> Tutorial<'a> {
             .parse()
             .context("the CLUSTER-IP column")?;
         let target = SocketAddr::from((Ipv4Addr::LOCALHOST, node_port));
-        self.wait_until_served(target, false)?;
-        self.curl(false, &format!("127.0.0.1:{node_port}"), target)?;
-        self.distribution(false, target, "svc/hello-world via 127.0.0.1:<nodePort>")?;
+        if self.running().node.is_some() {
+            self.wait_until_served(target, false)?;
+            self.curl(false, &format!("127.0.0.1:{node_port}"), target)?;
+            self.distribution(false, target, "svc/hello-world via 127.0.0.1:<nodePort>")?;
+        } else {
+            self.skip(
+                &format!("curl 127.0.0.1:{node_port} on a node"),
+                "an existing cluster gives labctl no shell on its nodes",
+            );
+        }
         self.deep_dive_node_port(cluster_ip, node_port)?;
         self.console.note("cleanup and delete the service");
         self.kubectl(&["delete", "svc", "hello-world"])?;
@@ -402,7 +612,8 @@ impl<'a> Tutorial<'a> {
         // The tutorial's `get service` shows the address once the cloud has assigned it.
         let spin = console::spinner("waiting for the LoadBalancer's EXTERNAL-IP");
         let kubectl = &self.kubectl;
-        let external = until(Duration::from_secs(20), || {
+        let lb_wait = self.running().lb_wait;
+        let external = until(lb_wait, || {
             let ip = kubectl.run(&[
                 "get",
                 "svc",
@@ -413,22 +624,34 @@ impl<'a> Tutorial<'a> {
             Ok(ip.trim().parse::<Ipv4Addr>().ok())
         });
         spin.finish_and_clear();
-        let external = external.context("the Service got no EXTERNAL-IP")?;
+        let external = external.with_context(|| {
+            format!("the Service got no EXTERNAL-IP within {lb_wait:?} (is a LoadBalancer controller running?)")
+        })?;
         let services = self.kubectl(&["get", "service"])?;
         let row = service_row(&services);
-        let (first, last) = self.running().config.cluster.load_balancer_pool;
+        let (in_pool, pool) = match self.running().pool {
+            Some((first, last)) => (
+                (first..=last).contains(&external),
+                format!(" from the lab's pool {first}-{last}"),
+            ),
+            None => (true, String::new()),
+        };
         self.check(
             row.as_ref().is_some_and(|r| {
                 r[1] == "LoadBalancer"
                     && r[3] == external.to_string()
                     && r[4].starts_with("80:")
                     && r[4].ends_with("/TCP")
-            }) && (first..=last).contains(&external),
-            &format!("hello-world is a LoadBalancer Service with EXTERNAL-IP {external} from the lab's pool {first}-{last}"),
+            }) && in_pool,
+            &format!("hello-world is a LoadBalancer Service with EXTERNAL-IP {external}{pool}"),
             || format!("the row is {row:?}"),
         )?;
         self.console.note(&format!(
-            "open http://{external}/ in a browser: here, from the client outside the cluster"
+            "open http://{external}/ in a browser: here, from {}",
+            match self.running().client.place.as_str() {
+                "client" => "the client outside the cluster",
+                _ => "this host",
+            }
         ));
         let target = SocketAddr::from((external, 80));
         self.wait_until_served(target, true)?;
@@ -490,16 +713,17 @@ impl<'a> Tutorial<'a> {
 
     fn place(&self, from_client: bool) -> &Reach {
         let lab = self.running();
-        if from_client { &lab.client } else { &lab.node }
+        match (&lab.node, from_client) {
+            (Some(node), false) => node,
+            _ => &lab.client,
+        }
     }
 
-    /// The prompt of a command run at `place` (a node, or the client).
+    /// The prompt of a command run at a node or the client, where prompts name places.
     fn prompt(&self, from_client: bool) -> Option<String> {
-        let lab = self.running();
-        match lab.mode {
-            Mode::Kernel => Some(self.place(from_client).place.clone()),
-            _ => None,
-        }
+        self.running()
+            .prompts
+            .then(|| self.place(from_client).place.clone())
     }
 
     /// A new Service answers once every node's dataplane has synced; kube-proxy takes a
@@ -582,7 +806,12 @@ impl<'a> Tutorial<'a> {
             prompt.as_deref(),
             &format!("iptables -t nat -L {chain}{n} | column -t"),
         );
-        let mut cmd = self.running().node.command("iptables");
+        let mut cmd = self
+            .running()
+            .node
+            .as_ref()
+            .context("no node to list rules on")?
+            .command("iptables");
         cmd.args(["-t", "nat", "-L", chain]);
         if numeric {
             cmd.arg("-n");
@@ -601,11 +830,13 @@ impl<'a> Tutorial<'a> {
 
     /// Whether the deep dive can list kernel rules here; says why not when it cannot.
     fn kernel_rules(&mut self) -> bool {
-        if self.running().mode == Mode::Kernel {
-            return true;
+        match self.running().rules.clone() {
+            Ok(()) => true,
+            Err(why) => {
+                self.skip("the iptables listings", &why);
+                false
+            }
         }
-        self.console.note("Userspace mode has no kernel rules to list: the dataplane's userspace proxy makes the same choices (random endpoint, session affinity, refusal without endpoints) on the loopback twins.");
-        false
     }
 
     fn deep_dive_cluster_ip(&mut self, cluster_ip: Ipv4Addr, port: u16) -> Result<()> {
@@ -743,37 +974,52 @@ impl<'a> Tutorial<'a> {
 /// kubectl with the tutorial lab's kubeconfig.
 struct Kubectl {
     program: PathBuf,
+    /// Where it runs (deployment.yaml is written there).
     dir: PathBuf,
-    kubeconfig: PathBuf,
-    cache: PathBuf,
+    kubeconfig: Option<PathBuf>,
+    cache: Option<PathBuf>,
+    context: Option<String>,
 }
 
 impl Kubectl {
-    fn find(dir: &LabDir) -> Result<Kubectl> {
+    fn find(options: &Options) -> Result<Kubectl> {
         let program = std::env::var_os("PATH")
             .into_iter()
             .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
             .map(|d| d.join("kubectl"))
             .find(|p| p.is_file())
             .context("kubectl is not on PATH; the tutorial runs the real kubectl (install it: https://kubernetes.io/docs/tasks/tools/#kubectl)")?;
+        let dir = &options.dir;
+        let (kubeconfig, cache) = match options.provider {
+            Provider::Kubeconfig => (options.kubeconfig.clone(), None),
+            _ => (
+                Some(dir.kubeconfig_path()),
+                Some(dir.root.join("kube-cache")),
+            ),
+        };
         Ok(Kubectl {
             program,
             dir: dir.root.clone(),
-            kubeconfig: dir.kubeconfig_path(),
-            cache: dir.root.join("kube-cache"),
+            kubeconfig,
+            cache,
+            context: options.context.clone(),
         })
     }
 
     /// Runs kubectl; its stdout, or an error with its stderr.
     fn run(&self, args: &[&str]) -> Result<String> {
-        run_captured(
-            Command::new(&self.program)
-                .args(args)
-                .current_dir(&self.dir)
-                .env("KUBECONFIG", &self.kubeconfig)
-                .env("KUBECACHEDIR", &self.cache),
-        )
-        .with_context(|| format!("kubectl {}", args.join(" ")))
+        let mut cmd = Command::new(&self.program);
+        if let Some(context) = &self.context {
+            cmd.args(["--context", context]);
+        }
+        cmd.args(args).current_dir(&self.dir);
+        if let Some(path) = &self.kubeconfig {
+            cmd.env("KUBECONFIG", path);
+        }
+        if let Some(path) = &self.cache {
+            cmd.env("KUBECACHEDIR", path);
+        }
+        run_captured(&mut cmd).with_context(|| format!("kubectl {}", args.join(" ")))
     }
 }
 
