@@ -383,7 +383,7 @@ impl<'a> Tutorial<'a> {
         let spin = console::spinner("building and loading the hello-app image");
         let image = kind::load_image(&o.dir.name);
         spin.finish_and_clear();
-        self.console.note(&image?);
+        self.console.note(image?);
         match kind::start_load_balancer_controller(&o.dir.root.join("cloud-provider-kind.log"))? {
             Ok(pid) => {
                 self.lb_controller = Some(pid);
