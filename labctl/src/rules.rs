@@ -304,7 +304,7 @@ pub fn explain(
                 "\n{label} {dst}:{dport}/{}",
                 port.protocol.lower().to_uppercase()
             );
-            if let Some(why) = unreachable(request.from, dst, port, label) {
+            if let Some(why) = unreachable(request.from, dst, label) {
                 let _ = writeln!(out, ": {why}");
                 continue;
             }
@@ -353,7 +353,7 @@ fn addresses(port: &ServicePort, node_ip: Ipv4Addr) -> Vec<(&'static str, Ipv4Ad
 }
 
 /// Why a packet from `from` never reaches the node's rules for this address, if it does not.
-fn unreachable(from: From, dst: Ipv4Addr, _port: &ServicePort, label: &str) -> Option<String> {
+fn unreachable(from: From, dst: Ipv4Addr, label: &str) -> Option<String> {
     match from {
         From::Client if label == "ClusterIP" => Some(
             "not reachable from outside the cluster (the client has no route to the Service CIDR, as on kind)".into(),
