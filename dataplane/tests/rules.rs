@@ -528,3 +528,117 @@ fn nft_partial_sync_touches_only_what_changed() {
     );
     assert_eq!(diff(&after, &after), "");
 }
+
+/// Every path's steps, one line each, then its outcome and share.
+fn paths_text(e: &dataplane::trace::Explanation) -> String {
+    let mut out = String::new();
+    for p in &e.paths {
+        for s in &p.steps {
+            out.push_str(&format!("{s}\n"));
+        }
+        out.push_str(&format!(
+            "=> {:?} masquerade={} share={:.3}\n",
+            p.outcome, p.masquerade, p.probability
+        ));
+    }
+    out
+}
+
+#[test]
+fn explain_records_the_path_of_a_clusterip_packet_from_the_node() {
+    use dataplane::trace::explain;
+    let rules = compiled(hello_world("NodePort", |_, _| {}), TWO);
+    let p = packet(CLUSTER_IP, 8080, "172.18.0.3", Origin::Node);
+    let e = explain(&rules, &node(), &p);
+    assert_eq!(e.verdict, trace(&rules, &node(), &p));
+    golden_file("explain_clusterip_from_node.txt", &paths_text(&e));
+}
+
+#[test]
+fn explain_splits_new_connections_evenly_and_keeps_the_verdict_of_trace() {
+    use dataplane::trace::{Outcome, explain};
+    let three = &[
+        ready("10.244.1.200", "lab-worker"),
+        ready("10.244.2.190", "lab-worker2"),
+        ready("10.244.2.192", "lab-worker2"),
+    ];
+    let rules = compiled(hello_world("LoadBalancer", |_, _| {}), three);
+    let p = packet(LB_IP, 8080, "172.18.0.100", Origin::Inbound);
+    let e = explain(&rules, &node(), &p);
+    assert_eq!(e.verdict, trace(&rules, &node(), &p));
+    assert_eq!(e.paths.len(), 3);
+    for path in &e.paths {
+        assert!((path.probability - 1.0 / 3.0).abs() < 1e-9, "{path:?}");
+        assert!(path.masquerade);
+        assert!(matches!(path.outcome, Outcome::Dnat(_)));
+        let first = path.steps[0].to_string();
+        assert_eq!(
+            first,
+            "nat PREROUTING \"kubernetes service portals\" -> KUBE-SERVICES"
+        );
+        let second = path.steps[1].to_string();
+        assert!(
+            second.starts_with(
+                "KUBE-SERVICES rule 2 \"default/hello-world loadbalancer IP\" -> KUBE-EXT-"
+            ),
+            "{second}"
+        );
+    }
+    golden_file("explain_loadbalancer_from_client.txt", &paths_text(&e));
+
+    // A Pod reaching itself through the Service: the hairpin rule marks it.
+    let p = packet(CLUSTER_IP, 8080, "10.244.1.200", Origin::Inbound);
+    let e = explain(&rules, &node(), &p);
+    let own = e
+        .paths
+        .iter()
+        .find(|p| p.outcome == Outcome::Dnat("10.244.1.200:8080".parse().unwrap()))
+        .unwrap();
+    assert!(own.masquerade);
+    assert!(
+        e.paths.iter().filter(|p| p.masquerade).count() == 1,
+        "only the hairpin path is masqueraded: {}",
+        paths_text(&e)
+    );
+}
+
+#[test]
+fn explain_shows_the_filter_rule_that_refuses_and_the_fall_through() {
+    use dataplane::trace::{Outcome, explain};
+    let rules = compiled(hello_world("NodePort", |_, _| {}), &[]);
+    let e = explain(
+        &rules,
+        &node(),
+        &packet(CLUSTER_IP, 8080, "172.18.0.3", Origin::Node),
+    );
+    assert_eq!(e.verdict, Verdict::Reject);
+    let text = paths_text(&e);
+    assert_eq!(
+        text,
+        "filter OUTPUT \"kubernetes service portals\" -m conntrack --ctstate NEW -> KUBE-SERVICES\n\
+         KUBE-SERVICES rule 1 \"default/hello-world has no endpoints\": REJECT\n\
+         => Reject masquerade=false share=1.000\n"
+    );
+    let e = explain(
+        &rules,
+        &node(),
+        &packet("172.18.0.3", 30583, "172.18.0.100", Origin::Inbound),
+    );
+    assert_eq!(e.verdict, Verdict::Reject);
+    assert!(
+        paths_text(&e).contains("filter INPUT"),
+        "{}",
+        paths_text(&e)
+    );
+
+    // Nothing to do with a service: the nat path falls through.
+    let rules = compiled(hello_world("NodePort", |_, _| {}), TWO);
+    let e = explain(
+        &rules,
+        &node(),
+        &packet("10.96.9.9", 80, "172.18.0.3", Origin::Node),
+    );
+    assert_eq!(e.verdict, Verdict::Untouched);
+    assert_eq!(e.paths.len(), 1);
+    assert_eq!(e.paths[0].outcome, Outcome::Untouched);
+}

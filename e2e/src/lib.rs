@@ -131,6 +131,13 @@ fn read_all(mut r: impl std::io::Read) -> String {
     s
 }
 
+/// Userspace-mode labs serve on loopback twins of the same addresses (10.244.1.2 at
+/// 127.244.1.2), so two of them at once would clash: tests that run one hold this.
+pub fn userspace_lab() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Network namespaces of lab `name` that exist now.
 pub fn namespaces_of(name: &str) -> Vec<String> {
     let prefix = format!("slab-{name}-");

@@ -42,6 +42,87 @@ pub struct LabConfig {
     /// Where Pods run and Services route.
     #[serde(default)]
     pub network: NetworkMode,
+    /// What programs Services on the nodes in kernel mode (labs made before the flag existed
+    /// have iptables).
+    #[serde(default)]
+    pub dataplane: Dataplane,
+}
+
+impl LabConfig {
+    /// The configured dataplane: `userspace` in userspace mode, `none` when API-only, else
+    /// the kernel dataplane (which `auto` uses when it gets kernel mode).
+    pub fn dataplane_word(&self) -> &'static str {
+        match self.network {
+            NetworkMode::Userspace => Dataplane::Userspace.as_str(),
+            NetworkMode::None => "none",
+            NetworkMode::Auto | NetworkMode::Kernel => self.dataplane.as_str(),
+        }
+    }
+}
+
+/// What implements Services: kernel rules per node, or the userspace proxy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataplane {
+    /// iptables rules per node, in kube-proxy's layout (the tutorial's listings).
+    #[default]
+    Iptables,
+    /// One nftables table per node (the dataplane's `services-lab` layout).
+    Nftables,
+    /// The dataplane's userspace proxy on loopback addresses (no privileges).
+    Userspace,
+}
+
+impl Dataplane {
+    /// The word the flag, the configuration and `labctl status` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dataplane::Iptables => "iptables",
+            Dataplane::Nftables => "nftables",
+            Dataplane::Userspace => "userspace",
+        }
+    }
+}
+
+/// Folds `--network` and `--dataplane` (either may be left out) into what a new lab stores.
+/// A kernel dataplane needs kernel mode, and the userspace one is userspace mode, so
+/// combinations that ask for both at once are refused with the reason.
+pub fn resolve_flags(
+    network: Option<NetworkMode>,
+    dataplane: Option<Dataplane>,
+) -> Result<(NetworkMode, Dataplane), String> {
+    use Dataplane as D;
+    use NetworkMode as N;
+    match (network, dataplane) {
+        (network, None) => Ok((
+            network.unwrap_or_default(),
+            if network == Some(N::Userspace) {
+                D::Userspace
+            } else {
+                D::Iptables
+            },
+        )),
+        (None | Some(N::Auto | N::Userspace), Some(D::Userspace)) => {
+            Ok((N::Userspace, D::Userspace))
+        }
+        (None | Some(N::Auto | N::Kernel), Some(d @ (D::Iptables | D::Nftables))) => {
+            Ok((N::Kernel, d))
+        }
+        (Some(n), Some(d)) => Err(format!(
+            "--network {} and --dataplane {} contradict each other: {}",
+            n.as_str(),
+            d.as_str(),
+            match (n, d) {
+                (N::None, _) => "`--network none` runs no dataplane at all (API only)",
+                (N::Kernel, _) => {
+                    "kernel mode programs iptables or nftables on each node; use `--dataplane iptables` or `--dataplane nftables`"
+                }
+                _ => {
+                    "userspace mode has no kernel rules; use `--dataplane userspace`, or `--network kernel` (root) for iptables or nftables"
+                }
+            }
+        )),
+    }
 }
 
 /// Where the lab's Pods run and its Services route.
@@ -57,6 +138,18 @@ pub enum NetworkMode {
     Userspace,
     /// The API and controllers only: Pods are Ready in the API but nothing serves.
     None,
+}
+
+impl NetworkMode {
+    /// The flag's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::Auto => "auto",
+            NetworkMode::Kernel => "kernel",
+            NetworkMode::Userspace => "userspace",
+            NetworkMode::None => "none",
+        }
+    }
 }
 
 /// The default base for state directories: `$XDG_STATE_HOME/services-lab`, else
@@ -120,6 +213,7 @@ impl LabDir {
         workers: usize,
         pool: Option<(Ipv4Addr, Ipv4Addr)>,
         network_mode: NetworkMode,
+        dataplane: Dataplane,
     ) -> Result<(LabConfig, Credentials)> {
         fs::create_dir_all(&self.root).with_context(|| {
             format!("creating the lab's state directory {}", self.root.display())
@@ -135,6 +229,7 @@ impl LabDir {
                     cluster,
                     port: free_port()?,
                     network: network_mode,
+                    dataplane,
                 };
                 write_private(
                     &self.file("config.json"),
@@ -308,6 +403,18 @@ pub fn seed(api: &Api) -> Result<()> {
     Ok(())
 }
 
+/// A kube-rs client of the lab's API, through its kubeconfig.
+pub async fn client(dir: &LabDir) -> Result<kube::Client> {
+    let text = fs::read_to_string(dir.kubeconfig_path())
+        .with_context(|| format!("reading {}", dir.kubeconfig_path().display()))?;
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(&text).context("reading the lab's kubeconfig")?;
+    let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .context("the lab's kubeconfig")?;
+    kube::Client::try_from(client_config).context("a client of the lab's API")
+}
+
 /// Runs the lab's API server and controllers in this process until SIGTERM or SIGINT.
 pub async fn serve(dir: &LabDir) -> Result<()> {
     let config = dir.config()?.ok_or_else(|| {
@@ -317,7 +424,7 @@ pub async fn serve(dir: &LabDir) -> Result<()> {
             dir.root.display()
         )
     })?;
-    let mode = resolve_mode(config.network)?;
+    let mode = resolve_mode(config.network, config.dataplane)?;
     let creds = Credentials::load_or_create(&dir.root)?;
     let store = Store::open(&dir.file("store.sqlite"))
         .with_context(|| format!("opening the lab's store in {}", dir.root.display()))?;
@@ -367,20 +474,14 @@ pub async fn serve(dir: &LabDir) -> Result<()> {
     ));
     let mut dataplanes = Vec::new();
     if mode != Mode::ApiOnly {
-        let text = fs::read_to_string(dir.kubeconfig_path())
-            .with_context(|| format!("reading {}", dir.kubeconfig_path().display()))?;
-        let kubeconfig =
-            kube::config::Kubeconfig::from_yaml(&text).context("reading the lab's kubeconfig")?;
-        let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .context("the lab's kubeconfig")?;
-        let client = kube::Client::try_from(client_config).context("a client of the lab's API")?;
+        let client = client(dir).await?;
         if mode == Mode::Kernel {
             for node in &config.cluster.nodes {
                 dataplanes.push(tokio::spawn(run_dataplane(
                     client.clone(),
                     dir.name.clone(),
                     node.clone(),
+                    config.dataplane,
                     until_stopped(stopped.clone()),
                 )));
             }
@@ -440,13 +541,17 @@ impl Mode {
     }
 }
 
-fn resolve_mode(asked: NetworkMode) -> Result<Mode> {
+fn resolve_mode(asked: NetworkMode, dataplane: Dataplane) -> Result<Mode> {
     Ok(match asked {
         NetworkMode::None => Mode::ApiOnly,
         NetworkMode::Userspace => Mode::Userspace,
         NetworkMode::Kernel => {
-            network::kernel_mode_available()
-                .map_err(|why| anyhow!("kernel mode was asked for, but {why}"))?;
+            network::kernel_mode_available().map_err(|why| {
+                anyhow!(
+                    "kernel mode (the {} dataplane) was asked for, but {why}; the userspace dataplane needs no privileges (a new lab with `--dataplane userspace`)",
+                    dataplane.as_str()
+                )
+            })?;
             Mode::Kernel
         }
         NetworkMode::Auto => match network::kernel_mode_available() {
@@ -461,6 +566,16 @@ fn resolve_mode(asked: NetworkMode) -> Result<Mode> {
     })
 }
 
+/// What implements Services in a lab running in `mode`: the configured kernel dataplane, the
+/// userspace proxy, or nothing (`none`).
+pub fn dataplane_in(mode: Mode, config: &LabConfig) -> &'static str {
+    match mode {
+        Mode::Kernel => config.dataplane.as_str(),
+        Mode::Userspace => Dataplane::Userspace.as_str(),
+        Mode::ApiOnly => "none",
+    }
+}
+
 /// The mode a running lab serves in, from its ready file.
 pub fn running_mode(dir: &LabDir) -> Option<Mode> {
     match fs::read_to_string(dir.ready_path()).ok()?.trim() {
@@ -472,27 +587,38 @@ pub fn running_mode(dir: &LabDir) -> Option<Mode> {
 }
 
 /// kube-proxy's part on one node: the dataplane's sync loop, watching the lab's API and
-/// programming iptables in the node's namespace.
+/// programming iptables or nftables in the node's namespace.
 async fn run_dataplane(
     client: kube::Client,
     lab: String,
     node: crate::cluster::NodeConfig,
+    dataplane: Dataplane,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use dataplane::apply::Netns;
     use dataplane::apply::iptables::IptablesApplier;
-    let ns = network::Names::new(&lab).node(&node.name);
-    let mut config = dataplane::model::NodeConfig::new(node.name.clone());
-    config.node_ips = vec![node.internal_ip];
-    config.cluster_cidr = Some("10.244.0.0/16".parse().expect("valid CIDR"));
-    let backend = dataplane::watch::IptablesBackend(IptablesApplier::new(Netns::named(ns)));
+    use dataplane::apply::nft::NftApplier;
+    use dataplane::watch::{IptablesBackend, NftBackend, SyncOptions, SyncStats, run};
+    let netns = Netns::named(network::Names::new(&lab).node(&node.name));
+    let config = crate::rules::node_config(&node);
     // The lab's rule sets are small: sync within 50 ms of a change rather than kube-proxy's 1 s.
-    let options = dataplane::watch::SyncOptions {
+    let options = SyncOptions {
         min_interval: Duration::from_millis(50),
         ..Default::default()
     };
-    let stats = Arc::new(std::sync::Mutex::new(dataplane::watch::SyncStats::default()));
-    if let Err(e) = dataplane::watch::run(client, config, backend, options, stats, shutdown).await {
+    let stats = Arc::new(std::sync::Mutex::new(SyncStats::default()));
+    let result = match dataplane {
+        Dataplane::Nftables => {
+            let layout = crate::rules::NFT_LAYOUT;
+            let backend = NftBackend::new(NftApplier::new(netns, layout.table()), layout);
+            run(client, config, backend, options, stats, shutdown).await
+        }
+        Dataplane::Iptables | Dataplane::Userspace => {
+            let backend = IptablesBackend(IptablesApplier::new(netns));
+            run(client, config, backend, options, stats, shutdown).await
+        }
+    };
+    if let Err(e) = result {
         tracing::error!(node = %node.name, "the dataplane stopped: {e}");
     }
 }
@@ -608,4 +734,48 @@ pub fn stop(dir: &LabDir, grace: Duration) -> Result<bool> {
     let _ = fs::remove_file(dir.pid_path());
     let _ = fs::remove_file(dir.ready_path());
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_and_dataplane_flags_fold_into_one_choice() {
+        use Dataplane as D;
+        use NetworkMode as N;
+        assert_eq!(resolve_flags(None, None), Ok((N::Auto, D::Iptables)));
+        assert_eq!(
+            resolve_flags(Some(N::Kernel), None),
+            Ok((N::Kernel, D::Iptables))
+        );
+        assert_eq!(
+            resolve_flags(Some(N::Userspace), None),
+            Ok((N::Userspace, D::Userspace))
+        );
+        assert_eq!(
+            resolve_flags(None, Some(D::Nftables)),
+            Ok((N::Kernel, D::Nftables))
+        );
+        assert_eq!(
+            resolve_flags(Some(N::Auto), Some(D::Iptables)),
+            Ok((N::Kernel, D::Iptables))
+        );
+        assert_eq!(
+            resolve_flags(None, Some(D::Userspace)),
+            Ok((N::Userspace, D::Userspace))
+        );
+        let err = resolve_flags(Some(N::None), Some(D::Nftables)).unwrap_err();
+        assert!(
+            err.starts_with("--network none and --dataplane nftables contradict each other"),
+            "{err}"
+        );
+        let err = resolve_flags(Some(N::Userspace), Some(D::Iptables)).unwrap_err();
+        assert!(err.contains("userspace mode has no kernel rules"), "{err}");
+        let err = resolve_flags(Some(N::Kernel), Some(D::Userspace)).unwrap_err();
+        assert!(
+            err.contains("use `--dataplane iptables` or `--dataplane nftables`"),
+            "{err}"
+        );
+    }
 }

@@ -12,6 +12,7 @@ pub mod network;
 pub mod pki;
 pub mod probe;
 pub mod reach;
+pub mod rules;
 pub mod runtime;
 pub mod store;
 pub mod tutorial;

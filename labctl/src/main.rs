@@ -62,13 +62,14 @@ enum Cmd {
     /// Start the embedded lab cluster (in the background unless --foreground) and wait until
     /// its API answers.
     #[command(
-        after_help = "Examples:\n  labctl up\n  labctl up --name demo --workers 3 --merge-kubeconfig"
+        after_help = "Examples:\n  labctl up\n  labctl up --dataplane nftables\n  labctl up --name demo --nodes 3 --merge-kubeconfig"
     )]
     Up {
         #[command(flatten)]
         lab: LabArgs,
-        /// Worker nodes (pod CIDRs 10.244.1.0/24, 10.244.2.0/24, ...); fixed when the lab is created.
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=50))]
+        /// Worker nodes (pod CIDRs 10.244.1.0/24, 10.244.2.0/24, ...), besides the control
+        /// plane; fixed when the lab is created.
+        #[arg(long, visible_alias = "nodes", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=50))]
         workers: u8,
         /// Run in this terminal until Ctrl-C instead of in the background.
         #[arg(long)]
@@ -76,10 +77,16 @@ enum Cmd {
         /// Also add the lab to ~/.kube/config (or $KUBECONFIG) as context labctl-<name> and make it current.
         #[arg(long)]
         merge_kubeconfig: bool,
-        /// Where Pods run: `kernel` (network namespaces, wasm Pods, iptables per node; needs
-        /// root), `none` (API only), `auto` (kernel when possible); fixed when the lab is created.
-        #[arg(long, value_enum, default_value_t = lab::NetworkMode::Auto)]
-        network: lab::NetworkMode,
+        /// Where Pods run: `kernel` (network namespaces, wasm Pods, rules per node; needs
+        /// root), `userspace` (loopback, no privileges), `none` (API only), `auto` (kernel when
+        /// possible) [default: auto]; fixed when the lab is created.
+        #[arg(long, value_enum)]
+        network: Option<lab::NetworkMode>,
+        /// What implements Services: `iptables` (kernel mode, kube-proxy's rules, the
+        /// tutorial's listings) [default], `nftables` (kernel mode, one nftables table per
+        /// node) or `userspace` (the userspace proxy); fixed when the lab is created.
+        #[arg(long, value_enum)]
+        dataplane: Option<lab::Dataplane>,
         /// LoadBalancer ingress addresses, FIRST-LAST (what cloud-provider-kind or MetalLB
         /// hands out on kind); fixed when the lab is created.
         #[arg(long, value_name = "FIRST-LAST", value_parser = lab::parse_pool)]
@@ -149,7 +156,7 @@ enum Cmd {
     /// NodePort and LoadBalancer Services, the kube-proxy rules behind them, and whether load
     /// is spread over the Pods. Exits 0 only if every check held.
     #[command(
-        after_help = "Steps: cluster, deployment, clusterip, nodeport, loadbalancer, cleanup.\n\nExamples:\n  labctl tutorial\n  labctl tutorial --step clusterip --keep\n  labctl tutorial --network userspace --requests 300\n  labctl tutorial --provider kind\n  labctl tutorial --provider kubeconfig --context my-aks"
+        after_help = "Steps: cluster, deployment, clusterip, nodeport, loadbalancer, cleanup.\n\nExamples:\n  labctl tutorial\n  labctl tutorial --step clusterip --keep\n  labctl tutorial --dataplane nftables\n  labctl tutorial --dataplane userspace --requests 300\n  labctl tutorial --provider kind\n  labctl tutorial --provider kubeconfig --context my-aks"
     )]
     Tutorial {
         /// The tutorial's lab; a lab of that name is removed first, so that it starts fresh.
@@ -161,9 +168,13 @@ enum Cmd {
         /// Worker nodes.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=50))]
         workers: u8,
-        /// Where Pods run (see `labctl up --help`).
-        #[arg(long, value_enum, default_value_t = lab::NetworkMode::Auto)]
-        network: lab::NetworkMode,
+        /// Where Pods run (see `labctl up --help`) [default: auto].
+        #[arg(long, value_enum)]
+        network: Option<lab::NetworkMode>,
+        /// What programs Services: iptables (the tutorial's listings), nftables, or the
+        /// userspace proxy [default: iptables as root, else userspace].
+        #[arg(long, value_enum)]
+        dataplane: Option<lab::Dataplane>,
         /// Leave the lab up at the end, for exploring with kubectl.
         #[arg(long)]
         keep: bool,
@@ -221,6 +232,17 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
     },
+    /// Print the rules the lab's dataplane programs on a node, or with --explain the path a
+    /// new connection to a Service takes through them.
+    #[command(
+        after_help = "Examples:\n  labctl rules\n  labctl rules --node lab-worker2 --format nft\n  labctl rules --explain svc/hello-world\n  labctl rules --explain svc/hello-world --port 80 --from client"
+    )]
+    Rules {
+        #[command(flatten)]
+        lab: LabArgs,
+        #[command(flatten)]
+        args: labctl::rules::RulesArgs,
+    },
     /// Run the lab's server in this process (what `labctl up` starts in the background).
     #[command(hide = true)]
     Serve {
@@ -258,14 +280,26 @@ fn run(cli: Cli) -> Result<()> {
             merge_kubeconfig,
             load_balancer_pool,
             network,
+            dataplane,
         } => {
             let dir = lab.dir();
-            let (config, _) = dir.create(usize::from(workers), load_balancer_pool, network)?;
+            let asked = dataplane;
+            let (network, dataplane) =
+                lab::resolve_flags(network, dataplane).map_err(anyhow::Error::msg)?;
+            let (config, _) =
+                dir.create(usize::from(workers), load_balancer_pool, network, dataplane)?;
             if config.cluster.nodes.len() != usize::from(workers) + 1 && workers != 2 {
                 eprintln!(
                     "note: lab {:?} already exists with {} workers; --workers applies to new labs only",
                     lab.name,
                     config.cluster.nodes.len() - 1
+                );
+            }
+            if asked.is_some_and(|d| d.as_str() != config.dataplane_word()) {
+                eprintln!(
+                    "note: lab {:?} already exists with the {} dataplane; --dataplane applies to new labs only",
+                    lab.name,
+                    config.dataplane_word()
                 );
             }
             if merge_kubeconfig && lab::user_kubeconfig() != dir.kubeconfig_path() {
@@ -298,8 +332,14 @@ fn run(cli: Cli) -> Result<()> {
             );
             match lab::running_mode(&dir) {
                 Some(lab::Mode::Kernel) => println!(
-                    "Kernel mode: nodes, Pods and a client are network namespaces; try `labctl curl http://<CLUSTER-IP>` or `labctl exec {}-worker -- iptables -t nat -L KUBE-SERVICES -n`.",
-                    lab.name
+                    "Kernel mode, {} dataplane: nodes, Pods and a client are network namespaces; try `labctl curl http://<CLUSTER-IP>`, `labctl rules` or `labctl exec {}-worker -- {}`.",
+                    config.dataplane.as_str(),
+                    lab.name,
+                    if config.dataplane == lab::Dataplane::Nftables {
+                        "nft list ruleset"
+                    } else {
+                        "iptables -t nat -L KUBE-SERVICES -n"
+                    }
                 ),
                 Some(lab::Mode::Userspace) => println!(
                     "Userspace mode{}: Pods and Services are served on loopback twins of their addresses (10.96.0.5 at 127.96.0.5); reach them with `labctl curl http://<CLUSTER-IP>`.",
@@ -381,18 +421,24 @@ fn run(cli: Cli) -> Result<()> {
                     dir.root.display()
                 ),
                 (Some(c), Some(pid)) => println!(
-                    "Lab {:?} is running in {} mode: https://127.0.0.1:{} (pid {pid}), {} nodes, kubeconfig {}.",
+                    "Lab {:?} is running in {} mode (dataplane {}): https://127.0.0.1:{} (pid {pid}), {} nodes, kubeconfig {}.",
                     lab.name,
                     lab::running_mode(&dir)
                         .map(lab::Mode::as_str)
+                        .unwrap_or("unknown"),
+                    lab::running_mode(&dir)
+                        .map(|m| lab::dataplane_in(m, &c))
                         .unwrap_or("unknown"),
                     c.port,
                     c.cluster.nodes.len(),
                     dir.kubeconfig_path().display()
                 ),
-                (Some(_), None) => println!(
-                    "Lab {:?} is stopped; `labctl up --name {}` resumes it.",
-                    lab.name, lab.name
+                (Some(c), None) => println!(
+                    "Lab {:?} is stopped (network {}, dataplane {}); `labctl up --name {}` resumes it.",
+                    lab.name,
+                    c.network.as_str(),
+                    c.dataplane_word(),
+                    lab.name
                 ),
             }
             Ok(())
@@ -442,6 +488,7 @@ fn run(cli: Cli) -> Result<()> {
             state_dir,
             workers,
             network,
+            dataplane,
             keep,
             step,
             requests,
@@ -456,12 +503,15 @@ fn run(cli: Cli) -> Result<()> {
                     "--kubeconfig and --context choose an existing cluster: add `--provider kubeconfig`"
                 );
             }
+            let (network, dataplane) =
+                lab::resolve_flags(network, dataplane).map_err(anyhow::Error::msg)?;
             let lab = LabArgs { name, state_dir };
             tutorial::run(&tutorial::Options {
                 dir: lab.dir(),
                 base: lab.base(),
                 workers: usize::from(workers),
                 network,
+                dataplane,
                 keep,
                 stop_after: step,
                 requests,
@@ -527,6 +577,13 @@ fn run(cli: Cli) -> Result<()> {
             if !report.passed {
                 anyhow::bail!("{}", report.reasons.join("; "));
             }
+            Ok(())
+        }
+        Cmd::Rules { lab, args } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            print!("{}", rt.block_on(labctl::rules::run(&lab.dir(), &args))?);
             Ok(())
         }
         Cmd::Serve { lab } => {

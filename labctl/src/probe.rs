@@ -14,6 +14,9 @@ use crate::lab::{LabConfig, LabDir};
 use crate::reach::{Origin, Reach};
 use crate::verify::{self, Report, Tally};
 
+/// How long to wait for a Service's first answer before the counted requests.
+const WARM_UP: Duration = Duration::from_secs(10);
+
 /// What to verify.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -81,9 +84,22 @@ pub async fn verify(dir: &LabDir, config: &LabConfig, request: &Request) -> Resu
     let ready = ready_pods(&client, &service, &request.namespace).await?;
     let (count, timeout) = (request.requests, Duration::from_secs(3));
     let place_ = place.clone();
-    let answers = tokio::task::spawn_blocking(move || place_.get_many(target, count, timeout))
-        .await
-        .context("the request loop")?;
+    let answers = tokio::task::spawn_blocking(move || {
+        // A Service exposed a moment ago answers once the dataplanes have synced (kube-proxy
+        // takes a moment too): wait for a first answer, bounded, before the counted run.
+        let started = std::time::Instant::now();
+        while started.elapsed() < WARM_UP
+            && place_
+                .get_many(target, 1, Duration::from_millis(500))
+                .pop()
+                .is_none_or(|r| r.is_err())
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        place_.get_many(target, count, timeout)
+    })
+    .await
+    .context("the request loop")?;
     let mut tally = Tally::default();
     for answer in answers {
         match answer {

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::console::{self, Console};
 use crate::kind;
-use crate::lab::{self, LabDir, Mode, NetworkMode};
+use crate::lab::{self, Dataplane, LabDir, Mode, NetworkMode};
 use crate::reach::{Origin, Reach};
 use crate::verify;
 
@@ -90,6 +90,8 @@ pub struct Options {
     pub workers: usize,
     /// Where Pods run.
     pub network: NetworkMode,
+    /// What programs Services in kernel mode.
+    pub dataplane: Dataplane,
     /// Leave the lab up at the end.
     pub keep: bool,
     /// Stop after this step.
@@ -155,7 +157,7 @@ struct Running {
     /// Sends from outside the cluster.
     client: Reach,
     /// The kernel's rules can be listed on the node; otherwise why not.
-    rules: Result<(), String>,
+    rules: Result<Dataplane, String>,
     /// Prompts name where commands run (`tutorial-worker$`).
     prompts: bool,
     /// LoadBalancer addresses come from this pool (the embedded lab's).
@@ -324,7 +326,7 @@ impl<'a> Tutorial<'a> {
         }
         self.console
             .command(None, &format!("labctl up --name {}", o.dir.name));
-        let (config, _) = o.dir.create(o.workers, None, o.network)?;
+        let (config, _) = o.dir.create(o.workers, None, o.network, o.dataplane)?;
         let spin = console::spinner("starting the lab cluster");
         let pid = lab::start_background(&o.dir, &o.base, Duration::from_secs(60));
         spin.finish_and_clear();
@@ -352,8 +354,8 @@ impl<'a> Tutorial<'a> {
             node: Some(Reach::new(&o.dir, &Origin::Node(None))?),
             client: Reach::new(&o.dir, &Origin::Client)?,
             rules: match mode {
-                Mode::Kernel => Ok(()),
-                _ => Err("userspace mode has no kernel rules to list: the dataplane's userspace proxy makes the same choices (random endpoint, session affinity, refusal without endpoints) on the loopback twins".into()),
+                Mode::Kernel => Ok(config.dataplane),
+                _ => Err("userspace mode has no kernel rules to list: the dataplane's userspace proxy makes the same choices (random endpoint, session affinity, refusal without endpoints) on the loopback twins; `labctl rules` prints the rules it implements".into()),
             },
             prompts: mode == Mode::Kernel,
             pool: Some(config.cluster.load_balancer_pool),
@@ -394,7 +396,7 @@ impl<'a> Tutorial<'a> {
         self.lab = Some(Running {
             node: Some(Reach::docker(&kind::worker(&o.dir.name, 0))),
             client: Reach::host(),
-            rules: Ok(()),
+            rules: Ok(Dataplane::Iptables),
             prompts: true,
             pool: None,
             nodes: Some(o.workers + 1),
@@ -829,19 +831,104 @@ impl<'a> Tutorial<'a> {
     }
 
     /// Whether the deep dive can list kernel rules here; says why not when it cannot.
-    fn kernel_rules(&mut self) -> bool {
+    fn kernel_rules(&mut self) -> Option<Dataplane> {
         match self.running().rules.clone() {
-            Ok(()) => true,
+            Ok(dataplane) => Some(dataplane),
             Err(why) => {
-                self.skip("the iptables listings", &why);
-                false
+                self.skip("the rule listings", &why);
+                None
             }
         }
     }
 
+    /// Runs `nft list <what>` on the node and prints it.
+    fn list_nft(&mut self, what: &str) -> Result<String> {
+        let prompt = self.prompt(false);
+        self.console.command(
+            prompt.as_deref(),
+            &format!(
+                "nft list {} ip {NFT_TABLE} {}",
+                what.split(' ').next().unwrap_or(what),
+                what_name(what)
+            ),
+        );
+        let (kind, name) = what.split_once(' ').unwrap_or((what, ""));
+        let mut cmd = self
+            .running()
+            .node
+            .as_ref()
+            .context("no node to list rules on")?
+            .command("nft");
+        cmd.args(["list", kind, "ip", NFT_TABLE, name]);
+        let out = run_captured(&mut cmd)?;
+        self.console.output(&out);
+        Ok(out)
+    }
+
+    /// The nftables deep dive: the maps and chains that stand for KUBE-SERVICES, KUBE-SVC-,
+    /// KUBE-NODEPORTS and KUBE-EXT- in the dataplane's own layout.
+    fn deep_dive_nft(
+        &mut self,
+        cluster_ip: Ipv4Addr,
+        port: u16,
+        node_port: Option<u16>,
+    ) -> Result<()> {
+        let hash = names::service_hash("default/hello-world", Protocol::Tcp);
+        self.console.note(&format!(
+            "nftables dataplane: table ip {NFT_TABLE} holds one map of service addresses (KUBE-SERVICES' job) and a chain per service port that picks an endpoint with numgen (KUBE-SVC-'s)"
+        ));
+        let ips = self.list_nft("map service-ips")?;
+        let entry = format!("{cluster_ip} . tcp . {port} : goto svc-{hash}");
+        self.check(
+            ips.contains(&entry),
+            &format!("service-ips sends {cluster_ip}:{port} to chain svc-{hash}"),
+            || format!("no element {entry:?}"),
+        )?;
+        if let Some(np) = node_port {
+            let ports = self.list_nft("map service-nodeports")?;
+            let entry = format!("tcp . {np} : goto ext-{hash}");
+            self.check(
+                ports.contains(&entry),
+                &format!("service-nodeports sends port {np} to chain ext-{hash}"),
+                || format!("no element {entry:?}"),
+            )?;
+            let ext = self.list_nft(&format!("chain ext-{hash}"))?;
+            self.check(
+                ext.contains("meta mark set meta mark | 0x00004000")
+                    && ext.contains(&format!("goto svc-{hash}")),
+                &format!(
+                    "ext-{hash} marks external traffic for masquerade, then goes to svc-{hash}"
+                ),
+                || "the chain reads otherwise".into(),
+            )?;
+        }
+        let chain = self.list_nft(&format!("chain svc-{hash}"))?;
+        let pods = self.pods()?;
+        let missing: Vec<String> = pods
+            .iter()
+            .map(|p| format!("{} . 8080", p.ip))
+            .filter(|e| !chain.contains(e.as_str()))
+            .collect();
+        self.check(
+            missing.is_empty() && chain.contains(&format!("numgen random mod {}", pods.len())),
+            &format!(
+                "svc-{hash} picks one of the {} Ready Pods at random (numgen)",
+                pods.len()
+            ),
+            || format!("missing endpoints {missing:?} or the numgen dispatch"),
+        )?;
+        self.check(
+            chain.contains("ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x00004000"),
+            "traffic from outside the pod network 10.244.0.0/16 is marked for masquerade",
+            || "no such rule".into(),
+        )
+    }
+
     fn deep_dive_cluster_ip(&mut self, cluster_ip: Ipv4Addr, port: u16) -> Result<()> {
-        if !self.kernel_rules() {
-            return Ok(());
+        match self.kernel_rules() {
+            None => return Ok(()),
+            Some(Dataplane::Nftables) => return self.deep_dive_nft(cluster_ip, port, None),
+            Some(_) => {}
         }
         self.console.note("How it works (deep dive)");
         self.console
@@ -931,8 +1018,12 @@ impl<'a> Tutorial<'a> {
     }
 
     fn deep_dive_node_port(&mut self, cluster_ip: Ipv4Addr, node_port: u16) -> Result<()> {
-        if !self.kernel_rules() {
-            return Ok(());
+        match self.kernel_rules() {
+            None => return Ok(()),
+            Some(Dataplane::Nftables) => {
+                return self.deep_dive_nft(cluster_ip, 8080, Some(node_port));
+            }
+            Some(_) => {}
         }
         self.console.note("iptables rules");
         let svc = names::svc_chain("default/hello-world", Protocol::Tcp);
@@ -969,6 +1060,14 @@ impl<'a> Tutorial<'a> {
         let chain = self.list_chain(&svc, true)?;
         self.check_svc_chain(&chain, cluster_ip, 8080)
     }
+}
+
+/// The nftables table of the lab's nftables dataplane.
+const NFT_TABLE: &str = "services-lab";
+
+/// `map service-ips` -> `service-ips`.
+fn what_name(what: &str) -> &str {
+    what.split_once(' ').map(|(_, n)| n).unwrap_or(what)
 }
 
 /// kubectl with the tutorial lab's kubeconfig.

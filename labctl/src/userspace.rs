@@ -52,9 +52,8 @@ pub async fn run(
         .iter()
         .find(|n| !n.control_plane)
         .unwrap_or(&cluster.nodes[0]);
-    let mut node = NodeConfig::new(first_worker.name.clone());
+    let mut node = crate::rules::node_config(first_worker);
     node.node_ips = cluster.nodes.iter().map(|n| n.internal_ip).collect();
-    node.cluster_cidr = Some("10.244.0.0/16".parse().expect("valid CIDR"));
     let options = SyncOptions {
         min_interval: Duration::from_millis(50),
         ..Default::default()

@@ -1,6 +1,6 @@
 //! Kernel mode: Pods served by wasm instances in their own network namespaces, Services routed
-//! by the dataplane's iptables rules in each node's namespace, reached from a node and from
-//! the client namespace outside the cluster, as in the tutorial. Needs root.
+//! by the dataplane's iptables or nftables rules in each node's namespace, reached from a node
+//! and from the client namespace outside the cluster, as in the tutorial. Needs root.
 
 mod support;
 
@@ -91,12 +91,17 @@ fn pod_names(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn services_route_to_every_pod_from_nodes_and_the_client() {
-    if !kernel_mode() {
-        return;
-    }
-    let lab = Lab::start_named("route", &["--network", "kernel"]);
+/// The tutorial's Service in front of the Deployment, as the checks see it.
+struct Exposed {
+    cluster_ip: String,
+    external_ip: String,
+    node_port: String,
+}
+
+/// Deploys hello-world (3 replicas), exposes it as a LoadBalancer and checks that every Pod
+/// answers through each address: the ClusterIP from a node, the NodePort on the node's
+/// loopback and on a node's IP from the client, the LoadBalancer IP from the client.
+fn every_service_type_reaches_every_pod(lab: &Lab) -> Exposed {
     std::fs::write(lab.dir.path().join("deployment.yaml"), DEPLOYMENT).unwrap();
     lab.ok(&["apply", "-f", "deployment.yaml"]);
     lab.ok(&[
@@ -122,11 +127,11 @@ fn services_route_to_every_pod_from_nodes_and_the_client() {
         .trim_start_matches("80:")
         .trim_end_matches("/TCP")
         .to_string();
-    let pods = pod_names(&lab);
+    let pods = pod_names(lab);
     assert_eq!(pods.len(), 3);
 
     // ClusterIP from a node: every Pod answers, and no Pod gets far less than its share.
-    let seen = until(&lab, &format!("http://{cluster_ip}"), "node", 90, |s| {
+    let seen = until(lab, &format!("http://{cluster_ip}"), "node", 90, |s| {
         s.len() == 3
     });
     assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), pods);
@@ -137,22 +142,36 @@ fn services_route_to_every_pod_from_nodes_and_the_client() {
 
     // NodePort on the node's loopback, NodePort on a node's IP from outside, LoadBalancer from outside.
     until(
-        &lab,
+        lab,
         &format!("http://127.0.0.1:{node_port}"),
         "node",
         30,
         |s| s.len() == 3,
     );
     until(
-        &lab,
+        lab,
         &format!("http://172.18.0.4:{node_port}"),
         "client",
         30,
         |s| s.len() == 3,
     );
-    until(&lab, &format!("http://{external_ip}"), "client", 30, |s| {
+    until(lab, &format!("http://{external_ip}"), "client", 30, |s| {
         s.len() == 3
     });
+    Exposed {
+        cluster_ip,
+        external_ip,
+        node_port,
+    }
+}
+
+#[test]
+fn services_route_to_every_pod_from_nodes_and_the_client() {
+    if !kernel_mode() {
+        return;
+    }
+    let lab = Lab::start_named("route", &["--network", "kernel"]);
+    let Exposed { cluster_ip, .. } = every_service_type_reaches_every_pod(&lab);
 
     // The version is the image's.
     let out = lab.labctl(&["curl", &format!("http://{cluster_ip}")]);
@@ -249,6 +268,49 @@ fn services_route_to_every_pod_from_nodes_and_the_client() {
 }
 
 #[test]
+fn the_nftables_dataplane_serves_the_same_scenario() {
+    if !kernel_mode() {
+        return;
+    }
+    let lab = Lab::start_named("nftdp", &["--dataplane", "nftables"]);
+    let status = String::from_utf8_lossy(&lab.labctl(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains("running in kernel mode (dataplane nftables)"),
+        "{status}"
+    );
+    let exposed = every_service_type_reaches_every_pod(&lab);
+
+    // The node's rules are one nftables table, and no iptables chains of ours.
+    let out = lab.labctl(&["exec", "nftdp-worker", "--", "nft", "list", "ruleset"]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("table ip services-lab")
+            && listing.contains(&format!("{} . tcp . 80 : goto", exposed.cluster_ip))
+            && listing.contains(&format!("tcp . {} : goto", exposed.node_port)),
+        "{listing}"
+    );
+    assert!(!listing.contains("KUBE-SERVICES"), "{listing}");
+
+    // `labctl rules` shows that table; --explain traces each address.
+    let out = lab.labctl(&["rules"]);
+    let rules = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && rules.contains("table ip services-lab {"),
+        "{rules}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lab.labctl(&["rules", "--explain", "svc/hello-world", "--from", "client"]);
+    let explained = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && explained.contains(&format!("LoadBalancer {}:80/TCP", exposed.external_ip))
+            && explained.matches("verdict: DNAT to one of").count() == 2,
+        "{explained}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn a_killed_lab_comes_back_with_the_same_pods_and_leaves_nothing_after_down() {
     if !kernel_mode() {
         return;
@@ -316,6 +378,32 @@ fn userspace_mode_serves_the_same_scenario_on_loopback() {
     assert!(
         String::from_utf8_lossy(&status.stdout).contains("running in userspace mode"),
         "{status:?}"
+    );
+    // The rules it shows are the ones the proxy implements, not kernel rules.
+    let out = lab.labctl(&["rules"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("these are the rules its proxy implements"),
+        "{out:?}"
+    );
+    // A kernel dataplane and API-only mode contradict each other, and the error says which.
+    let other = tempfile::tempdir().unwrap();
+    let out = support::labctl(
+        &[
+            "up",
+            "--name",
+            "bad",
+            "--network",
+            "none",
+            "--dataplane",
+            "nftables",
+        ],
+        other.path(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--network none and --dataplane nftables contradict each other"),
+        "{out:?}"
     );
     std::fs::write(lab.dir.path().join("deployment.yaml"), DEPLOYMENT).unwrap();
     lab.ok(&["apply", "-f", "deployment.yaml"]);
