@@ -49,89 +49,86 @@ fn assert_tutorial_commands(run: &Run) {
     assert!(answers >= 4, "{answers} curl answers\n{}", run.all());
 }
 
-#[test]
-fn the_tutorial_passes_in_kernel_mode_with_iptables() {
+/// Runs the tutorial in kernel mode with `dataplane` as lab `name`, checks it passed with the
+/// given listings in its output, and that nothing is left behind.
+fn kernel_tutorial(name: &str, dataplane: &str, listings: &[String]) -> Option<Run> {
     if !is_root() {
         eprintln!("skipped: kernel mode needs root to create network namespaces (CI runs as root)");
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must run this test as root"
         );
-        return;
+        return None;
     }
     let sandbox = Sandbox::default();
     let run = sandbox.labctl(
-        &["tutorial", "--name", "e2e-ipt", "--dataplane", "iptables"],
+        &["tutorial", "--name", name, "--dataplane", dataplane],
         LIMIT,
     );
-    sandbox.down("e2e-ipt");
+    sandbox.down(name);
     assert_passed(&run, 6);
     assert_tutorial_commands(&run);
-    // The deep dive lists the kernel's rules on a node and checks them.
-    for listing in [
-        "e2e-ipt-worker$ iptables -t nat -L KUBE-SERVICES -n | column -t\n",
-        "e2e-ipt-worker$ iptables -t nat -L KUBE-SVC-DZ6LTOHRG6HQWHYE -n | column -t\n",
-        "e2e-ipt-worker$ iptables -t nat -L KUBE-NODEPORTS -n | column -t\n",
-        "e2e-ipt-worker$ iptables -t nat -L KUBE-EXT-DZ6LTOHRG6HQWHYE -n | column -t\n",
-        "client$ curl http://172.18.255.200/\n",
-        "PASS one KUBE-SEP chain per Ready Pod",
-        "PASS the first endpoint is chosen with probability 0.5",
-        "PASS load is spread over every Ready Pod",
-    ] {
+    for listing in listings {
         assert!(
-            run.stdout.contains(listing),
+            run.stdout.contains(listing.as_str()),
             "missing {listing:?}\n{}",
             run.all()
         );
     }
-    // The lab is gone: state, namespaces.
-    assert!(!sandbox.lab_dir("e2e-ipt").exists());
     assert!(
-        namespaces_of("e2e-ipt").is_empty(),
-        "{:?}",
-        namespaces_of("e2e-ipt")
+        run.stdout
+            .contains("PASS load is spread over every Ready Pod"),
+        "{}",
+        run.all()
     );
-    eprintln!("kernel-mode tutorial took {:.1?}", run.elapsed);
+    assert!(!sandbox.lab_dir(name).exists());
+    assert!(namespaces_of(name).is_empty(), "{:?}", namespaces_of(name));
+    eprintln!(
+        "kernel-mode tutorial with {dataplane} took {:.1?}",
+        run.elapsed
+    );
+    Some(run)
+}
+
+#[test]
+fn the_tutorial_passes_in_kernel_mode_with_iptables() {
+    // The deep dive lists the kernel's rules on a node and checks them.
+    let mut listings: Vec<String> = [
+        "KUBE-SERVICES",
+        "KUBE-SVC-DZ6LTOHRG6HQWHYE",
+        "KUBE-NODEPORTS",
+        "KUBE-EXT-DZ6LTOHRG6HQWHYE",
+    ]
+    .iter()
+    .map(|chain| format!("e2e-ipt-worker$ iptables -t nat -L {chain} -n | column -t\n"))
+    .collect();
+    listings.extend(
+        [
+            "client$ curl http://172.18.255.200/\n",
+            "PASS one KUBE-SEP chain per Ready Pod",
+            "PASS the first endpoint is chosen with probability 0.5",
+        ]
+        .map(String::from),
+    );
+    kernel_tutorial("e2e-ipt", "iptables", &listings);
 }
 
 #[test]
 fn the_tutorial_passes_in_kernel_mode_with_nftables() {
-    if !is_root() {
-        eprintln!("skipped: kernel mode needs root to create network namespaces (CI runs as root)");
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run this test as root"
-        );
-        return;
+    let mut listings: Vec<String> = [
+        "map ip services-lab service-ips",
+        "chain ip services-lab svc-DZ6LTOHRG6HQWHYE",
+        "map ip services-lab service-nodeports",
+        "chain ip services-lab ext-DZ6LTOHRG6HQWHYE",
+    ]
+    .iter()
+    .map(|what| format!("e2e-nft-worker$ nft list {what}\n"))
+    .collect();
+    listings
+        .push("PASS svc-DZ6LTOHRG6HQWHYE picks one of the 2 Ready Pods at random (numgen)".into());
+    if let Some(run) = kernel_tutorial("e2e-nft", "nftables", &listings) {
+        assert!(!run.stdout.contains("iptables -t nat"), "{}", run.all());
     }
-    let sandbox = Sandbox::default();
-    let run = sandbox.labctl(
-        &["tutorial", "--name", "e2e-nft", "--dataplane", "nftables"],
-        LIMIT,
-    );
-    sandbox.down("e2e-nft");
-    assert_passed(&run, 6);
-    assert_tutorial_commands(&run);
-    for listing in [
-        "e2e-nft-worker$ nft list map ip services-lab service-ips\n",
-        "e2e-nft-worker$ nft list chain ip services-lab svc-DZ6LTOHRG6HQWHYE\n",
-        "e2e-nft-worker$ nft list map ip services-lab service-nodeports\n",
-        "e2e-nft-worker$ nft list chain ip services-lab ext-DZ6LTOHRG6HQWHYE\n",
-        "PASS svc-DZ6LTOHRG6HQWHYE picks one of the 2 Ready Pods at random (numgen)",
-        "PASS load is spread over every Ready Pod",
-    ] {
-        assert!(
-            run.stdout.contains(listing),
-            "missing {listing:?}\n{}",
-            run.all()
-        );
-    }
-    assert!(!run.stdout.contains("iptables -t nat"), "{}", run.all());
-    assert!(
-        namespaces_of("e2e-nft").is_empty(),
-        "{:?}",
-        namespaces_of("e2e-nft")
-    );
 }
 
 #[test]
@@ -356,4 +353,36 @@ fn docker_runs() -> bool {
         .args(["info"])
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn an_unreachable_cluster_is_explained() {
+    let sandbox = Sandbox::default();
+    // A kubeconfig whose server nothing listens on (port 1 on loopback).
+    let kubeconfig = sandbox.dir.path().join("unreachable.yaml");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: t\n",
+    )
+    .unwrap();
+    let run = sandbox.labctl(
+        &[
+            "tutorial",
+            "--name",
+            "e2e-unreach",
+            "--provider",
+            "kubeconfig",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("the cluster does not answer; check the kubeconfig and context"),
+        "{}",
+        run.all()
+    );
+    assert!(run.stderr.contains("127.0.0.1:1"), "{}", run.all());
 }

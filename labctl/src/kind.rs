@@ -126,6 +126,55 @@ pub fn delete(name: &str) -> Result<()> {
     run(Command::new("kind").args(["delete", "cluster", "--name", name]))
 }
 
+/// The file that marks a lab directory as a kind cluster's (what `labctl down` reads).
+const MARKER: &str = "kind-cluster";
+
+/// Brings up kind cluster `dir.name` with `workers` workers: creates it (kubeconfig in the
+/// lab's directory), loads hello-app, starts cloud-provider-kind when it can. Returns what a
+/// user should know, one line each, and cloud-provider-kind's PID when it was started.
+pub fn up(dir: &crate::lab::LabDir, workers: usize) -> Result<(Vec<String>, Option<u32>)> {
+    preflight()?;
+    std::fs::create_dir_all(&dir.root)
+        .with_context(|| format!("creating {}", dir.root.display()))?;
+    create(&dir.name, workers, &dir.kubeconfig_path())?;
+    std::fs::write(dir.root.join(MARKER), &dir.name)
+        .with_context(|| format!("writing {}", dir.root.join(MARKER).display()))?;
+    let mut notes = vec![load_image(&dir.name)?.to_string()];
+    let pid = match start_load_balancer_controller(&dir.root.join("cloud-provider-kind.log"))? {
+        Ok(pid) => {
+            std::fs::write(dir.root.join("cloud-provider-kind.pid"), pid.to_string())?;
+            notes.push("cloud-provider-kind runs, so LoadBalancer Services get an address reachable from this host".into());
+            Some(pid)
+        }
+        Err(why) => {
+            notes.push(why);
+            None
+        }
+    };
+    Ok((notes, pid))
+}
+
+/// Whether lab `dir` is a kind cluster made by `up`.
+pub fn is_kind_lab(dir: &crate::lab::LabDir) -> bool {
+    dir.root.join(MARKER).is_file()
+}
+
+/// Stops cloud-provider-kind (when `up` started it) and deletes the cluster.
+pub fn down(dir: &crate::lab::LabDir) -> Result<()> {
+    let pid_file = dir.root.join("cloud-provider-kind.pid");
+    if let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = std::fs::remove_file(&pid_file);
+    }
+    delete(&dir.name)?;
+    let _ = std::fs::remove_file(dir.root.join(MARKER));
+    Ok(())
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -628,6 +628,17 @@ pub fn start_background(dir: &LabDir, base: &Path, timeout: Duration) -> Result<
     if let Some(pid) = dir.running_pid() {
         return Ok(pid);
     }
+    if let Some(config) = dir.config()?
+        && let Err(e) = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, config.port))
+    {
+        bail!(
+            "lab {:?} serves its API on 127.0.0.1:{} (chosen when the lab was created), but that port is taken: {e}; stop whatever listens there (`ss -ltnp 'sport = :{}'` shows it), or `labctl down --name {} --purge` and `labctl up` to make the lab anew on a free port",
+            dir.name,
+            config.port,
+            config.port,
+            dir.name
+        );
+    }
     let _ = fs::remove_file(dir.ready_path());
     let log = fs::OpenOptions::new()
         .create(true)

@@ -11,6 +11,7 @@ pub mod lab;
 pub mod network;
 pub mod pki;
 pub mod probe;
+pub mod provider;
 pub mod reach;
 pub mod rules;
 pub mod runtime;

@@ -6,11 +6,17 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use labctl::lab::{self, LabDir};
+use labctl::provider::Provider;
 use labctl::{probe, reach, tutorial, verify};
 
 /// Services Lab: the Kubernetes Services tutorial on an embedded lab cluster.
 #[derive(Parser)]
-#[command(version, about, long_about = None, after_help = "Examples:\n  labctl up\n  export KUBECONFIG=$(labctl kubeconfig --path)\n  kubectl get nodes -o wide\n  labctl down --purge")]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:\n  labctl tutorial                      # the whole tutorial, every step checked\n  labctl up                            # a lab to explore with kubectl\n  export KUBECONFIG=$(labctl kubeconfig --path)\n  kubectl get nodes -o wide\n  labctl verify svc/hello-world        # is load spread over the Pods?\n  labctl rules --explain svc/hello-world\n  labctl down --purge"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -67,6 +73,10 @@ enum Cmd {
     Up {
         #[command(flatten)]
         lab: LabArgs,
+        /// Which cluster: the embedded lab; a kind cluster named --name (needs Docker and kind);
+        /// or a check that the cluster of the current kubeconfig context answers.
+        #[arg(long, value_enum, default_value_t = Provider::Embedded)]
+        provider: Provider,
         /// Worker nodes (pod CIDRs 10.244.1.0/24, 10.244.2.0/24, ...), besides the control
         /// plane; fixed when the lab is created.
         #[arg(long, visible_alias = "nodes", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=50))]
@@ -92,7 +102,9 @@ enum Cmd {
         #[arg(long, value_name = "FIRST-LAST", value_parser = lab::parse_pool)]
         load_balancer_pool: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
     },
-    /// Stop the lab's server; with --purge also delete its stored objects and credentials.
+    /// Stop the lab's server and remove its network namespaces; with --purge also delete its
+    /// stored objects and credentials.
+    #[command(after_help = "Examples:\n  labctl down\n  labctl down --name demo --purge")]
     Down {
         #[command(flatten)]
         lab: LabArgs,
@@ -114,7 +126,8 @@ enum Cmd {
         #[arg(long)]
         merge: bool,
     },
-    /// Say whether the lab runs, where, and where its files are.
+    /// Say whether the lab runs, in which mode and with which dataplane, and where its files are.
+    #[command(after_help = "Examples:\n  labctl status\n  labctl status --name demo")]
     Status {
         #[command(flatten)]
         lab: LabArgs,
@@ -187,8 +200,8 @@ enum Cmd {
         /// Which cluster: the embedded lab, a kind cluster named --name (needs Docker and
         /// kind), or an existing cluster from a kubeconfig (its objects hello-world are
         /// created and deleted in namespace default; nothing else is touched).
-        #[arg(long, value_enum, default_value_t = tutorial::Provider::Embedded)]
-        provider: tutorial::Provider,
+        #[arg(long, value_enum, default_value_t = Provider::Embedded)]
+        provider: Provider,
         /// With --provider kubeconfig: the kubeconfig [default: $KUBECONFIG or ~/.kube/config].
         #[arg(long, requires = "provider")]
         kubeconfig: Option<PathBuf>,
@@ -275,6 +288,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Up {
             lab,
+            provider,
             workers,
             foreground,
             merge_kubeconfig,
@@ -283,6 +297,11 @@ fn run(cli: Cli) -> Result<()> {
             dataplane,
         } => {
             let dir = lab.dir();
+            match provider {
+                Provider::Embedded => {}
+                Provider::Kind => return up_kind(&dir, usize::from(workers)),
+                Provider::Kubeconfig => return check_kubeconfig_cluster(),
+            }
             let asked = dataplane;
             let (network, dataplane) =
                 lab::resolve_flags(network, dataplane).map_err(anyhow::Error::msg)?;
@@ -319,7 +338,10 @@ fn run(cli: Cli) -> Result<()> {
                     .build()?;
                 return rt.block_on(lab::serve(&dir));
             }
-            let pid = lab::start_background(&dir, &lab.base(), Duration::from_secs(30))?;
+            let spin = labctl::console::spinner(format!("starting lab {:?}", lab.name));
+            let pid = lab::start_background(&dir, &lab.base(), Duration::from_secs(30));
+            spin.finish_and_clear();
+            let pid = pid?;
             println!(
                 "Lab {:?} is up: API at https://127.0.0.1:{} (pid {pid}, log {}).",
                 lab.name,
@@ -357,6 +379,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Down { lab, purge } => {
             let dir = lab.dir();
+            if labctl::kind::is_kind_lab(&dir) {
+                labctl::kind::down(&dir)?;
+                if purge {
+                    std::fs::remove_dir_all(&dir.root)
+                        .with_context(|| format!("deleting {}", dir.root.display()))?;
+                }
+                println!("kind cluster {:?} deleted.", lab.name);
+                return Ok(());
+            }
             let report = lab::down(&dir, purge, &lab::user_kubeconfig())?;
             if report.namespaces_removed > 0 {
                 eprintln!(
@@ -414,6 +445,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Status { lab } => {
             let dir = lab.dir();
+            if labctl::kind::is_kind_lab(&dir) {
+                println!(
+                    "Lab {:?} is a kind cluster: kubeconfig {} (`kind get clusters` lists it, `labctl down --name {}` deletes it).",
+                    lab.name,
+                    dir.kubeconfig_path().display(),
+                    lab.name
+                );
+                return Ok(());
+            }
             match (dir.config()?, dir.running_pid()) {
                 (None, _) => println!(
                     "Lab {:?} does not exist (state directory {}).",
@@ -496,9 +536,7 @@ fn run(cli: Cli) -> Result<()> {
             kubeconfig,
             context,
         } => {
-            if provider != tutorial::Provider::Kubeconfig
-                && (kubeconfig.is_some() || context.is_some())
-            {
+            if provider != Provider::Kubeconfig && (kubeconfig.is_some() || context.is_some()) {
                 anyhow::bail!(
                     "--kubeconfig and --context choose an existing cluster: add `--provider kubeconfig`"
                 );
@@ -594,4 +632,50 @@ fn run(cli: Cli) -> Result<()> {
             rt.block_on(lab::serve(&lab.dir()))
         }
     }
+}
+
+/// `labctl up --provider kind`.
+fn up_kind(dir: &LabDir, workers: usize) -> Result<()> {
+    let spin = labctl::console::spinner(format!(
+        "creating kind cluster {:?} (about a minute)",
+        dir.name
+    ));
+    let up = labctl::kind::up(dir, workers);
+    spin.finish_and_clear();
+    let (notes, _) = up?;
+    for note in notes {
+        println!("{note}");
+    }
+    println!(
+        "kind cluster {:?} is up. Use it with kubectl:\n  export KUBECONFIG={}\n  kubectl get nodes -o wide
+`labctl down --name {}` deletes it.",
+        dir.name,
+        dir.kubeconfig_path().display(),
+        dir.name
+    );
+    Ok(())
+}
+
+/// `labctl up --provider kubeconfig`: nothing to bring up; says whether the cluster of the
+/// current context answers, and how to run the tutorial on it.
+fn check_kubeconfig_cluster() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        // kube's error already names every place it looked; one line is enough.
+        let config = kube::Config::infer().await.map_err(|e| {
+            anyhow::anyhow!("no usable kubeconfig (KUBECONFIG or ~/.kube/config): {e}")
+        })?;
+        let url = config.cluster_url.to_string();
+        let client = kube::Client::try_from(config).context("building the API client")?;
+        let version = client.apiserver_version().await.with_context(|| {
+            format!("the cluster at {url} does not answer; check the kubeconfig's current context (`kubectl cluster-info`)")
+        })?;
+        println!(
+            "The cluster at {url} answers (Kubernetes {}.{}); there is nothing to bring up. Run the tutorial on it with `labctl tutorial --provider kubeconfig` (it creates and deletes hello-world in namespace default).",
+            version.major, version.minor
+        );
+        Ok(())
+    })
 }

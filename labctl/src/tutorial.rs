@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::console::{self, Console};
 use crate::kind;
 use crate::lab::{self, Dataplane, LabDir, Mode, NetworkMode};
+pub use crate::provider::Provider;
 use crate::reach::{Origin, Reach};
 use crate::verify;
 
@@ -66,18 +67,6 @@ const STEPS: [(Step, &str); 6] = [
     (Step::Loadbalancer, "LoadBalancer"),
     (Step::Cleanup, "Cleanup"),
 ];
-
-/// Which cluster the tutorial runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Provider {
-    /// The embedded lab cluster (no Docker needed).
-    #[default]
-    Embedded,
-    /// A kind cluster (needs Docker and kind; cloud-provider-kind for LoadBalancers).
-    Kind,
-    /// An existing cluster from a kubeconfig (e.g. AKS, as in the tutorial's LoadBalancer part).
-    Kubeconfig,
-}
 
 /// What `labctl tutorial` was asked to do.
 #[derive(Debug, Clone)]
@@ -146,8 +135,6 @@ struct Tutorial<'a> {
     skipped: usize,
     /// Filled once the cluster is up.
     lab: Option<Running>,
-    /// cloud-provider-kind, when the tutorial started it.
-    lb_controller: Option<u32>,
 }
 
 /// What the cluster offers the tutorial.
@@ -188,7 +175,6 @@ impl<'a> Tutorial<'a> {
             checks: 0,
             skipped: 0,
             lab: None,
-            lb_controller: None,
         })
     }
 
@@ -221,14 +207,7 @@ impl<'a> Tutorial<'a> {
                 .context("removing the tutorial's lab"),
             // Nothing to take down when the cluster was never made (kind cleans up a failed create).
             Provider::Kind if self.lab.is_none() => Ok(()),
-            Provider::Kind => {
-                if let Some(pid) = self.lb_controller.take()
-                    && let Some(pid) = rustix::process::Pid::from_raw(pid as i32)
-                {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-                }
-                kind::delete(&o.dir.name)
-            }
+            Provider::Kind => kind::down(&o.dir),
             Provider::Kubeconfig => {
                 // Leave the user's cluster as it was found, also after a failure or --step.
                 let _ =
@@ -367,31 +346,19 @@ impl<'a> Tutorial<'a> {
 
     fn kind_cluster(&mut self) -> Result<()> {
         let o = self.options;
-        kind::preflight()?;
-        std::fs::create_dir_all(&o.dir.root)
-            .with_context(|| format!("creating {}", o.dir.root.display()))?;
-        let kubeconfig = o.dir.kubeconfig_path();
         self.console.command(
             None,
             &format!(
-                "kind create cluster --name {} --config kind.yaml  # {} workers, podSubnet 10.244.0.0/16",
+                "labctl up --provider kind --name {} --workers {}",
                 o.dir.name, o.workers
             ),
         );
         let spin = console::spinner("creating the kind cluster (about a minute)");
-        let created = kind::create(&o.dir.name, o.workers, &kubeconfig);
+        let up = kind::up(&o.dir, o.workers);
         spin.finish_and_clear();
-        created?;
-        let spin = console::spinner("building and loading the hello-app image");
-        let image = kind::load_image(&o.dir.name);
-        spin.finish_and_clear();
-        self.console.note(image?);
-        match kind::start_load_balancer_controller(&o.dir.root.join("cloud-provider-kind.log"))? {
-            Ok(pid) => {
-                self.lb_controller = Some(pid);
-                self.console.note("cloud-provider-kind runs, so LoadBalancer Services get an address reachable from this host");
-            }
-            Err(why) => self.console.note(&why),
+        let (notes, _) = up?;
+        for note in notes {
+            self.console.note(&note);
         }
         self.lab = Some(Running {
             node: Some(Reach::docker(&kind::worker(&o.dir.name, 0))),

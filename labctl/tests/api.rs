@@ -338,3 +338,27 @@ async fn paging_dry_run_and_the_three_patch_types() {
         "{message}"
     );
 }
+
+#[test]
+fn a_taken_api_port_is_explained_and_the_lab_kept() {
+    let lab = Lab::start();
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(lab.state().join("config.json")).expect("config.json"),
+    )
+    .expect("JSON");
+    let port = config["port"].as_u64().expect("port") as u16;
+    let down = support::labctl(&["down", "--name", &lab.name], lab.dir.path());
+    assert!(down.status.success());
+    let _holder = std::net::TcpListener::bind(("127.0.0.1", port)).expect("taking the port");
+    let up = support::labctl(&["up", "--name", &lab.name], lab.dir.path());
+    let stderr = String::from_utf8_lossy(&up.stderr);
+    assert!(!up.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("serves its API on 127.0.0.1:{port}"))
+            && stderr.contains("but that port is taken")
+            && stderr.contains("--purge"),
+        "{stderr}"
+    );
+    // Nothing was lost: the stored objects are still there.
+    assert!(lab.state().join("store.sqlite").exists());
+}
