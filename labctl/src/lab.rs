@@ -327,9 +327,23 @@ pub async fn serve(dir: &LabDir) -> Result<()> {
             } else {
                 Placement::Loopback
             };
-            let host =
-                hello_app::wasm_host::WasmHost::new(hello_app::wasm_host::HostConfig::default())
-                    .context("loading the hello-app component")?;
+            // Every Pod keeps a warm instance once it has served, so the instance pool holds
+            // as many as the workers' pod CIDRs have addresses (253 a /24), and a few more
+            // for concurrent requests.
+            let capacity: usize = config
+                .cluster
+                .nodes
+                .iter()
+                .filter(|n| !n.control_plane)
+                .map(|n| n.pod_cidr.hosts().count().saturating_sub(1))
+                .sum();
+            let host = hello_app::wasm_host::WasmHost::new(hello_app::wasm_host::HostConfig {
+                max_instances: u32::try_from(capacity + 64)
+                    .unwrap_or(u32::MAX)
+                    .clamp(256, 8192),
+                ..Default::default()
+            })
+            .context("loading the hello-app component")?;
             Arc::new(WasmRuntime::new(
                 host,
                 placement,

@@ -8,6 +8,7 @@ pub mod controllers;
 pub mod lab;
 pub mod network;
 pub mod pki;
+pub mod podnet;
 pub mod runtime;
 pub mod store;
 pub mod userspace;

@@ -131,10 +131,9 @@ impl PodRuntime for WasmRuntime {
         };
         let listener = match &self.placement {
             Placement::Namespaces(names) => {
-                let ns = network::add_pod(names, &node.name, node.pod_cidr, uid(pod), ip)
-                    .map_err(|e| failed(format!("setting up the Pod's network: {e}")))?;
-                network::listen_in(&ns, port)
-                    .map_err(|e| failed(format!("listening on port {port} in the Pod: {e}")))?
+                network::add_pod(names, &node.name, node.pod_cidr, uid(pod), ip, port)
+                    .map_err(|e| failed(format!("setting up the Pod's network: {e}")))?
+                    .1
             }
             Placement::Loopback => {
                 let addr = (loopback_twin(ip), port);
