@@ -371,3 +371,83 @@ fn userspace_mode_serves_the_same_scenario_on_loopback() {
         s.len() == 1 && s.contains_key(&left)
     });
 }
+
+#[test]
+fn a_pod_whose_server_dies_is_restarted_and_counted() {
+    if !kernel_mode() {
+        return;
+    }
+    let lab = Lab::start_named("restart", &["--network", "kernel"]);
+    std::fs::write(
+        lab.dir.path().join("deployment.yaml"),
+        DEPLOYMENT.replace("replicas: 3", "replicas: 1"),
+    )
+    .unwrap();
+    lab.ok(&["apply", "-f", "deployment.yaml"]);
+    lab.ok(&[
+        "rollout",
+        "status",
+        "deployment/hello-world",
+        "--timeout=30s",
+    ]);
+    lab.ok(&[
+        "expose",
+        "deployment",
+        "hello-world",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let cluster_ip = rows(&lab.ok(&["get", "svc", "hello-world"]))[0][2].clone();
+    let pod = pod_names(&lab)[0].clone();
+    until(&lab, &format!("http://{cluster_ip}"), "node", 1, |s| {
+        s.contains_key(&pod)
+    });
+    let uid = lab.ok(&["get", "pod", &pod, "-o", "jsonpath={.metadata.uid}"]);
+    let ns = labctl::network::Names::new("restart").pod(uid.trim());
+
+    // Destroy the Pod's listening socket from inside its namespace: its server fails, as a
+    // container's process dies.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "ss", "-K", "-t", "state", "listening"])
+        .args(["sport", "=", ":8080"])
+        .output()
+        .expect("ss");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && (listed.contains(":8080") || listed.contains("http-alt")),
+        "ss -K found no listener: {out:?}"
+    );
+    // While it is down the Pod is not Ready and its endpoint is not ready.
+    let ready = |o: &str| o.trim().to_string();
+    let down = lab.until(
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=hello-world",
+            "-o",
+            "jsonpath={.items[*].endpoints[*].conditions.ready}",
+        ],
+        Duration::from_secs(5),
+        |o| ready(o) == "false",
+    );
+    assert_eq!(ready(&down), "false");
+    // Then it is restarted: Ready again, RESTARTS 1, and it answers through the Service.
+    let pods = lab.until(&["get", "pods"], WAIT, |o| {
+        rows(o)
+            .first()
+            .is_some_and(|r| r[1] == "1/1" && r[2] == "Running" && r[3] == "1")
+    });
+    assert_eq!(rows(&pods)[0][0], pod, "the same Pod, restarted in place");
+    let last = lab.ok(&[
+        "get",
+        "pod",
+        &pod,
+        "-o",
+        "jsonpath={.status.containerStatuses[0].lastState.terminated.reason}",
+    ]);
+    assert_eq!(last.trim(), "Error");
+    until(&lab, &format!("http://{cluster_ip}"), "node", 1, |s| {
+        s.contains_key(&pod)
+    });
+}
