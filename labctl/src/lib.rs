@@ -9,6 +9,7 @@ pub mod lab;
 pub mod network;
 pub mod pki;
 pub mod podnet;
+pub mod portforward;
 pub mod runtime;
 pub mod store;
 pub mod userspace;
