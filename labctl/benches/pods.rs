@@ -82,10 +82,12 @@ fn rss_kib(pid: i32) -> Result<u64> {
 
 /// The Pod IPs a node's nat table DNATs to (for any Service).
 fn programmed(node_ns: &str) -> Result<HashSet<Ipv4Addr>> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", node_ns, "iptables-save", "-t", "nat"])
-        .output()
-        .context("iptables-save")?;
+    // Spawned from a thread inside the node's namespace (not `ip netns exec`, whose mount
+    // namespace copy would add to what is measured).
+    let out = labctl::network::in_namespace(node_ns, || {
+        Command::new("iptables-save").args(["-t", "nat"]).output()
+    })
+    .context("iptables-save")?;
     ensure!(
         out.status.success(),
         "iptables-save in {node_ns}: {}",
