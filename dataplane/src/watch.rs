@@ -57,7 +57,7 @@ impl Backend for IptablesBackend {
         let rules = compile(snapshot, node);
         let applier = self.0.clone();
         // The tools block; keep them off the runtime's threads.
-        tokio::task::spawn_blocking(move || applier.apply(&rules))
+        tokio::task::spawn_blocking(move || applier.apply_changes(&rules))
             .await
             .expect("the apply task does not panic")?;
         Ok(())

@@ -81,10 +81,25 @@ pub fn log(message: &str) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
+/// Whether an accept error passes (resources run short, a peer gave up) rather than meaning
+/// the listener is dead (`EINVAL` once the socket is no longer listening).
+fn accept_error_is_temporary(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | OutOfMemory
+    ) || matches!(
+        e.raw_os_error(),
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM, EPROTO, EPERM (a firewall said no)
+        Some(24 | 23 | 105 | 12 | 71 | 1)
+    )
+}
+
 /// Serves HTTP/1.1 connections from `listener` until `shutdown` completes, then stops
 /// accepting and waits up to `drain` for in-flight requests, as a Pod does on SIGTERM.
 ///
 /// `service_for` makes the service for one connection from the peer's and the local address.
+/// Returns an error when the listening socket stops working (as Go's `http.Serve` does).
 pub async fn serve<F, S, B>(
     listener: TcpListener,
     service_for: F,
@@ -108,12 +123,15 @@ where
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(e) => {
+                Err(e) if accept_error_is_temporary(&e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+                // The listening socket itself is gone (closed or destroyed under us): end,
+                // as Go's http.Serve returns and hello-app's log.Fatal exits.
+                Err(e) => return Err(e),
             },
             () = &mut shutdown => break,
         };

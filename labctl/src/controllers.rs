@@ -22,7 +22,7 @@ use labapi::Kind;
 use labapi::selector::LabelSelector;
 use serde_json::Value;
 
-pub use kubelet::{ApiOnlyRuntime, PodRuntime, RuntimeError};
+pub use kubelet::{ApiOnlyRuntime, ContainerExit, ExitSink, PodRuntime, RuntimeError};
 
 use crate::apiserver::Api;
 use crate::store::{Event, EventType};
@@ -208,6 +208,10 @@ pub fn start(api: Arc<Api>, runtime: Arc<dyn PodRuntime>) -> std::thread::JoinHa
             tasks.into_iter().for_each(|t| queue.push(t));
         }
     }
+    let reporter = api.clone();
+    runtime.report_exits(Arc::new(move |ns, name, uid, exit| {
+        kubelet::record_exit(&reporter, ns, name, uid, exit)
+    }));
     let ctx = Ctx {
         recorder: Recorder::new(api.clone()),
         api,

@@ -259,6 +259,15 @@ impl LabDir {
             && String::from_utf8_lossy(&cmdline).contains("labctl");
         is_lab.then_some(pid)
     }
+
+    /// Whether the process named in the PID file still exists in any state (a server that
+    /// crashed or was killed may be exiting, or a zombie nobody has reaped).
+    fn previous_server_exists(&self) -> bool {
+        fs::read_to_string(self.pid_path())
+            .ok()
+            .and_then(|pid| pid.trim().parse::<i32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    }
 }
 
 fn free_port() -> Result<u16> {
@@ -446,9 +455,23 @@ pub async fn serve(dir: &LabDir) -> Result<()> {
             } else {
                 Placement::Loopback
             };
-            let host =
-                hello_app::wasm_host::WasmHost::new(hello_app::wasm_host::HostConfig::default())
-                    .context("loading the hello-app component")?;
+            // Every Pod keeps a warm instance once it has served, so the instance pool holds
+            // as many as the workers' pod CIDRs have addresses (253 a /24), and a few more
+            // for concurrent requests.
+            let capacity: usize = config
+                .cluster
+                .nodes
+                .iter()
+                .filter(|n| !n.control_plane)
+                .map(|n| n.pod_cidr.hosts().count().saturating_sub(1))
+                .sum();
+            let host = hello_app::wasm_host::WasmHost::new(hello_app::wasm_host::HostConfig {
+                max_instances: u32::try_from(capacity + 64)
+                    .unwrap_or(u32::MAX)
+                    .clamp(256, 8192),
+                ..Default::default()
+            })
+            .context("loading the hello-app component")?;
             Arc::new(WasmRuntime::new(
                 host,
                 placement,
@@ -623,13 +646,29 @@ async fn run_dataplane(
     }
 }
 
+/// Checks that the lab's API port can be bound. A server killed a moment ago holds its
+/// port until its last thread has exited (its PID file still names it), so wait for that.
+fn bind_when_free(dir: &LabDir, port: u16) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() < deadline && dir.previous_server_exists() => {
+                tracing::debug!("port {port} still held ({e}); waiting for the old server to exit");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Starts the lab's server in the background and waits until it answers.
 pub fn start_background(dir: &LabDir, base: &Path, timeout: Duration) -> Result<i32> {
     if let Some(pid) = dir.running_pid() {
         return Ok(pid);
     }
     if let Some(config) = dir.config()?
-        && let Err(e) = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, config.port))
+        && let Err(e) = bind_when_free(dir, config.port)
     {
         bail!(
             "lab {:?} serves its API on 127.0.0.1:{} (chosen when the lab was created), but that port is taken: {e}; stop whatever listens there (`ss -ltnp 'sport = :{}'` shows it), or `labctl down --name {} --purge` and `labctl up` to make the lab anew on a free port",

@@ -10,6 +10,8 @@ pub mod kind;
 pub mod lab;
 pub mod network;
 pub mod pki;
+pub mod podnet;
+pub mod portforward;
 pub mod probe;
 pub mod provider;
 pub mod reach;

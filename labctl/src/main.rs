@@ -256,6 +256,23 @@ enum Cmd {
         #[command(flatten)]
         args: labctl::rules::RulesArgs,
     },
+    /// Forward a port on the host's 127.0.0.1 to a Service of the lab, for a browser on the
+    /// host; runs until Ctrl-C, like `kubectl port-forward`.
+    #[command(
+        after_help = "Examples:\n  labctl port-forward svc/hello-world 8080:80   # then open http://127.0.0.1:8080\n  labctl port-forward svc/hello-world :80       # any free local port"
+    )]
+    PortForward {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// The Service: svc/NAME.
+        target: String,
+        /// LOCAL:REMOTE (REMOTE is the Service's port), PORT for both, or :REMOTE for a
+        /// free local port.
+        ports: String,
+        /// The Service's namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
     /// Run the lab's server in this process (what `labctl up` starts in the background).
     #[command(hide = true)]
     Serve {
@@ -623,6 +640,19 @@ fn run(cli: Cli) -> Result<()> {
                 .build()?;
             print!("{}", rt.block_on(labctl::rules::run(&lab.dir(), &args))?);
             Ok(())
+        }
+        Cmd::PortForward {
+            lab,
+            target,
+            ports,
+            namespace,
+        } => {
+            let forward = labctl::portforward::Forward::parse(&target, &ports)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(labctl::portforward::run(&lab.dir(), &namespace, &forward))
         }
         Cmd::Serve { lab } => {
             init_tracing();

@@ -154,8 +154,9 @@ pub fn existing(lab: &str) -> Vec<String> {
 pub fn teardown(lab: &str) -> usize {
     let names = existing(lab);
     for ns in &names {
-        let _ = run("ip", &["netns", "del", ns]);
+        crate::podnet::remove(ns);
     }
+    crate::podnet::forget_nodes(&Names::new(lab).prefix);
     names.len()
 }
 
@@ -182,6 +183,11 @@ pub fn build(names: &Names, cluster: &ClusterConfig, lab: &str) -> Result<(), Ne
     )?;
     let attach = |ns: &str, ip: Ipv4Addr, key: &str| -> Result<(), NetError> {
         run("ip", &["netns", "add", ns])?;
+        // IPv4 only; see `podnet::disable_ipv6` for why it matters with many Pods.
+        in_namespace(ns, crate::podnet::disable_ipv6).map_err(|e| NetError {
+            command: format!("disabling IPv6 in {ns}"),
+            detail: e.to_string(),
+        })?;
         let outer = link_name("vu", key);
         ip_batch(
             &underlay,
@@ -207,7 +213,12 @@ pub fn build(names: &Names, cluster: &ClusterConfig, lab: &str) -> Result<(), Ne
             // Traffic to ClusterIPs needs a route before the OUTPUT hook can DNAT it; the
             // underlay's bridge is the default gateway, and it leads nowhere else.
             format!("route add default via {gw}"),
-            "link add cni0 type bridge".to_string(),
+            // A fixed MAC, so that Pods can have a permanent neighbour entry for their
+            // gateway (see `podnet::mac_of`).
+            format!(
+                "link add cni0 address {} type bridge",
+                crate::podnet::mac_text(gateway)
+            ),
             format!("addr add {gateway}/{} dev cni0", node.pod_cidr.prefix_len()),
             "link set cni0 up".to_string(),
         ];
@@ -255,49 +266,35 @@ pub fn bridge_ip(cidr: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(cidr.network()) + 1)
 }
 
-/// Makes a Pod's namespace with `ip` on its node's bridge.
+/// Makes a Pod's namespace with `ip` on its node's bridge and a listening socket on `port`
+/// inside it; returns the namespace's name and the socket.
 pub fn add_pod(
     names: &Names,
     node: &str,
     pod_cidr: Ipv4Net,
     uid: &str,
     ip: Ipv4Addr,
-) -> Result<String, NetError> {
+    port: u16,
+) -> Result<(String, TcpListener), NetError> {
     let ns = names.pod(uid);
-    let node_ns = names.node(node);
-    if existing_one(&ns) {
-        let _ = run("ip", &["netns", "del", &ns]);
-    }
-    run("ip", &["netns", "add", &ns])?;
-    let outer = link_name("vp", uid);
-    let inner = link_name("vq", uid);
-    ip_batch(
-        &node_ns,
-        &[
-            format!("link add {outer} type veth peer name {inner} netns {ns}"),
-            format!("link set {outer} master cni0 up"),
-        ],
-    )?;
-    ip_batch(
-        &ns,
-        &[
-            "link set lo up".into(),
-            format!("link set {inner} name eth0"),
-            format!("addr add {ip}/{} dev eth0", pod_cidr.prefix_len()),
-            "link set eth0 up".into(),
-            format!("route add default via {}", bridge_ip(pod_cidr)),
-        ],
-    )?;
-    Ok(ns)
-}
-
-fn existing_one(ns: &str) -> bool {
-    std::path::Path::new("/run/netns").join(ns).exists()
+    let listener = crate::podnet::add(&crate::podnet::PodNet {
+        netns: &ns,
+        node_netns: &names.node(node),
+        host_link: &link_name("vp", uid),
+        pod_cidr,
+        ip,
+        port,
+    })
+    .map_err(|e| NetError {
+        command: format!("setting up {ns} ({ip} on {node})"),
+        detail: e.to_string(),
+    })?;
+    Ok((ns, listener))
 }
 
 /// Removes a Pod's namespace.
 pub fn remove_pod(names: &Names, uid: &str) {
-    let _ = run("ip", &["netns", "del", &names.pod(uid)]);
+    crate::podnet::remove(&names.pod(uid));
 }
 
 /// Runs `f` on a thread that has entered namespace `ns`: sockets it makes live there.

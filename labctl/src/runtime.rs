@@ -10,10 +10,10 @@ use std::time::Duration;
 use hello_app::respond::AppVersion;
 use hello_app::wasm_host::{PodLog, PodSpec, WasmHost};
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 use crate::cluster::NodeConfig;
-use crate::controllers::{PodRuntime, RuntimeError};
+use crate::controllers::{ContainerExit, ExitSink, PodRuntime, RuntimeError};
 use crate::network::{self, Names};
 
 /// The images the lab can run, and the version each serves.
@@ -39,9 +39,13 @@ pub fn image_version(image: &str) -> Result<AppVersion, RuntimeError> {
 }
 
 struct Running {
-    stop: oneshot::Sender<()>,
+    stop: watch::Sender<bool>,
     done: std::sync::mpsc::Receiver<()>,
 }
+
+/// How long a crashed Pod's server stays down before it is started again (the kubelet's
+/// first crash-loop back-off is 10 s; the lab's is short, but long enough to see).
+const RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// Where a Pod's socket lives.
 pub enum Placement {
@@ -57,6 +61,27 @@ pub struct WasmRuntime {
     placement: Placement,
     handle: tokio::runtime::Handle,
     running: Mutex<HashMap<String, Running>>,
+    exits: std::sync::Arc<std::sync::OnceLock<ExitSink>>,
+}
+
+/// Where a Pod listens: its namespace (kernel mode) or a loopback address (userspace mode).
+#[derive(Clone)]
+enum Socket {
+    Namespace(String, u16),
+    Loopback(Ipv4Addr, u16),
+}
+
+impl Socket {
+    fn listen(&self) -> std::io::Result<std::net::TcpListener> {
+        match self {
+            Socket::Namespace(ns, port) => network::listen_in(ns, *port),
+            Socket::Loopback(ip, port) => {
+                let l = std::net::TcpListener::bind((*ip, *port))?;
+                l.set_nonblocking(true)?;
+                Ok(l)
+            }
+        }
+    }
 }
 
 impl WasmRuntime {
@@ -71,6 +96,7 @@ impl WasmRuntime {
             placement,
             handle,
             running: Mutex::new(HashMap::new()),
+            exits: std::sync::Arc::default(),
         }
     }
 }
@@ -129,35 +155,82 @@ impl PodRuntime for WasmRuntime {
             reason: "RunContainerError".into(),
             message,
         };
-        let listener = match &self.placement {
+        let (listener, socket) = match &self.placement {
             Placement::Namespaces(names) => {
-                let ns = network::add_pod(names, &node.name, node.pod_cidr, uid(pod), ip)
-                    .map_err(|e| failed(format!("setting up the Pod's network: {e}")))?;
-                network::listen_in(&ns, port)
-                    .map_err(|e| failed(format!("listening on port {port} in the Pod: {e}")))?
+                let (ns, l) =
+                    network::add_pod(names, &node.name, node.pod_cidr, uid(pod), ip, port)
+                        .map_err(|e| failed(format!("setting up the Pod's network: {e}")))?;
+                (l, Socket::Namespace(ns, port))
             }
             Placement::Loopback => {
-                let addr = (loopback_twin(ip), port);
-                let l = std::net::TcpListener::bind(addr)
-                    .map_err(|e| failed(format!("listening on {}:{port}: {e}", addr.0)))?;
-                l.set_nonblocking(true).map_err(|e| failed(e.to_string()))?;
-                l
+                let socket = Socket::Loopback(loopback_twin(ip), port);
+                let l = socket.listen().map_err(|e| {
+                    failed(format!("listening on {}:{port}: {e}", loopback_twin(ip)))
+                })?;
+                (l, socket)
             }
         };
-        let served = self
-            .host
-            .pod(PodSpec::new(name).version(version).log(PodLog::Discard));
-        let (stop, stopped) = oneshot::channel::<()>();
+        let served = self.host.pod(
+            PodSpec::new(name.clone())
+                .version(version)
+                .log(PodLog::Discard),
+        );
+        let (stop, mut stopped) = watch::channel(false);
         let (done_tx, done) = std::sync::mpsc::channel();
         let _guard = self.handle.enter();
-        let listener = tokio::net::TcpListener::from_std(listener)
+        let mut listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| failed(format!("adopting the Pod's socket: {e}")))?;
+        let exits = self.exits.clone();
+        let (pod_ns, pod_uid) = (
+            pod["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            uid(pod).to_string(),
+        );
+        let report = move |exit: ContainerExit| {
+            if let Some(sink) = exits.get() {
+                sink(&pod_ns, &name, &pod_uid, exit);
+            }
+        };
+        // The Pod's supervisor: serves until stopped; when the server ends by itself (its
+        // listening socket died), reports the crash, waits, listens again and reports the
+        // restart, as the kubelet restarts a failed container.
         self.handle.spawn(async move {
-            let _ = served
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await;
+            loop {
+                let stop_wait = stopped.clone();
+                let result = served
+                    .serve(listener, async move {
+                        let mut rx = stop_wait;
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+                let error = match result {
+                    _ if *stopped.borrow() => break,
+                    Ok(()) => "the server ended".to_string(),
+                    Err(e) => format!("the server failed: {e}"),
+                };
+                report(ContainerExit::Crashed(error));
+                listener = loop {
+                    tokio::select! {
+                        _ = stopped.wait_for(|s| *s) => {
+                            let _ = done_tx.send(());
+                            return;
+                        }
+                        () = tokio::time::sleep(RESTART_DELAY) => {}
+                    }
+                    let socket = socket.clone();
+                    let again = tokio::task::spawn_blocking(move || socket.listen()).await;
+                    match again.map(|r| r.and_then(tokio::net::TcpListener::from_std)) {
+                        Ok(Ok(l)) => break l,
+                        Ok(Err(e)) => {
+                            report(ContainerExit::Crashed(format!("listening again: {e}")))
+                        }
+                        Err(e) => report(ContainerExit::Crashed(format!("listening again: {e}"))),
+                    }
+                };
+                report(ContainerExit::Restarted);
+            }
             let _ = done_tx.send(());
         });
         self.running
@@ -174,7 +247,7 @@ impl PodRuntime for WasmRuntime {
             .unwrap_or_else(|e| e.into_inner())
             .remove(uid(pod));
         if let Some(r) = running {
-            let _ = r.stop.send(());
+            let _ = r.stop.send(true);
             let _ = r.done.recv_timeout(DRAIN);
         }
         if let Placement::Namespaces(names) = &self.placement {
@@ -186,6 +259,10 @@ impl PodRuntime for WasmRuntime {
         // The dataplanes sync at most every 50 ms; iptables-restore of the lab's rules takes
         // a few tens of milliseconds more.
         Duration::from_millis(250)
+    }
+
+    fn report_exits(&self, sink: ExitSink) {
+        let _ = self.exits.set(sink);
     }
 
     fn is_running(&self, pod: &Value) -> bool {

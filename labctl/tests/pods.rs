@@ -91,6 +91,58 @@ fn pod_names(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
+/// `labctl port-forward svc/hello-world :80` in the background: the child and its local port
+/// (from its first line, `Forwarding from 127.0.0.1:PORT -> svc/hello-world (...)`).
+fn port_forward(lab: &Lab) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let mut child = lab
+        .labctl_command(&["port-forward", "svc/hello-world", ":80"])
+        .spawn()
+        .expect("labctl port-forward");
+    let mut first = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    out.read_line(&mut first)
+        .expect("reading port-forward's output");
+    // Keep reading (`Handling connection for PORT` lines) until it exits.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let port = first
+        .strip_prefix("Forwarding from 127.0.0.1:")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    assert!(first.contains("-> svc/hello-world ("), "{first}");
+    (child, port)
+}
+
+/// Hostnames answering `count` GETs of 127.0.0.1:`port` on the host.
+fn host_answers(port: u16, count: usize) -> BTreeMap<String, u32> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..count {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let body = labctl::network::http_exchange(
+            stream,
+            &format!("127.0.0.1:{port}"),
+            Duration::from_secs(5),
+        )
+        .expect("GET through the port-forward");
+        let host = body
+            .lines()
+            .find_map(|l| l.strip_prefix("Hostname: "))
+            .expect("a hello-app answer")
+            .to_string();
+        *seen.entry(host).or_default() += 1;
+    }
+    seen
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    );
+    let _ = child.wait();
+}
+
 /// The tutorial's Service in front of the Deployment, as the checks see it.
 struct Exposed {
     cluster_ip: String,
@@ -450,6 +502,10 @@ fn userspace_mode_serves_the_same_scenario_on_loopback() {
     until(&lab, &format!("http://{}", row[3]), "client", 30, |s| {
         s.len() == 3
     });
+    // port-forward reaches the Service from the host in userspace mode too.
+    let (child, port) = port_forward(&lab);
+    assert_eq!(host_answers(port, 3).values().sum::<u32>(), 3);
+    stop(child);
     lab.ok(&["scale", "deployment", "hello-world", "--replicas=1"]);
     let left = lab.until(&["get", "pods", "-o", "name"], WAIT, |o| {
         o.lines().count() == 1
@@ -458,4 +514,153 @@ fn userspace_mode_serves_the_same_scenario_on_loopback() {
     until(&lab, &format!("http://{}", row[2]), "node", 20, |s| {
         s.len() == 1 && s.contains_key(&left)
     });
+}
+
+#[test]
+fn a_pod_whose_server_dies_is_restarted_and_counted() {
+    if !kernel_mode() {
+        return;
+    }
+    let lab = Lab::start_named("restart", &["--network", "kernel"]);
+    std::fs::write(
+        lab.dir.path().join("deployment.yaml"),
+        DEPLOYMENT.replace("replicas: 3", "replicas: 1"),
+    )
+    .unwrap();
+    lab.ok(&["apply", "-f", "deployment.yaml"]);
+    lab.ok(&[
+        "rollout",
+        "status",
+        "deployment/hello-world",
+        "--timeout=30s",
+    ]);
+    lab.ok(&[
+        "expose",
+        "deployment",
+        "hello-world",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let cluster_ip = rows(&lab.ok(&["get", "svc", "hello-world"]))[0][2].clone();
+    let pod = pod_names(&lab)[0].clone();
+    until(&lab, &format!("http://{cluster_ip}"), "node", 1, |s| {
+        s.contains_key(&pod)
+    });
+    let uid = lab.ok(&["get", "pod", &pod, "-o", "jsonpath={.metadata.uid}"]);
+    let ns = labctl::network::Names::new("restart").pod(uid.trim());
+
+    // Destroy the Pod's listening socket from inside its namespace: its server fails, as a
+    // container's process dies.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "ss", "-K", "-t", "state", "listening"])
+        .args(["sport", "=", ":8080"])
+        .output()
+        .expect("ss");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && (listed.contains(":8080") || listed.contains("http-alt")),
+        "ss -K found no listener: {out:?}"
+    );
+    // While it is down the Pod is not Ready and its endpoint is not ready.
+    let ready = |o: &str| o.trim().to_string();
+    let down = lab.until(
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=hello-world",
+            "-o",
+            "jsonpath={.items[*].endpoints[*].conditions.ready}",
+        ],
+        Duration::from_secs(5),
+        |o| ready(o) == "false",
+    );
+    assert_eq!(ready(&down), "false");
+    // Then it is restarted: Ready again, RESTARTS 1, and it answers through the Service.
+    let pods = lab.until(&["get", "pods"], WAIT, |o| {
+        rows(o)
+            .first()
+            .is_some_and(|r| r[1] == "1/1" && r[2] == "Running" && r[3] == "1")
+    });
+    assert_eq!(rows(&pods)[0][0], pod, "the same Pod, restarted in place");
+    let last = lab.ok(&[
+        "get",
+        "pod",
+        &pod,
+        "-o",
+        "jsonpath={.status.containerStatuses[0].lastState.terminated.reason}",
+    ]);
+    assert_eq!(last.trim(), "Error");
+    until(&lab, &format!("http://{cluster_ip}"), "node", 1, |s| {
+        s.contains_key(&pod)
+    });
+}
+
+#[test]
+fn port_forward_brings_a_service_to_the_hosts_loopback() {
+    if !kernel_mode() {
+        return;
+    }
+    let lab = Lab::start_named("pfwd", &["--network", "kernel"]);
+    // Before the Service exists: a clear error.
+    let out = lab.labctl(&["port-forward", "svc/hello-world", ":80"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("services \"hello-world\" not found in namespace \"default\""),
+        "{out:?}"
+    );
+    std::fs::write(
+        lab.dir.path().join("deployment.yaml"),
+        DEPLOYMENT.replace("replicas: 3", "replicas: 2"),
+    )
+    .unwrap();
+    lab.ok(&["apply", "-f", "deployment.yaml"]);
+    lab.ok(&[
+        "rollout",
+        "status",
+        "deployment/hello-world",
+        "--timeout=30s",
+    ]);
+    lab.ok(&[
+        "expose",
+        "deployment",
+        "hello-world",
+        "--port=80",
+        "--target-port=8080",
+        "--type=NodePort",
+    ]);
+    let cluster_ip = rows(&lab.ok(&["get", "svc", "hello-world"]))[0][2].clone();
+    until(&lab, &format!("http://{cluster_ip}"), "node", 20, |s| {
+        s.len() == 2
+    });
+    let (child, port) = port_forward(&lab);
+    // Each connection goes through the node's Service rules, so both Pods answer.
+    let started = Instant::now();
+    let mut seen = host_answers(port, 20);
+    while seen.len() < 2 && started.elapsed() < WAIT {
+        seen = host_answers(port, 20);
+    }
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), pod_names(&lab));
+    // A local port in use: a clear error.
+    let out = lab.labctl(&["port-forward", "svc/hello-world", &format!("{port}:80")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{port} is in use")),
+        "{out:?}"
+    );
+    // A port the Service does not have.
+    let out = lab.labctl(&["port-forward", "svc/hello-world", ":81"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no port 81; its ports are 80"),
+        "{out:?}"
+    );
+    stop(child);
+    // A lab that is not running.
+    lab.labctl(&["down"]);
+    let out = lab.labctl(&["port-forward", "svc/hello-world", ":80"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not running"),
+        "{out:?}"
+    );
 }

@@ -5,10 +5,12 @@
 //! touched. The jumps from the built-in chains are checked (`-C`) and inserted (`-I`) only if
 //! missing, so applying twice changes nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
 
-use crate::render::iptables::{hook_args, render};
-use crate::ruleset::{RuleSet, Table};
+use crate::render::iptables::{hook_args, render, rule_args};
+use crate::ruleset::{Chain, RuleSet, Table};
 
 use super::{ApplyError, Netns};
 
@@ -34,16 +36,40 @@ fn ours(chain: &str) -> bool {
     FIXED_CHAINS.contains(&chain) || SERVICE_PREFIXES.iter().any(|p| chain.starts_with(p))
 }
 
-/// Programs rule sets into one network namespace with iptables.
+/// Programs rule sets into one network namespace with iptables. Clones share what was last
+/// applied (see [`IptablesApplier::apply_changes`]).
 #[derive(Debug, Clone)]
 pub struct IptablesApplier {
     netns: Netns,
+    last: Arc<Mutex<Option<RuleSet>>>,
 }
 
 impl IptablesApplier {
     /// An applier for `netns`.
     pub fn new(netns: Netns) -> Self {
-        Self { netns }
+        Self {
+            netns,
+            last: Arc::default(),
+        }
+    }
+
+    /// Applies only what differs from the rule set this applier last applied: the chains
+    /// whose rules changed are rewritten, chains no longer wanted are deleted, and nothing
+    /// else is read or written (one `iptables-restore`, or no process at all when nothing
+    /// changed), as kube-proxy's partial syncs do. Without an earlier apply, or after one
+    /// failed, this is [`IptablesApplier::apply`].
+    pub fn apply_changes(&self, rules: &RuleSet) -> Result<(), ApplyError> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(last) = last.filter(|l| l.hooks == rules.hooks) else {
+            return self.apply(rules);
+        };
+        let input = changes(&last, rules);
+        if !input.is_empty() {
+            self.netns
+                .run("iptables-restore", &["--noflush"], Some(&input))?;
+        }
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(rules.clone());
+        Ok(())
     }
 
     /// The chains of ours that exist now, per table (from `iptables-save`).
@@ -99,6 +125,7 @@ impl IptablesApplier {
     /// Applies `rules`: one restore, the hooks, and `route_localnet` so NodePorts answer on
     /// 127.0.0.1 (kube-proxy's localhost NodePorts).
     pub fn apply(&self, rules: &RuleSet) -> Result<(), ApplyError> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).take();
         let input = self.restore_input(rules)?;
         self.netns
             .run("iptables-restore", &["--noflush"], Some(&input))?;
@@ -112,7 +139,9 @@ impl IptablesApplier {
                 self.netns.run("iptables", &insert, None)?;
             }
         }
-        self.netns.enable_localhost_nodeports()
+        self.netns.enable_localhost_nodeports()?;
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(rules.clone());
+        Ok(())
     }
 
     /// Removes the hooks and every chain of ours, and nothing else.
@@ -143,5 +172,106 @@ impl IptablesApplier {
                 .run("iptables-restore", &["--noflush"], Some(&input))?;
         }
         Ok(())
+    }
+}
+
+/// The restore input that turns `last` into `rules`: changed and new chains declared (which
+/// flushes them) and refilled, stale chains flushed and deleted; empty when nothing changed.
+fn changes(last: &RuleSet, rules: &RuleSet) -> String {
+    let mut out = String::new();
+    let tables: BTreeSet<Table> = last
+        .tables
+        .keys()
+        .chain(rules.tables.keys())
+        .copied()
+        .collect();
+    for table in tables {
+        let before: BTreeMap<&str, &Chain> = last
+            .tables
+            .get(&table)
+            .into_iter()
+            .flatten()
+            .map(|(n, c)| (n.as_str(), c))
+            .collect();
+        let after = rules
+            .tables
+            .get(&table)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let changed: Vec<&(String, Chain)> = after
+            .iter()
+            .filter(|(n, c)| before.get(n.as_str()) != Some(&c))
+            .collect();
+        let wanted: BTreeSet<&str> = after.iter().map(|(n, _)| n.as_str()).collect();
+        let stale: Vec<&str> = before
+            .keys()
+            .copied()
+            .filter(|n| !wanted.contains(n))
+            .collect();
+        if changed.is_empty() && stale.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "*{}", table.name());
+        for name in changed
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain(stale.iter().copied())
+        {
+            let _ = writeln!(out, ":{name} - [0:0]");
+        }
+        for (name, chain) in &changed {
+            for rule in &chain.rules {
+                let _ = writeln!(out, "-A {name}{}", rule_args(rule));
+            }
+        }
+        for name in &stale {
+            let _ = writeln!(out, "-X {name}");
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::{Rule, Target};
+
+    fn set(chains: &[(&str, &[&str])]) -> RuleSet {
+        let mut rules = RuleSet::default();
+        let nat = rules.tables.entry(Table::Nat).or_default();
+        for (name, jumps) in chains {
+            let chain = Chain {
+                rules: jumps
+                    .iter()
+                    .map(|j| Rule {
+                        matches: Vec::new(),
+                        target: Target::Jump((*j).to_string()),
+                    })
+                    .collect(),
+            };
+            nat.push(((*name).to_string(), chain));
+        }
+        rules
+    }
+
+    #[test]
+    fn only_changed_and_stale_chains_are_written() {
+        let last = set(&[
+            ("KUBE-SERVICES", &["KUBE-SVC-A"]),
+            ("KUBE-SVC-A", &["KUBE-SEP-1", "KUBE-SEP-2"]),
+            ("KUBE-SEP-1", &[]),
+            ("KUBE-SEP-2", &[]),
+        ]);
+        let next = set(&[
+            ("KUBE-SERVICES", &["KUBE-SVC-A"]),
+            ("KUBE-SVC-A", &["KUBE-SEP-1"]),
+            ("KUBE-SEP-1", &[]),
+        ]);
+        assert_eq!(
+            changes(&last, &next),
+            "*nat\n:KUBE-SVC-A - [0:0]\n:KUBE-SEP-2 - [0:0]\n-A KUBE-SVC-A -j KUBE-SEP-1\n-X KUBE-SEP-2\nCOMMIT\n"
+        );
+        assert_eq!(changes(&next, &next), "");
     }
 }

@@ -1,5 +1,5 @@
-//! Running the kernel's tools, optionally inside a named network namespace
-//! (`ip netns exec`), with errors that say what failed and where.
+//! Running the kernel's tools, optionally inside a named network namespace (as `ip netns
+//! exec` would, without its mount namespace), with errors that say what failed and where.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -15,15 +15,44 @@ impl Netns {
         Self(Some(name.into()))
     }
 
-    fn command(&self, tool: &str) -> Command {
-        match &self.0 {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, tool]);
-                c
-            }
-            None => Command::new(tool),
-        }
+    /// Runs `tool` with `args` and `stdin` inside the namespace. The child is spawned from a
+    /// thread that has entered the namespace (children inherit it), rather than through
+    /// `ip netns exec`, which also makes a mount namespace and copies every mount into it:
+    /// with a lab's thousand Pod namespaces pinned under /run/netns, that copy cost more
+    /// than the tool itself.
+    fn output(
+        &self,
+        tool: &'static str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<std::process::Output, ApplyError> {
+        let Some(ns) = &self.0 else {
+            return spawn(tool, args, stdin);
+        };
+        let path = std::path::Path::new("/run/netns").join(ns);
+        let file = std::fs::File::open(&path).map_err(|e| ApplyError::NoNetns {
+            netns: ns.clone(),
+            stderr: format!("opening {}: {e}", path.display()),
+        })?;
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let stdin = stdin.map(str::to_owned);
+        std::thread::spawn(move || {
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&file),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .map_err(|e| ApplyError::Io {
+                tool,
+                source: std::io::Error::other(format!("entering the network namespace: {e}")),
+            })?;
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            spawn(tool, &args, stdin.as_deref())
+        })
+        .join()
+        .map_err(|_| ApplyError::Io {
+            tool,
+            source: std::io::Error::other("the thread running it panicked"),
+        })?
     }
 
     /// Lets NodePorts answer on 127.0.0.1: DNAT of loopback-sourced packets needs
@@ -44,32 +73,7 @@ impl Netns {
         args: &[&str],
         stdin: Option<&str>,
     ) -> Result<String, ApplyError> {
-        let mut cmd = self.command(tool);
-        cmd.args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                ApplyError::ToolMissing {
-                    tool: if self.0.is_some() { "ip" } else { tool },
-                }
-            } else {
-                ApplyError::Io { tool, source: e }
-            }
-        })?;
-        if let Some(input) = stdin {
-            let mut pipe = child.stdin.take().expect("stdin is piped");
-            pipe.write_all(input.as_bytes())
-                .map_err(|source| ApplyError::Io { tool, source })?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|source| ApplyError::Io { tool, source })?;
+        let out = self.output(tool, args, stdin)?;
         if out.status.success() {
             return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
         }
@@ -97,6 +101,39 @@ impl Netns {
             stderr,
         })
     }
+}
+
+/// Runs `tool args` here, feeding it `stdin`.
+fn spawn(
+    tool: &'static str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<std::process::Output, ApplyError> {
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ApplyError::ToolMissing { tool }
+            } else {
+                ApplyError::Io { tool, source: e }
+            }
+        })?;
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        pipe.write_all(input.as_bytes())
+            .map_err(|source| ApplyError::Io { tool, source })?;
+    }
+    child
+        .wait_with_output()
+        .map_err(|source| ApplyError::Io { tool, source })
 }
 
 /// Why rules could not be applied.

@@ -31,7 +31,7 @@ pub enum Layout {
 
 impl Layout {
     /// The table the layout owns.
-    pub fn table(self) -> &'static str {
+    pub const fn table(self) -> &'static str {
         match self {
             Layout::KubeProxy => "kube-proxy",
             Layout::Fast => "services-lab",

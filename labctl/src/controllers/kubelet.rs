@@ -21,6 +21,18 @@ pub struct RuntimeError {
     pub message: String,
 }
 
+/// What happened to a running Pod's container, reported by the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerExit {
+    /// Its server stopped by itself (the listening socket died); the runtime restarts it.
+    Crashed(String),
+    /// It serves again after a crash.
+    Restarted,
+}
+
+/// Where a runtime reports container exits: (Pod namespace, Pod name, Pod uid, what).
+pub type ExitSink = std::sync::Arc<dyn Fn(&str, &str, &str, ContainerExit) + Send + Sync>;
+
 /// What runs Pods on a node. The lab's kernel and userspace modes serve the hello-app
 /// component; [`ApiOnlyRuntime`] only reports Pods as running.
 pub trait PodRuntime: Send + Sync {
@@ -39,6 +51,68 @@ pub trait PodRuntime: Send + Sync {
     fn is_running(&self, _pod: &Value) -> bool {
         true
     }
+    /// Where to report containers that crash and restart (runtimes that serve nothing never
+    /// call it).
+    fn report_exits(&self, _sink: ExitSink) {}
+}
+
+/// Records a container's crash or restart in its Pod's status, as the kubelet does: while
+/// down the Pod is not Ready (so its endpoint leaves the Service), its container shows the
+/// last termination, and each restart counts in `restartCount` (kubectl's RESTARTS).
+pub fn record_exit(
+    api: &crate::apiserver::Api,
+    ns: &str,
+    name: &str,
+    uid: &str,
+    exit: ContainerExit,
+) {
+    let ts = now();
+    let _ = api
+        .store
+        .modify(Kind::Pod, ns, name, |p| -> Result<bool, ()> {
+            if p["metadata"]["uid"] != uid || p["metadata"]["deletionTimestamp"].is_string() {
+                return Ok(false);
+            }
+            let ready = matches!(exit, ContainerExit::Restarted);
+            let Some(statuses) = p["status"]["containerStatuses"].as_array_mut() else {
+                return Ok(false);
+            };
+            for c in statuses.iter_mut() {
+                match &exit {
+                    ContainerExit::Crashed(message) => {
+                        let started = c["state"]["running"]["startedAt"].clone();
+                        c["state"] = json!({"terminated": {
+                            "exitCode": 1, "reason": "Error", "message": message,
+                            "startedAt": started, "finishedAt": ts,
+                            "containerID": c["containerID"],
+                        }});
+                    }
+                    ContainerExit::Restarted => {
+                        c["lastState"] = c["state"].clone();
+                        c["state"] = json!({"running": {"startedAt": ts}});
+                        c["restartCount"] = json!(c["restartCount"].as_u64().unwrap_or(0) + 1);
+                    }
+                }
+                c["ready"] = json!(ready);
+                c["started"] = json!(ready);
+            }
+            for cond in p["status"]["conditions"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                if cond["type"] == "Ready" || cond["type"] == "ContainersReady" {
+                    cond["status"] = json!(if ready { "True" } else { "False" });
+                    cond["lastTransitionTime"] = json!(ts);
+                    if ready {
+                        cond.as_object_mut().map(|o| o.remove("reason"));
+                    } else {
+                        cond["reason"] = json!("ContainersNotReady");
+                    }
+                }
+            }
+            Ok(true)
+        });
 }
 
 /// A runtime that serves nothing: Pods are Running and Ready in the API only.

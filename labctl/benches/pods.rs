@@ -1,0 +1,399 @@
+//! Pod benchmark, kernel mode (root): a lab of five workers runs the real `labctl` server; a
+//! Deployment behind a ClusterIP Service is scaled from 0 to 1,000 replicas, and we measure
+//!
+//! - **serving**: from the scale request until (1) the Service's EndpointSlices list 1,000
+//!   ready endpoints, (2) a worker's iptables (read back with `iptables-save` in its namespace)
+//!   DNAT to all 1,000 Pod IPs, and (3) 1,000 requests through the ClusterIP from that worker's
+//!   namespace are all answered `200` by a hello-app Pod. The clock stops when (3) finishes.
+//!   Afterwards (untimed) every Pod IP is asked once directly, so every Pod is known to serve.
+//! - **RSS per Pod**: the server process's VmRSS (from /proc) after every Pod has served,
+//!   minus its VmRSS before the scale, divided by 1,000.
+//! - **endpoint removal**: from a Pod's DELETE until its IP is gone from that worker's rules,
+//!   over several deletions (one at a time; the Deployment replaces each).
+//!
+//! Traffic goes only to addresses inside the lab's own namespaces; every wait is bounded. The
+//! last line is one JSON object of the headline figures. `PODS_BENCH_REPLICAS` (1000),
+//! `PODS_BENCH_DELETIONS` (20) and `PODS_BENCH_DATAPLANE` (`iptables`, or `nftables`, whose
+//! rules are read back with `nft list table`) change the run.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const LAB: &str = "podbench";
+const WORKERS: &str = "5";
+const LIMIT: Duration = Duration::from_secs(120);
+const GOAL_SERVING_S: f64 = 5.0;
+const GOAL_RSS_PER_POD_MIB: f64 = 1.0;
+const GOAL_REMOVAL_MS: f64 = 100.0;
+const NFT_TABLE: &str = labctl::rules::NFT_LAYOUT.table();
+
+/// Whether `ip` is in the lab's Pod network (a listing also holds ClusterIPs and node IPs).
+fn is_pod_ip(ip: &Ipv4Addr) -> bool {
+    matches!(ip.octets(), [10, 244, _, _])
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn labctl(state: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_labctl"))
+        .args(args)
+        .env("LABCTL_STATE_DIR", state)
+        .env("HOME", state)
+        .env_remove("KUBECONFIG")
+        .output()
+        .context("running labctl")?;
+    ensure!(
+        out.status.success(),
+        "labctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Takes the lab down (and its namespaces with it) however the benchmark ends.
+struct Down<'a>(&'a Path);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = labctl(self.0, &["down", "--name", LAB, "--purge"]);
+    }
+}
+
+fn rss_kib(pid: i32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")
+}
+
+/// The Pod IPs a node's rules DNAT to (for any Service), read back from the kernel.
+fn programmed(node_ns: &str, dataplane: &str) -> Result<HashSet<Ipv4Addr>> {
+    let (program, args): (&str, &[&str]) = match dataplane {
+        "nftables" => ("nft", &["list", "table", "ip", NFT_TABLE]),
+        _ => ("iptables-save", &["-t", "nat"]),
+    };
+    // Spawned from a thread inside the node's namespace (not `ip netns exec`, whose mount
+    // namespace copy would add to what is measured).
+    let out =
+        labctl::network::in_namespace(node_ns, move || Command::new(program).args(args).output())
+            .with_context(|| format!("running {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} in {node_ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(match dataplane {
+        // The fast layout's endpoint maps hold `<pod ip> . <port>` elements.
+        "nftables" => text
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '{' || c == '}')
+            .filter_map(|word| word.parse().ok())
+            .filter(is_pod_ip)
+            .collect(),
+        _ => text
+            .lines()
+            .filter_map(|l| l.split_once("--to-destination ").map(|(_, d)| d))
+            .filter_map(|d| d.split(':').next()?.parse().ok())
+            .collect(),
+    })
+}
+
+/// Ready endpoint addresses of `service` in its EndpointSlices.
+async fn ready_endpoints(slices: &Api<EndpointSlice>, service: &str) -> Result<HashSet<String>> {
+    let list = slices
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+        .flat_map(|e| e.addresses.iter().cloned())
+        .collect())
+}
+
+/// `count` GETs of `target` from inside namespace `ns` on `threads` threads; returns the
+/// distinct hostnames that answered, or the first failure.
+fn requests_from(
+    ns: &str,
+    targets: Arc<Vec<SocketAddr>>,
+    count: usize,
+    threads: usize,
+) -> Result<HashSet<String>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..threads {
+        let (ns, targets, next) = (ns.to_string(), targets.clone(), next.clone());
+        handles.push(std::thread::spawn(move || -> Result<HashSet<String>> {
+            // One thread per worker, entered into the namespace once: every socket it makes
+            // lives there.
+            labctl::network::in_namespace(&ns, move || {
+                let mut seen = HashSet::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return Ok(seen);
+                    }
+                    let target = targets[i % targets.len()];
+                    let stream = TcpStream::connect_timeout(&target, Duration::from_secs(2))
+                        .map_err(|e| std::io::Error::other(format!("connect {target}: {e}")))?;
+                    let body = labctl::network::http_exchange(
+                        stream,
+                        &target.to_string(),
+                        Duration::from_secs(2),
+                    )
+                    .map_err(|e| std::io::Error::other(format!("GET {target}: {e}")))?;
+                    let host = body
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Hostname: "))
+                        .unwrap_or("")
+                        .to_string();
+                    seen.insert(host);
+                }
+            })
+            .map_err(anyhow::Error::from)
+        }));
+    }
+    let mut seen = HashSet::new();
+    for h in handles {
+        seen.extend(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("request thread panicked"))??,
+        );
+    }
+    Ok(seen)
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: the pods benchmark runs the lab in kernel mode, which needs root");
+        println!("{}", json!({"skipped": "needs root"}));
+        return Ok(());
+    }
+    let replicas = env_usize("PODS_BENCH_REPLICAS", 1000);
+    let deletions = env_usize("PODS_BENCH_DELETIONS", 20);
+    let dataplane = std::env::var("PODS_BENCH_DATAPLANE").unwrap_or_else(|_| "iptables".into());
+    ensure!(
+        matches!(dataplane.as_str(), "iptables" | "nftables"),
+        "PODS_BENCH_DATAPLANE={dataplane:?}: expected iptables or nftables"
+    );
+    let dir = tempfile::tempdir()?;
+    let state = dir.path();
+    // A lab of an earlier, interrupted run would hold the same namespace names.
+    let _ = labctl(state, &["down", "--name", LAB]);
+    labctl::network::teardown(LAB);
+    labctl(
+        state,
+        &[
+            "up",
+            "--name",
+            LAB,
+            "--workers",
+            WORKERS,
+            "--network",
+            "kernel",
+            "--dataplane",
+            &dataplane,
+        ],
+    )?;
+    let _down = Down(state);
+    let pid: i32 = std::fs::read_to_string(state.join(LAB).join("labctl.pid"))?
+        .trim()
+        .parse()?;
+    let kubeconfig = std::fs::read_to_string(state.join(LAB).join("kubeconfig"))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(&kubeconfig)?,
+        &Default::default(),
+    )
+    .await?;
+    let client = kube::Client::try_from(config)?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let worker_ns = labctl::network::Names::new(LAB).node(&format!("{LAB}-worker"));
+
+    let deploy: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "hello-world"},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "hello-world"}},
+            "template": {"metadata": {"labels": {"app": "hello-world"}},
+                "spec": {"containers": [{"name": "hello-world", "image": "gcr.io/google-samples/hello-app:1.0", "ports": [{"containerPort": 8080}]}]}},
+        },
+    }))?;
+    deployments.create(&PostParams::default(), &deploy).await?;
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "hello-world"},
+        "spec": {"selector": {"app": "hello-world"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }))?;
+    let svc = services.create(&PostParams::default(), &svc).await?;
+    let cluster_ip: Ipv4Addr = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("no clusterIP")?
+        .parse()?;
+    // Let the lab settle (the Service's empty slice synced everywhere) before the baseline.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_before = rss_kib(pid)?;
+    eprintln!("lab up (pid {pid}), RSS {rss_before} KiB; scaling 0 -> {replicas}");
+
+    // Scale and time the three stages.
+    let started = Instant::now();
+    deployments
+        .patch_scale(
+            "hello-world",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await?;
+    let ips = loop {
+        let ready = ready_endpoints(&slices, "hello-world").await?;
+        if ready.len() == replicas {
+            break ready;
+        }
+        ensure!(
+            started.elapsed() < LIMIT,
+            "only {} of {replicas} endpoints ready after {LIMIT:?}",
+            ready.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let slices_ready = started.elapsed();
+    eprintln!("{replicas} endpoints ready in the slices at {slices_ready:?}");
+    let ips: HashSet<Ipv4Addr> = ips.iter().filter_map(|i| i.parse().ok()).collect();
+    loop {
+        let (ns, dp) = (worker_ns.clone(), dataplane.clone());
+        let have = tokio::task::spawn_blocking(move || programmed(&ns, &dp)).await??;
+        let missing = ips.difference(&have).count();
+        if missing == 0 {
+            break;
+        }
+        ensure!(
+            started.elapsed() < LIMIT,
+            "{missing} endpoints still not in {worker_ns}'s rules after {LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rules_programmed = started.elapsed();
+    eprintln!("all programmed in {worker_ns} at {rules_programmed:?}");
+    let vip = Arc::new(vec![SocketAddr::from((cluster_ip, 80))]);
+    let ns = worker_ns.clone();
+    let through_vip =
+        tokio::task::spawn_blocking(move || requests_from(&ns, vip, replicas, 8)).await??;
+    let serving = started.elapsed();
+    eprintln!(
+        "{replicas} requests through {cluster_ip}:80 answered by {} Pods; serving at {serving:?}",
+        through_vip.len()
+    );
+
+    // Untimed: every Pod answers on its own IP.
+    let direct: Arc<Vec<SocketAddr>> =
+        Arc::new(ips.iter().map(|ip| SocketAddr::from((*ip, 8080))).collect());
+    let ns = worker_ns.clone();
+    let n = direct.len();
+    let every = tokio::task::spawn_blocking(move || requests_from(&ns, direct, n, 8)).await??;
+    ensure!(
+        every.len() == replicas,
+        "{} of {replicas} Pods answered",
+        every.len()
+    );
+    let rss_after = rss_kib(pid)?;
+    let rss_per_pod_mib = (rss_after.saturating_sub(rss_before)) as f64 / 1024.0 / replicas as f64;
+    eprintln!(
+        "all {replicas} Pods answered directly; RSS {rss_after} KiB ({rss_per_pod_mib:.3} MiB per Pod)"
+    );
+
+    // Deletions, one at a time: from DELETE until the IP leaves the worker's rules.
+    let mut removals = Vec::new();
+    let list = pods
+        .list(&ListParams::default().labels("app=hello-world"))
+        .await?;
+    for pod in list.items.iter().take(deletions) {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let ip: Ipv4Addr = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .context("a Pod without an IP")?
+            .parse()?;
+        let t = Instant::now();
+        pods.delete(&name, &DeleteParams::default()).await?;
+        loop {
+            let (ns, dp) = (worker_ns.clone(), dataplane.clone());
+            let have = tokio::task::spawn_blocking(move || programmed(&ns, &dp)).await??;
+            if !have.contains(&ip) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                bail!("{name} ({ip}) still in the rules 10 s after its deletion");
+            }
+        }
+        removals.push(ms(t.elapsed()));
+        // Let the replacement start and the terminating Pod go before the next one.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    removals.sort_by(f64::total_cmp);
+    let removal_p50 = percentile(&removals, 0.5);
+    let removal_p99 = percentile(&removals, 0.99);
+    eprintln!("endpoint removal (ms): {removals:?}");
+
+    let serving_s = (serving.as_secs_f64() * 1000.0).round() / 1000.0;
+    let figures = json!({
+        "replicas": replicas,
+        "workers": WORKERS.parse::<u32>()?,
+        "dataplane": dataplane,
+        "slices_ready_s": (slices_ready.as_secs_f64() * 1000.0).round() / 1000.0,
+        "rules_programmed_s": (rules_programmed.as_secs_f64() * 1000.0).round() / 1000.0,
+        "serving_s": serving_s,
+        "pods_answering_through_cluster_ip": through_vip.len(),
+        "rss_before_mib": rss_before / 1024,
+        "rss_after_mib": rss_after / 1024,
+        "rss_per_pod_mib": (rss_per_pod_mib * 1000.0).round() / 1000.0,
+        "removal_p50_ms": removal_p50,
+        "removal_p99_ms": removal_p99,
+        "deletions": removals.len(),
+        "goal_serving_s": GOAL_SERVING_S,
+        "goal_rss_per_pod_mib": GOAL_RSS_PER_POD_MIB,
+        "goal_removal_ms": GOAL_REMOVAL_MS,
+        "serving_goal_met": serving_s < GOAL_SERVING_S,
+        "rss_goal_met": rss_per_pod_mib < GOAL_RSS_PER_POD_MIB,
+        "removal_goal_met": removal_p99 < GOAL_REMOVAL_MS,
+    });
+    println!("{figures}");
+    Ok(())
+}
