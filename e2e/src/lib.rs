@@ -3,6 +3,7 @@
 //! what they share: finding (and building) the binary, running it with bounded time, and
 //! checking what a run left behind.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -78,11 +79,17 @@ impl Default for Sandbox {
 impl Sandbox {
     /// Runs `labctl args...`, killing it after `limit`.
     pub fn labctl(&self, args: &[&str], limit: Duration) -> Run {
+        self.labctl_with(args, &[], limit)
+    }
+
+    /// Runs `labctl args...` with extra environment variables, killing it after `limit`.
+    pub fn labctl_with(&self, args: &[&str], env: &[(&str, &OsStr)], limit: Duration) -> Run {
         // Building the binary (the first call) is not part of the run's time limit.
         let bin = labctl_bin();
         let started = Instant::now();
         let mut child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .env("LABCTL_STATE_DIR", self.dir.path())
             .env("HOME", self.dir.path())
             .env("RUST_BACKTRACE", "0")

@@ -251,6 +251,48 @@ fn a_kept_lab_stops_after_the_named_step_and_verify_judges_it() {
 }
 
 #[test]
+fn without_iptables_the_tutorial_falls_back_to_userspace_and_says_why() {
+    if !is_root() {
+        eprintln!(
+            "skipped: only root would get kernel mode, so there is nothing to fall back from"
+        );
+        return;
+    }
+    let _one_at_a_time = e2e::userspace_lab();
+    let sandbox = Sandbox::default();
+    // A PATH with `ip` and kubectl but none of the iptables tools, as on a fresh machine.
+    let bin = sandbox.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for program in ["ip", "kubectl"] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join(program))
+            .find(|p| p.is_file());
+        let Some(found) = found else {
+            eprintln!("skipped: {program} is not on PATH");
+            assert!(std::env::var_os("CI").is_none(), "CI has {program}");
+            return;
+        };
+        std::os::unix::fs::symlink(found, bin.join(program)).unwrap();
+    }
+    let run = sandbox.labctl_with(
+        &["tutorial", "--name", "e2e-noipt"],
+        &[("PATH", bin.as_os_str())],
+        LIMIT,
+    );
+    sandbox.down("e2e-noipt");
+    assert_passed(&run, 6);
+    assert!(
+        run.stdout.contains(", userspace mode.")
+            && run.stdout.contains(
+                "Kernel mode is not available: `iptables-restore` is not on PATH; install the iptables package: `apt-get install iptables`."
+            ),
+        "{}",
+        run.all()
+    );
+    assert!(namespaces_of("e2e-noipt").is_empty());
+}
+
+#[test]
 fn a_tutorial_that_cannot_work_says_why_and_exits_non_zero() {
     let sandbox = Sandbox::default();
     let run = sandbox.labctl(

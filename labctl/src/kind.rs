@@ -50,7 +50,7 @@ pub fn preflight() -> Result<()> {
             "install kind (https://kind.sigs.k8s.io/docs/user/quick-start/#installation)",
         ),
     ] {
-        if which(program).is_none() {
+        if crate::network::which(program).is_none() {
             bail!(
                 "the kind provider needs `{program}`, which is not on PATH: {install}; or use the embedded lab (`--provider embedded`), which needs neither"
             );
@@ -108,7 +108,7 @@ pub fn load_image(name: &str) -> Result<&'static str> {
 /// Starts cloud-provider-kind (which gives LoadBalancer Services an address reachable from
 /// the host) when it is on PATH; its PID, or why LoadBalancers will stay pending.
 pub fn start_load_balancer_controller(log: &Path) -> Result<Result<u32, String>> {
-    let Some(program) = which("cloud-provider-kind") else {
+    let Some(program) = crate::network::which("cloud-provider-kind") else {
         return Ok(Err("cloud-provider-kind is not on PATH, so LoadBalancer Services keep EXTERNAL-IP <pending> (install: go install sigs.k8s.io/cloud-provider-kind@latest)".into()));
     };
     let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
@@ -180,14 +180,6 @@ fn workspace_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(program))
-            .find(|p| p.is_file())
-    })
 }
 
 fn run(cmd: &mut Command) -> Result<()> {

@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::apiserver::{self, Api, ServeOptions};
 use crate::cluster::ClusterConfig;
 use crate::controllers::{self, ApiOnlyRuntime, PodRuntime};
-use crate::network;
+use crate::network::{self, KernelTool};
 use crate::pki::{Credentials, write_private};
 use crate::runtime::{Placement, WasmRuntime};
 use crate::store::Store;
@@ -80,6 +80,25 @@ impl Dataplane {
             Dataplane::Iptables => "iptables",
             Dataplane::Nftables => "nftables",
             Dataplane::Userspace => "userspace",
+        }
+    }
+
+    /// The programs a kernel-mode lab with this dataplane runs in its namespaces.
+    pub fn kernel_tools(self) -> &'static [KernelTool] {
+        const fn tool(program: &'static str, package: &'static str) -> KernelTool {
+            KernelTool { program, package }
+        }
+        const IPTABLES: &[KernelTool] = &[
+            tool("iptables-restore", "iptables"),
+            tool("iptables-save", "iptables"),
+            tool("iptables", "iptables"),
+            tool("sysctl", "procps"),
+        ];
+        const NFTABLES: &[KernelTool] = &[tool("nft", "nftables"), tool("sysctl", "procps")];
+        match self {
+            Dataplane::Iptables => IPTABLES,
+            Dataplane::Nftables => NFTABLES,
+            Dataplane::Userspace => &[],
         }
     }
 }
@@ -569,7 +588,7 @@ fn resolve_mode(asked: NetworkMode, dataplane: Dataplane) -> Result<Mode> {
         NetworkMode::None => Mode::ApiOnly,
         NetworkMode::Userspace => Mode::Userspace,
         NetworkMode::Kernel => {
-            network::kernel_mode_available().map_err(|why| {
+            network::kernel_mode_available(dataplane.kernel_tools()).map_err(|why| {
                 anyhow!(
                     "kernel mode (the {} dataplane) was asked for, but {why}; the userspace dataplane needs no privileges (a new lab with `--dataplane userspace`)",
                     dataplane.as_str()
@@ -577,7 +596,7 @@ fn resolve_mode(asked: NetworkMode, dataplane: Dataplane) -> Result<Mode> {
             })?;
             Mode::Kernel
         }
-        NetworkMode::Auto => match network::kernel_mode_available() {
+        NetworkMode::Auto => match network::kernel_mode_available(dataplane.kernel_tools()) {
             Ok(()) => Mode::Kernel,
             Err(why) => {
                 tracing::warn!(
@@ -587,6 +606,15 @@ fn resolve_mode(asked: NetworkMode, dataplane: Dataplane) -> Result<Mode> {
             }
         },
     })
+}
+
+/// Why a lab that may pick its mode (`--network auto`) cannot run in kernel mode here, if it
+/// cannot: the reason it runs in userspace mode.
+pub fn why_not_kernel(config: &LabConfig) -> Option<String> {
+    if config.network != NetworkMode::Auto {
+        return None;
+    }
+    network::kernel_mode_available(config.dataplane.kernel_tools()).err()
 }
 
 /// What implements Services in a lab running in `mode`: the configured kernel dataplane, the

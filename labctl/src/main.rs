@@ -382,11 +382,9 @@ fn run(cli: Cli) -> Result<()> {
                 ),
                 Some(lab::Mode::Userspace) => println!(
                     "Userspace mode{}: Pods and Services are served on loopback twins of their addresses (10.96.0.5 at 127.96.0.5); reach them with `labctl curl http://<CLUSTER-IP>`.",
-                    if config.network == lab::NetworkMode::Auto {
-                        " (this process may not create network namespaces; run as root for kernel mode)"
-                    } else {
-                        ""
-                    }
+                    lab::why_not_kernel(&config)
+                        .map(|why| format!(" ({why})"))
+                        .unwrap_or_default()
                 ),
                 _ => println!(
                     "API-only mode: Pods become Ready in the API, but nothing serves them."

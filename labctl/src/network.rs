@@ -129,13 +129,39 @@ fn ip_batch(ns: &str, lines: &[String]) -> Result<(), NetError> {
 }
 
 /// Whether this process can build the kernel network (root, `ip` present, namespaces work).
-pub fn kernel_mode_available() -> Result<(), String> {
+pub fn kernel_mode_available(tools: &[KernelTool]) -> Result<(), String> {
     if !rustix::process::geteuid().is_root() {
         return Err("not running as root, so no network namespaces can be made".into());
     }
     run("ip", &["-V"])
         .map_err(|e| format!("iproute2's `ip` is missing ({e}); install iproute2"))?;
+    for tool in tools {
+        if which(tool.program).is_none() {
+            return Err(format!(
+                "`{}` is not on PATH; install the {} package: `apt-get install {}`",
+                tool.program, tool.package, tool.package
+            ));
+        }
+    }
     Ok(())
+}
+
+/// A program a kernel dataplane runs, and the package that has it.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelTool {
+    /// The program, found on PATH.
+    pub program: &'static str,
+    /// The Debian package to install when it is missing.
+    pub package: &'static str,
+}
+
+/// Where `program` is on PATH, if anywhere.
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    })
 }
 
 /// Every namespace of lab `lab` that exists now.

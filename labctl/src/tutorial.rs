@@ -323,7 +323,10 @@ impl<'a> Tutorial<'a> {
             );
         }
         if mode == Mode::Userspace {
-            self.console.note("Userspace mode: Pods and Services are served on loopback twins of their addresses (10.96.0.5 at 127.96.0.5) by the dataplane's userspace proxy; run as root for network namespaces and iptables.");
+            let why = lab::why_not_kernel(&config)
+                .map(|why| format!(" Kernel mode is not available: {why}."))
+                .unwrap_or_default();
+            self.console.note(&format!("Userspace mode: Pods and Services are served on loopback twins of their addresses (10.96.0.5 at 127.96.0.5) by the dataplane's userspace proxy.{why}"));
         }
         self.console.note(&format!(
             "kubectl below uses KUBECONFIG={}",
