@@ -38,6 +38,26 @@ struct Ctx {
     stopping: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
+/// Whether a Pod's Ready condition is true.
+fn is_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+/// Whether a Pod event takes a serving endpoint away: readiness lost, termination begun, or
+/// the Pod gone.
+fn loses_endpoint(event: &Event) -> bool {
+    let serving = |pod: &Value| is_ready(pod) && !pod["metadata"]["deletionTimestamp"].is_string();
+    let before = match event.event_type {
+        EventType::Deleted => Some(&event.object),
+        _ => event.old.as_ref(),
+    };
+    let now = event.event_type != EventType::Deleted && serving(&event.object);
+    before.is_some_and(|b| serving(b)) && !now
+}
+
 fn meta<'a>(obj: &'a Value, field: &str) -> &'a str {
     obj["metadata"][field].as_str().unwrap_or("")
 }
@@ -170,8 +190,15 @@ fn tasks_for(router: &Router, event: &Event, out: &mut Vec<Task>) {
             } else if router.terminating.contains(&ns) {
                 out.push(Task::Namespace(ns.clone()));
             }
+            // A lost endpoint leaves the slices before anything else is done (a replacement
+            // Pod's start included), so that clients stop being sent to it at once.
+            let lost = loses_endpoint(event);
             for svc in router.services_selecting(&ns, [Some(obj.as_ref()), event.old.as_deref()]) {
-                out.push(Task::Service(ns.clone(), svc));
+                out.push(if lost {
+                    Task::ServiceNow(ns.clone(), svc)
+                } else {
+                    Task::Service(ns.clone(), svc)
+                });
             }
         }
         Kind::Service => out.push(Task::Service(ns, name)),
@@ -250,11 +277,67 @@ fn run(ctx: &Ctx, pods: &pod_index::PodIndex, task: Task) {
         Task::Deployment(ns, name) => deployment::reconcile(ctx, ns, name),
         Task::ReplicaSet(ns, name) => replicaset::reconcile(ctx, pods, ns, name),
         Task::Pod(ns, name) => kubelet::reconcile(ctx, pods, ns, name),
-        Task::Service(ns, name) => endpoints::reconcile(ctx, ns, name),
+        Task::Service(ns, name) | Task::ServiceNow(ns, name) => endpoints::reconcile(ctx, ns, name),
         Task::Collect(uid) => gc::collect(ctx, uid),
         Task::Namespace(name) => gc::finish_namespace(ctx, name),
     };
     if let Err(e) = result {
         tracing::warn!(?task, "reconcile failed: {}", e.message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(ready: bool, terminating: bool) -> Arc<Value> {
+        let mut p = json!({
+            "metadata": {"name": "p", "namespace": "default"},
+            "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+        });
+        if terminating {
+            p["metadata"]["deletionTimestamp"] = json!("2026-11-25T00:00:00Z");
+        }
+        Arc::new(p)
+    }
+
+    fn event(event_type: EventType, old: Option<Arc<Value>>, object: Arc<Value>) -> Event {
+        Event {
+            rv: 1,
+            kind: Kind::Pod,
+            event_type,
+            object,
+            old,
+        }
+    }
+
+    #[test]
+    fn only_a_serving_pod_that_stops_serving_loses_an_endpoint() {
+        use EventType::{Added, Deleted, Modified};
+        let serving = pod(true, false);
+        assert!(loses_endpoint(&event(
+            Modified,
+            Some(serving.clone()),
+            pod(true, true)
+        )));
+        assert!(loses_endpoint(&event(
+            Modified,
+            Some(serving.clone()),
+            pod(false, false)
+        )));
+        assert!(loses_endpoint(&event(Deleted, None, serving.clone())));
+        assert!(!loses_endpoint(&event(Added, None, serving.clone())));
+        assert!(!loses_endpoint(&event(
+            Modified,
+            Some(pod(false, false)),
+            serving.clone()
+        )));
+        assert!(!loses_endpoint(&event(
+            Modified,
+            Some(serving.clone()),
+            serving
+        )));
+        assert!(!loses_endpoint(&event(Deleted, None, pod(true, true))));
     }
 }

@@ -9,6 +9,7 @@ use labapi::selector::LabelSelector;
 use labapi::{ApiError, Kind};
 use serde_json::{Value, json};
 
+use super::is_ready;
 use super::{Ctx, meta};
 use crate::apiserver::Api;
 
@@ -22,13 +23,6 @@ pub fn selector_of(svc: &Value) -> Option<LabelSelector> {
         .as_object()
         .filter(|m| !m.is_empty())?;
     Some(LabelSelector::from_map(map))
-}
-
-fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
 }
 
 /// The port a Service port's targetPort means on this Pod: a number, or a container port name.
@@ -327,5 +321,7 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
         desired_slices(&svc, &pods)
     };
     write_endpoints(ctx, endpoints_mirror(&svc, &desired))?;
-    write_slices(ctx, &svc, desired)
+    let written = write_slices(ctx, &svc, desired);
+    tracing::debug!(service = name, "slices reconciled");
+    written
 }

@@ -332,6 +332,7 @@ fn restart(ctx: &Ctx, pod: &Value, node_name: &str) -> Result<(), ApiError> {
 /// thread, so that the slice update it waits for can happen.
 fn terminate(ctx: &Ctx, pod: &Value) {
     let uid = meta(pod, "uid").to_string();
+    tracing::debug!(pod = meta(pod, "name"), "terminating");
     let delay = ctx.runtime.drain_delay();
     if delay.is_zero() {
         ctx.runtime.stop(pod);

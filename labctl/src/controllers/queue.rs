@@ -13,6 +13,8 @@ pub enum Task {
     Pod(String, String),
     /// A Service: its EndpointSlices, Endpoints and LoadBalancer address.
     Service(String, String),
+    /// The same, ahead of everything else: one of its endpoints stopped serving.
+    ServiceNow(String, String),
     /// Dependents of a deleted owner (by uid).
     Collect(String),
     /// A terminating Namespace.
@@ -25,7 +27,7 @@ impl Task {
     /// controller gets from its batch period, without a timer.
     fn tier(&self) -> usize {
         match self {
-            Task::Pod(..) => 0,
+            Task::ServiceNow(..) | Task::Pod(..) => 0,
             Task::ReplicaSet(..) | Task::Collect(_) => 1,
             Task::Deployment(..) => 2,
             Task::Service(..) | Task::Namespace(_) => 3,
@@ -43,8 +45,25 @@ pub struct WorkQueue {
 }
 
 impl WorkQueue {
-    /// Queues a task unless it is already waiting.
+    /// Queues a task unless it is already waiting (an urgent Service task takes the place of
+    /// the same Service's ordinary one).
     pub fn push(&mut self, task: Task) {
+        match &task {
+            Task::ServiceNow(ns, name) => {
+                let ordinary = Task::Service(ns.clone(), name.clone());
+                if self.waiting.remove(&ordinary) {
+                    self.tiers[ordinary.tier()].retain(|t| *t != ordinary);
+                }
+            }
+            Task::Service(ns, name)
+                if self
+                    .waiting
+                    .contains(&Task::ServiceNow(ns.clone(), name.clone())) =>
+            {
+                return;
+            }
+            _ => {}
+        }
         if self.waiting.insert(task.clone()) {
             self.tiers[task.tier()].push_back(task);
         }
@@ -78,5 +97,27 @@ mod tests {
         q.push(svc.clone());
         assert_eq!(q.pop(), Some(svc));
         assert_eq!(q.pop(), None);
+    }
+
+    #[test]
+    fn an_urgent_service_task_goes_first_and_replaces_the_ordinary_one() {
+        let mut q = WorkQueue::default();
+        let svc = Task::Service("default".into(), "hello-world".into());
+        let now = Task::ServiceNow("default".into(), "hello-world".into());
+        let pod = Task::Pod("default".into(), "a".into());
+        let rs = Task::ReplicaSet("default".into(), "rs".into());
+        q.push(svc.clone());
+        q.push(rs.clone());
+        q.push(now.clone());
+        q.push(pod.clone());
+        q.push(svc.clone());
+        assert_eq!(q.pop(), Some(now));
+        assert_eq!(q.pop(), Some(pod));
+        assert_eq!(q.pop(), Some(rs));
+        assert_eq!(
+            q.pop(),
+            None,
+            "the ordinary task was folded into the urgent one"
+        );
     }
 }

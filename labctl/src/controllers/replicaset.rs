@@ -4,14 +4,7 @@ use labapi::{ApiError, Kind};
 use serde_json::{Value, json};
 
 use super::pod_index::PodIndex;
-use super::{Ctx, meta};
-
-fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
-}
+use super::{Ctx, is_ready, meta};
 
 /// Pods owned by the object with `uid`, from the index.
 fn owned_pods(ctx: &Ctx, index: &PodIndex, uid: &str) -> Vec<std::sync::Arc<Value>> {
