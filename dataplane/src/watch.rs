@@ -89,18 +89,23 @@ impl NftBackend {
 
 impl Backend for NftBackend {
     async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<(), SyncError> {
-        let table = nft::table(snapshot, node, self.layout)?;
+        let started = Instant::now();
+        let previous = self.last.as_ref().map(|(table, _)| table);
+        let table = nft::table_after(snapshot, node, self.layout, previous)?;
         let (input, full) = match self.last.take() {
             Some((last, at)) if at.elapsed() < Self::FULL_SYNC_EVERY => {
                 (nft::diff(&last, &table), at)
             }
             _ => (table.full(), Instant::now()),
         };
+        let rendered = started.elapsed();
         if !input.is_empty() {
             let applier = self.applier.clone();
+            let bytes = input.len();
             tokio::task::spawn_blocking(move || applier.apply(&input))
                 .await
                 .expect("the apply task does not panic")?;
+            tracing::debug!(?rendered, applied = ?started.elapsed() - rendered, bytes, "nft");
         }
         self.last = Some((table, full));
         Ok(())
@@ -183,6 +188,7 @@ pub async fn run<B: Backend>(
             let mut s = stats.lock().expect("stats");
             s.last_duration = took;
             s.total_duration += took;
+            tracing::debug!(node = %node.node_name, ?took, ok = result.is_ok(), "synced");
             match &result {
                 Ok(()) => s.syncs += 1,
                 Err(e) => {
@@ -212,9 +218,11 @@ async fn sync_once<B: Backend>(
     node: &NodeConfig,
     backend: &mut B,
 ) -> Result<(), SyncError> {
+    let started = Instant::now();
     let services: Vec<Service> = services.state().iter().map(|s| (**s).clone()).collect();
     let slices: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
     let snapshot = Snapshot::from_objects(&services, &slices)?;
+    tracing::debug!(took = ?started.elapsed(), "snapshot");
     let span = tracing::info_span!("sync", services = snapshot.services.len());
     tracing::Instrument::instrument(backend.sync(&snapshot, node), span).await
 }

@@ -493,7 +493,7 @@ fn nftables_refuses_what_it_cannot_express() {
 
 #[test]
 fn nft_partial_sync_touches_only_what_changed() {
-    use dataplane::render::nft::{Layout, diff, table};
+    use dataplane::render::nft::{Layout, diff, table, table_after};
     let other = {
         let mut s = hello_world("ClusterIP", |spec, _| {
             spec.cluster_ip = Some("10.96.0.20".into())
@@ -517,16 +517,91 @@ fn nft_partial_sync_touches_only_what_changed() {
         .unwrap()
     };
     let before = table(&snap(TWO), &node(), Layout::Fast).unwrap();
-    let after = table(&snap(&TWO[..1]), &node(), Layout::Fast).unwrap();
+    let after = table_after(&snap(&TWO[..1]), &node(), Layout::Fast, Some(&before)).unwrap();
     let change = diff(&before, &after);
+    // The endpoint left in slot 1 moves down to slot 0, as `mod 1` only draws 0.
     assert_eq!(
         change,
-        "delete element ip services-lab hairpin { 10.244.1.200 . 10.244.1.200 }\n\
+        "delete element ip services-lab svc-DZ6LTOHRG6HQWHYE-endpoints { 0 }\n\
+         delete element ip services-lab svc-DZ6LTOHRG6HQWHYE-endpoints { 1 }\n\
+         add element ip services-lab svc-DZ6LTOHRG6HQWHYE-endpoints { 0 : 10.244.2.192 . 8080 }\n\
+         delete element ip services-lab hairpin { 10.244.1.200 . 10.244.1.200 }\n\
          flush chain ip services-lab svc-DZ6LTOHRG6HQWHYE\n\
          add rule ip services-lab svc-DZ6LTOHRG6HQWHYE ip daddr 10.111.34.177 tcp dport 8080 ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x00004000\n\
-         add rule ip services-lab svc-DZ6LTOHRG6HQWHYE meta l4proto tcp dnat to 10.244.2.192:8080\n"
+         add rule ip services-lab svc-DZ6LTOHRG6HQWHYE meta l4proto tcp dnat ip addr . port to numgen random mod 1 map @svc-DZ6LTOHRG6HQWHYE-endpoints\n"
     );
     assert_eq!(diff(&after, &after), "");
+}
+
+#[test]
+fn nft_fast_layout_changes_a_few_elements_when_one_of_a_thousand_endpoints_goes() {
+    use dataplane::render::nft::{Layout, diff, table, table_after};
+    let many: Vec<Ep> = (0..1000)
+        .map(|i| {
+            let ip: &'static str =
+                Box::leak(format!("10.244.{}.{}", 1 + i / 200, 10 + i % 200).into_boxed_str());
+            ready(ip, "lab-worker2")
+        })
+        .collect();
+    let snap = |eps: &[Ep]| {
+        Snapshot::from_objects(&[hello_world("ClusterIP", |_, _| {})], &[slice(eps)]).unwrap()
+    };
+    let before = table(&snap(&many), &node(), Layout::Fast).unwrap();
+    let mut fewer = many.clone();
+    let gone = fewer.remove(500);
+    let after = table_after(&snap(&fewer), &node(), Layout::Fast, Some(&before)).unwrap();
+    let change = diff(&before, &after);
+    let map = "svc-DZ6LTOHRG6HQWHYE-endpoints";
+    let slot_of = |t: &dataplane::render::nft::NftTable, ep: &str| {
+        let (_, _, elements) = t.maps.iter().find(|(n, _, _)| n == map).unwrap();
+        elements
+            .iter()
+            .find(|(_, v)| v.as_str() == format!("{ep} . 8080"))
+            .map(|(k, _)| k.clone())
+    };
+    let freed = slot_of(&before, gone.0).expect("the endpoint had a slot");
+    let (_, _, old_elements) = before.maps.iter().find(|(n, _, _)| n == map).unwrap();
+    let (_, last) = old_elements.iter().find(|(k, _)| k == "999").unwrap();
+    let moved = last.clone();
+    // The last slot's endpoint fills the freed slot; every other endpoint keeps its slot.
+    assert_eq!(
+        change
+            .lines()
+            .filter(|l| l.contains("element"))
+            .collect::<Vec<_>>(),
+        [
+            format!("delete element ip services-lab {map} {{ {freed} }}"),
+            format!("delete element ip services-lab {map} {{ 999 }}"),
+            format!("add element ip services-lab {map} {{ {freed} : {moved} }}"),
+            format!(
+                "delete element ip services-lab hairpin {{ {} . {} }}",
+                gone.0, gone.0
+            ),
+        ]
+    );
+    assert!(
+        change.contains("numgen random mod 999 map @svc-DZ6LTOHRG6HQWHYE-endpoints"),
+        "{change}"
+    );
+    assert!(
+        change.len() < 1000,
+        "a removal rewrote {} bytes:\n{change}",
+        change.len()
+    );
+    for ep in many
+        .iter()
+        .filter(|ep| ep.0 != gone.0 && format!("{} . 8080", ep.0) != moved)
+    {
+        assert_eq!(
+            slot_of(&before, ep.0),
+            slot_of(&after, ep.0),
+            "{} moved",
+            ep.0
+        );
+    }
+    // One endpoint coming back takes the last slot.
+    let again = table_after(&snap(&many), &node(), Layout::Fast, Some(&after)).unwrap();
+    assert_eq!(slot_of(&again, gone.0).as_deref(), Some("999"));
 }
 
 /// Every path's steps, one line each, then its outcome and share.

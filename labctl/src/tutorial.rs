@@ -845,7 +845,7 @@ impl<'a> Tutorial<'a> {
     ) -> Result<()> {
         let hash = names::service_hash("default/hello-world", Protocol::Tcp);
         self.console.note(&format!(
-            "nftables dataplane: table ip {NFT_TABLE} holds one map of service addresses (KUBE-SERVICES' job) and a chain per service port that picks an endpoint with numgen (KUBE-SVC-'s)"
+            "nftables dataplane: table ip {NFT_TABLE} holds one map of service addresses (KUBE-SERVICES' job) and a chain per service port that picks an endpoint with numgen from its map of Pod addresses (KUBE-SVC-'s and KUBE-SEP-'s)"
         ));
         let ips = self.list_nft("map service-ips")?;
         let entry = format!("{cluster_ip} . tcp . {port} : goto svc-{hash}");
@@ -873,19 +873,27 @@ impl<'a> Tutorial<'a> {
             )?;
         }
         let chain = self.list_nft(&format!("chain svc-{hash}"))?;
+        let endpoints = self.list_nft(&format!("map svc-{hash}-endpoints"))?;
         let pods = self.pods()?;
         let missing: Vec<String> = pods
             .iter()
             .map(|p| format!("{} . 8080", p.ip))
-            .filter(|e| !chain.contains(e.as_str()))
+            .filter(|e| !endpoints.contains(e.as_str()))
             .collect();
+        let dispatch = format!("numgen random mod {} map @svc-{hash}-endpoints", pods.len());
         self.check(
-            missing.is_empty() && chain.contains(&format!("numgen random mod {}", pods.len())),
+            missing.is_empty() && chain.contains(&dispatch),
             &format!(
                 "svc-{hash} picks one of the {} Ready Pods at random (numgen)",
                 pods.len()
             ),
-            || format!("missing endpoints {missing:?} or the numgen dispatch"),
+            || {
+                if missing.is_empty() {
+                    format!("the chain has no rule with {dispatch:?}")
+                } else {
+                    format!("svc-{hash}-endpoints lacks {missing:?}")
+                }
+            },
         )?;
         self.check(
             chain.contains("ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x00004000"),

@@ -6,9 +6,12 @@
 //!   chain names, `numgen` dispatch to one chain per endpoint, `reject-chain`). As there,
 //!   NodePorts are not served on 127.0.0.1.
 //! - [`Layout::Fast`], table `ip services-lab`: one chain per service port that DNATs through
-//!   a `numgen`-indexed map of `addr . port`, so there are no per-endpoint chains; hairpin
-//!   traffic (a Pod reaching itself through its Service) is masqueraded through one set of
-//!   `pod . pod` pairs; NodePorts also answer on 127.0.0.1, as in iptables mode.
+//!   a named `numgen`-indexed map of `addr . port` (`<chain>-endpoints`), so there are no
+//!   per-endpoint chains; hairpin traffic (a Pod reaching itself through its Service) is
+//!   masqueraded through one set of `pod . pod` pairs; NodePorts also answer on 127.0.0.1, as
+//!   in iptables mode. Rendered after an earlier table ([`table_after`]), every endpoint that
+//!   stays keeps its slot in the map, so an endpoint coming or going changes one or two
+//!   elements and the chain's `mod N`, whatever the number of endpoints.
 //!
 //! Session affinity and loadBalancerSourceRanges are not rendered for nftables yet: a
 //! service that uses them is an error rather than rules that mean something else.
@@ -63,6 +66,17 @@ pub fn table(
     snapshot: &Snapshot,
     node: &NodeConfig,
     layout: Layout,
+) -> Result<NftTable, Unsupported> {
+    table_after(snapshot, node, layout, None)
+}
+
+/// [`table`], rendered as a change from `previous` (the table the kernel holds): endpoints
+/// keep their slots in the endpoint maps of the fast layout, so [`diff`] stays small.
+pub fn table_after(
+    snapshot: &Snapshot,
+    node: &NodeConfig,
+    layout: Layout,
+    previous: Option<&NftTable>,
 ) -> Result<NftTable, Unsupported> {
     let plans: Vec<ServicePlan> = snapshot
         .services
@@ -142,8 +156,8 @@ pub fn table(
             }
         }
     }
-    const IP_PROTO_PORT: &str = "ipv4_addr . inet_proto . inet_service : verdict";
-    const PROTO_PORT: &str = "inet_proto . inet_service : verdict";
+    const IP_PROTO_PORT: &str = "type ipv4_addr . inet_proto . inet_service : verdict";
+    const PROTO_PORT: &str = "type inet_proto . inet_service : verdict";
     t.maps
         .push(("service-ips".into(), IP_PROTO_PORT, service_ips));
     t.maps
@@ -171,6 +185,33 @@ pub fn table(
         t.sets
             .push(("hairpin".into(), "ipv4_addr . ipv4_addr", pairs));
     }
+    let previous_maps: std::collections::HashMap<&str, &MapElements> = previous
+        .map(|p| {
+            p.maps
+                .iter()
+                .map(|(n, _, items)| (n.as_str(), items))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut endpoint_maps = Vec::new();
+    let mut dispatch = |plan: &ServicePlan, chain: &str, endpoints: &[&Endpoint]| {
+        if layout == Layout::KubeProxy {
+            return kube_proxy_dispatch(plan, endpoints);
+        }
+        let map = format!("{chain}-endpoints");
+        let wanted: Vec<String> = endpoints
+            .iter()
+            .map(|ep| format!("{} . {}", ep.ip, ep.port))
+            .collect();
+        let elements = slots(previous_maps.get(map.as_str()).copied(), &wanted);
+        let proto = plan.entry.port.protocol.lower();
+        let rule = format!(
+            "meta l4proto {proto} dnat ip addr . port to numgen random mod {} map @{map}",
+            elements.len()
+        );
+        endpoint_maps.push((map, endpoint_map_type(proto), elements));
+        rule
+    };
     let mut chain = |name: &str, base: Option<&'static str>, rules: Vec<String>| {
         t.chains.push((name.to_owned(), base, rules));
     };
@@ -272,7 +313,7 @@ pub fn table(
             {
                 rules.push(masq_rule(cidr));
             }
-            rules.push(dispatch(plan, &plan.cluster_eps, layout));
+            rules.push(dispatch(plan, &names.cluster, &plan.cluster_eps));
             chain(&names.cluster, None, rules);
         }
         if plan.uses_local {
@@ -282,7 +323,7 @@ pub fn table(
             {
                 rules.push(masq_rule(cidr));
             }
-            rules.push(dispatch(plan, &plan.local_eps, layout));
+            rules.push(dispatch(plan, &names.local, &plan.local_eps));
             chain(&names.local, None, rules);
         }
         if plan.has_endpoints && plan.external {
@@ -323,7 +364,53 @@ pub fn table(
             }
         }
     }
+    t.maps.extend(endpoint_maps);
     Ok(t)
+}
+
+/// The declaration of an endpoint map for `proto`: numgen slot to `addr . port`.
+fn endpoint_map_type(proto: &str) -> &'static str {
+    match proto {
+        "udp" => "typeof numgen random mod 1 : ip daddr . udp dport",
+        "sctp" => "typeof numgen random mod 1 : ip daddr . sctp dport",
+        _ => "typeof numgen random mod 1 : ip daddr . tcp dport",
+    }
+}
+
+/// The elements (`slot : addr . port`) of an endpoint map holding `wanted`, slots `0..n`.
+/// Endpoints in `previous` keep their slots; new ones fill the slots of those that left, and
+/// when fewer remain, the ones in the highest slots move down into the gaps.
+fn slots(previous: Option<&MapElements>, wanted: &[String]) -> MapElements {
+    let n = wanted.len();
+    let wanted_set: std::collections::HashSet<&str> = wanted.iter().map(String::as_str).collect();
+    let mut by_slot: std::collections::BTreeMap<usize, &str> = previous
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str())))
+        .filter(|(_, v)| wanted_set.contains(v))
+        .collect();
+    let kept: std::collections::HashSet<&str> = by_slot.values().copied().collect();
+    let mut arriving = wanted
+        .iter()
+        .map(String::as_str)
+        .filter(|w| !kept.contains(w));
+    for slot in 0..n {
+        if by_slot.contains_key(&slot) {
+            continue;
+        }
+        let filler = match arriving.next() {
+            Some(ep) => ep,
+            None => {
+                let (&top, _) = by_slot.last_key_value().expect("a kept endpoint above n");
+                by_slot.remove(&top).expect("present")
+            }
+        };
+        by_slot.insert(slot, filler);
+    }
+    by_slot
+        .into_iter()
+        .map(|(slot, ep)| (slot.to_string(), ep.to_owned()))
+        .collect()
 }
 
 /// A map's elements as (key, value), in write order.
@@ -336,7 +423,8 @@ pub struct NftTable {
     pub name: &'static str,
     /// Its comment.
     pub comment: &'static str,
-    /// Verdict maps: name, type, elements as (key, value) in write order.
+    /// Maps: name, declaration (`type ...` or `typeof ...`), elements as (key, value) in
+    /// write order.
     pub maps: Vec<(String, &'static str, MapElements)>,
     /// Sets: name, type, elements.
     pub sets: Vec<(String, &'static str, Vec<String>)>,
@@ -357,7 +445,7 @@ impl NftTable {
         let _ = writeln!(out, "\tcomment \"{}\"", self.comment);
         for (name, type_, items) in &self.maps {
             let items: Vec<String> = items.iter().map(|(k, v)| format!("{k} : {v}")).collect();
-            let _ = writeln!(out, "\tmap {name} {{\n\t\ttype {type_}");
+            let _ = writeln!(out, "\tmap {name} {{\n\t\t{type_}");
             elements(&mut out, &items);
             out.push_str("\t}\n");
         }
@@ -398,7 +486,18 @@ pub fn diff(old: &NftTable, new: &NftTable) -> String {
     {
         let _ = writeln!(out, "add chain ip {t} {name}");
     }
-    for ((name, _, old_items), (_, _, new_items)) in old.maps.iter().zip(&new.maps) {
+    // Maps by name: new ones are declared before their elements and the rules that use them.
+    let old_maps: std::collections::BTreeMap<&str, &MapElements> =
+        old.maps.iter().map(|(n, _, e)| (n.as_str(), e)).collect();
+    let no_elements = MapElements::new();
+    for (name, decl, new_items) in &new.maps {
+        let old_items = match old_maps.get(name.as_str()) {
+            Some(items) => *items,
+            None => {
+                let _ = writeln!(out, "add map ip {t} {name} {{ {decl}; }}");
+                &no_elements
+            }
+        };
         let before: std::collections::BTreeMap<&str, &str> = old_items
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -450,6 +549,16 @@ pub fn diff(old: &NftTable, new: &NftTable) -> String {
     for name in &gone {
         let _ = writeln!(out, "delete chain ip {t} {name}");
     }
+    // Maps go last, once no rule refers to them.
+    let new_maps: std::collections::HashSet<&str> =
+        new.maps.iter().map(|(n, _, _)| n.as_str()).collect();
+    for (name, _, _) in old
+        .maps
+        .iter()
+        .filter(|(n, _, _)| !new_maps.contains(n.as_str()))
+    {
+        let _ = writeln!(out, "delete map ip {t} {name}");
+    }
     out
 }
 
@@ -495,39 +604,79 @@ fn endpoint_chain(plan: &ServicePlan, ep: &Endpoint) -> String {
     names::nft_endpoint_chain(&base, ep.ip, ep.port)
 }
 
-/// The rule that picks an endpoint: a `numgen` vmap to endpoint chains (kube-proxy), or a
-/// `numgen`-indexed DNAT map (ours).
-fn dispatch(plan: &ServicePlan, endpoints: &[&Endpoint], layout: Layout) -> String {
-    let n = endpoints.len();
-    match layout {
-        Layout::KubeProxy => {
-            let arms: Vec<String> = endpoints
-                .iter()
-                .enumerate()
-                .map(|(i, ep)| format!("{i} : goto {}", endpoint_chain(plan, ep)))
-                .collect();
-            format!("numgen random mod {n} vmap {{ {} }}", arms.join(", "))
-        }
-        Layout::Fast => {
-            let proto = plan.entry.port.protocol.lower();
-            if let [only] = endpoints {
-                return format!("meta l4proto {proto} dnat to {}:{}", only.ip, only.port);
-            }
-            let arms: Vec<String> = endpoints
-                .iter()
-                .enumerate()
-                .map(|(i, ep)| format!("{i} : {} . {}", ep.ip, ep.port))
-                .collect();
-            format!(
-                "meta l4proto {proto} dnat ip addr . port to numgen random mod {n} map {{ {} }}",
-                arms.join(", ")
-            )
-        }
-    }
+/// kube-proxy's rule that picks an endpoint: a `numgen` vmap to endpoint chains.
+fn kube_proxy_dispatch(plan: &ServicePlan, endpoints: &[&Endpoint]) -> String {
+    let arms: Vec<String> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, ep)| format!("{i} : goto {}", endpoint_chain(plan, ep)))
+        .collect();
+    format!(
+        "numgen random mod {} vmap {{ {} }}",
+        endpoints.len(),
+        arms.join(", ")
+    )
 }
 
 fn elements(out: &mut String, items: &[String]) {
     if !items.is_empty() {
         let _ = writeln!(out, "\t\telements = {{ {} }}", items.join(",\n\t\t\t     "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owned(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn pairs(items: &[(&str, &str)]) -> MapElements {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn slots_without_a_previous_map_follow_the_given_order() {
+        assert_eq!(
+            slots(None, &owned(&["a", "b", "c"])),
+            pairs(&[("0", "a"), ("1", "b"), ("2", "c")])
+        );
+        assert_eq!(slots(None, &[]), MapElements::new());
+    }
+
+    #[test]
+    fn slots_keep_their_endpoints_and_fill_gaps_with_newcomers_then_the_highest() {
+        let previous = pairs(&[("0", "a"), ("1", "b"), ("2", "c"), ("3", "d")]);
+        // b left and e came: e takes b's slot.
+        assert_eq!(
+            slots(Some(&previous), &owned(&["e", "d", "c", "a"])),
+            pairs(&[("0", "a"), ("1", "e"), ("2", "c"), ("3", "d")])
+        );
+        // b left: d, in the highest slot, moves down into it.
+        assert_eq!(
+            slots(Some(&previous), &owned(&["a", "c", "d"])),
+            pairs(&[("0", "a"), ("1", "d"), ("2", "c")])
+        );
+        // a and b left, e came: e fills slot 0, d moves to slot 1.
+        assert_eq!(
+            slots(Some(&previous), &owned(&["c", "d", "e"])),
+            pairs(&[("0", "e"), ("1", "d"), ("2", "c")])
+        );
+        // Two came: they take the slots after the last.
+        assert_eq!(
+            slots(Some(&previous), &owned(&["a", "b", "c", "d", "e", "f"])),
+            pairs(&[
+                ("0", "a"),
+                ("1", "b"),
+                ("2", "c"),
+                ("3", "d"),
+                ("4", "e"),
+                ("5", "f")
+            ])
+        );
     }
 }
