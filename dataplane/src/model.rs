@@ -193,9 +193,9 @@ pub struct ModelError {
 impl Snapshot {
     /// Builds the snapshot from Services and EndpointSlices. ExternalName and headless
     /// Services, and IPv6 addresses, get no rules and are left out.
-    pub fn from_objects(
-        services: &[Service],
-        slices: &[EndpointSlice],
+    pub fn from_objects<'a>(
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
     ) -> Result<Self, ModelError> {
         let mut snapshot = Snapshot::default();
         for svc in services {

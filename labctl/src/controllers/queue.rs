@@ -22,20 +22,22 @@ pub enum Task {
 }
 
 impl Task {
-    /// Lower runs first. Pods start before their owners count them, and Services recompute
-    /// their slices once the Pods of a burst are settled: the batching the EndpointSlice
-    /// controller gets from its batch period, without a timer.
+    /// Lower runs first. A Service that lost an endpoint goes before all else, so clients
+    /// stop being sent to it; Pods start before their owners count them, and Services
+    /// recompute their slices once the Pods of a burst are settled: the batching the
+    /// EndpointSlice controller gets from its batch period, without a timer.
     fn tier(&self) -> usize {
         match self {
-            Task::ServiceNow(..) | Task::Pod(..) => 0,
-            Task::ReplicaSet(..) | Task::Collect(_) => 1,
-            Task::Deployment(..) => 2,
-            Task::Service(..) | Task::Namespace(_) => 3,
+            Task::ServiceNow(..) => 0,
+            Task::Pod(..) => 1,
+            Task::ReplicaSet(..) | Task::Collect(_) => 2,
+            Task::Deployment(..) => 3,
+            Task::Service(..) | Task::Namespace(_) => 4,
         }
     }
 }
 
-const TIERS: usize = 4;
+const TIERS: usize = 5;
 
 /// Tasks in arrival order within their tier; a task already waiting is not queued again.
 #[derive(Default)]
@@ -108,8 +110,8 @@ mod tests {
         let rs = Task::ReplicaSet("default".into(), "rs".into());
         q.push(svc.clone());
         q.push(rs.clone());
-        q.push(now.clone());
         q.push(pod.clone());
+        q.push(now.clone());
         q.push(svc.clone());
         assert_eq!(q.pop(), Some(now));
         assert_eq!(q.pop(), Some(pod));
