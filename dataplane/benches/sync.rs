@@ -298,7 +298,10 @@ fn measure(kind: Kind, n: usize, m: usize, timeout: Duration) -> Figures {
             // iptables-restore needs every rule of every chain it mentions; our iptables
             // applier rewrites the whole rule set.
             None => iptables::render(&compile(&changed, &node)),
-            Some(last) => nft::diff(last, &nft::table(&changed, &node, layout).unwrap()),
+            Some(last) => nft::diff(
+                last,
+                &nft::table_after(&changed, &node, layout, Some(last)).unwrap(),
+            ),
         };
         let prepared = started.elapsed();
         let applied = lab.exec(tool, args, &input, timeout).ok();
