@@ -150,11 +150,14 @@ struct Exposed {
     node_port: String,
 }
 
-/// Deploys hello-world (3 replicas), exposes it as a LoadBalancer and checks that every Pod
-/// answers through each address: the ClusterIP from a node, the NodePort on the node's
-/// loopback and on a node's IP from the client, the LoadBalancer IP from the client.
-fn every_service_type_reaches_every_pod(lab: &Lab) -> Exposed {
-    std::fs::write(lab.dir.path().join("deployment.yaml"), DEPLOYMENT).unwrap();
+/// Applies hello-world with `replicas` Pods, waits for its rollout, exposes it on port 80 as
+/// `service_type` and returns the Service's `kubectl get svc` row once it has its addresses.
+fn deploy_and_expose(lab: &Lab, replicas: u32, service_type: &str) -> Vec<String> {
+    std::fs::write(
+        lab.dir.path().join("deployment.yaml"),
+        DEPLOYMENT.replace("replicas: 3", &format!("replicas: {replicas}")),
+    )
+    .unwrap();
     lab.ok(&["apply", "-f", "deployment.yaml"]);
     lab.ok(&[
         "rollout",
@@ -168,12 +171,19 @@ fn every_service_type_reaches_every_pod(lab: &Lab) -> Exposed {
         "hello-world",
         "--port=80",
         "--target-port=8080",
-        "--type=LoadBalancer",
+        &format!("--type={service_type}"),
     ]);
     let svc = lab.until(&["get", "svc", "hello-world"], WAIT, |o| {
         !o.contains("<pending>")
     });
-    let row = &rows(&svc)[0];
+    rows(&svc).swap_remove(0)
+}
+
+/// Deploys hello-world (3 replicas), exposes it as a LoadBalancer and checks that every Pod
+/// answers through each address: the ClusterIP from a node, the NodePort on the node's
+/// loopback and on a node's IP from the client, the LoadBalancer IP from the client.
+fn every_service_type_reaches_every_pod(lab: &Lab) -> Exposed {
+    let row = &deploy_and_expose(lab, 3, "LoadBalancer");
     let (cluster_ip, external_ip) = (row[2].clone(), row[3].clone());
     let node_port = row[4]
         .trim_start_matches("80:")
@@ -368,26 +378,7 @@ fn a_killed_lab_comes_back_with_the_same_pods_and_leaves_nothing_after_down() {
         return;
     }
     let lab = Lab::start_named("crash", &["--network", "kernel"]);
-    std::fs::write(
-        lab.dir.path().join("deployment.yaml"),
-        DEPLOYMENT.replace("replicas: 3", "replicas: 2"),
-    )
-    .unwrap();
-    lab.ok(&["apply", "-f", "deployment.yaml"]);
-    lab.ok(&[
-        "rollout",
-        "status",
-        "deployment/hello-world",
-        "--timeout=30s",
-    ]);
-    lab.ok(&[
-        "expose",
-        "deployment",
-        "hello-world",
-        "--port=80",
-        "--target-port=8080",
-    ]);
-    let cluster_ip = rows(&lab.ok(&["get", "svc", "hello-world"]))[0][2].clone();
+    let cluster_ip = deploy_and_expose(&lab, 2, "ClusterIP")[2].clone();
     until(&lab, &format!("http://{cluster_ip}"), "node", 20, |s| {
         s.len() == 2
     });
@@ -457,26 +448,7 @@ fn userspace_mode_serves_the_same_scenario_on_loopback() {
             .contains("--network none and --dataplane nftables contradict each other"),
         "{out:?}"
     );
-    std::fs::write(lab.dir.path().join("deployment.yaml"), DEPLOYMENT).unwrap();
-    lab.ok(&["apply", "-f", "deployment.yaml"]);
-    lab.ok(&[
-        "rollout",
-        "status",
-        "deployment/hello-world",
-        "--timeout=30s",
-    ]);
-    lab.ok(&[
-        "expose",
-        "deployment",
-        "hello-world",
-        "--port=80",
-        "--target-port=8080",
-        "--type=LoadBalancer",
-    ]);
-    let svc = lab.until(&["get", "svc", "hello-world"], WAIT, |o| {
-        !o.contains("<pending>")
-    });
-    let row = &rows(&svc)[0];
+    let row = &deploy_and_expose(&lab, 3, "LoadBalancer");
     let node_port = row[4]
         .trim_start_matches("80:")
         .trim_end_matches("/TCP")
@@ -522,26 +494,7 @@ fn a_pod_whose_server_dies_is_restarted_and_counted() {
         return;
     }
     let lab = Lab::start_named("restart", &["--network", "kernel"]);
-    std::fs::write(
-        lab.dir.path().join("deployment.yaml"),
-        DEPLOYMENT.replace("replicas: 3", "replicas: 1"),
-    )
-    .unwrap();
-    lab.ok(&["apply", "-f", "deployment.yaml"]);
-    lab.ok(&[
-        "rollout",
-        "status",
-        "deployment/hello-world",
-        "--timeout=30s",
-    ]);
-    lab.ok(&[
-        "expose",
-        "deployment",
-        "hello-world",
-        "--port=80",
-        "--target-port=8080",
-    ]);
-    let cluster_ip = rows(&lab.ok(&["get", "svc", "hello-world"]))[0][2].clone();
+    let cluster_ip = deploy_and_expose(&lab, 1, "ClusterIP")[2].clone();
     let pod = pod_names(&lab)[0].clone();
     until(&lab, &format!("http://{cluster_ip}"), "node", 1, |s| {
         s.contains_key(&pod)
@@ -610,27 +563,7 @@ fn port_forward_brings_a_service_to_the_hosts_loopback() {
             .contains("services \"hello-world\" not found in namespace \"default\""),
         "{out:?}"
     );
-    std::fs::write(
-        lab.dir.path().join("deployment.yaml"),
-        DEPLOYMENT.replace("replicas: 3", "replicas: 2"),
-    )
-    .unwrap();
-    lab.ok(&["apply", "-f", "deployment.yaml"]);
-    lab.ok(&[
-        "rollout",
-        "status",
-        "deployment/hello-world",
-        "--timeout=30s",
-    ]);
-    lab.ok(&[
-        "expose",
-        "deployment",
-        "hello-world",
-        "--port=80",
-        "--target-port=8080",
-        "--type=NodePort",
-    ]);
-    let cluster_ip = rows(&lab.ok(&["get", "svc", "hello-world"]))[0][2].clone();
+    let cluster_ip = deploy_and_expose(&lab, 2, "NodePort")[2].clone();
     until(&lab, &format!("http://{cluster_ip}"), "node", 20, |s| {
         s.len() == 2
     });
