@@ -14,8 +14,8 @@
 //! Traffic goes only to addresses inside the lab's own namespaces; every wait is bounded. The
 //! last line is one JSON object of the headline figures. `PODS_BENCH_REPLICAS` (1000),
 //! `PODS_BENCH_DELETIONS` (20) and `PODS_BENCH_DATAPLANE` (`iptables`, or `nftables`, whose
-//! rules are read back with `nft list table`, and during deletions `nft list map` of the
-//! Service's endpoint map) change the run.
+//! rules are read back with `nft list table`) change the run. During deletions only the
+//! Service's endpoints are polled: its nftables endpoint map, or its `KUBE-SVC-` chain.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -93,30 +93,41 @@ fn rss_kib(pid: i32) -> Result<u64> {
 enum Listing {
     /// Every rule (the whole nftables table, or the nat table).
     All,
-    /// With nftables, only the Service's endpoint map (the map exists once it has endpoints),
-    /// so that polling back to back takes less of the CPU the lab is measured on.
+    /// Only the Service's endpoints: its nftables endpoint map (which exists once it has
+    /// endpoints) or its `KUBE-SVC-` chain, so that polling back to back takes less of the CPU
+    /// the lab is measured on.
     HelloWorldEndpoints,
 }
 
 /// The Pod IPs a node's rules DNAT to, read back from the kernel.
 fn programmed(node_ns: &str, dataplane: &str, listing: Listing) -> Result<HashSet<Ipv4Addr>> {
-    let map = format!(
-        "svc-{}-endpoints",
-        dataplane::names::service_hash("default/hello-world", dataplane::model::Protocol::Tcp)
-    );
-    let args: Vec<String> = match (dataplane, listing) {
-        ("nftables", Listing::All) => ["list", "table", "ip", NFT_TABLE].map(String::from).into(),
-        ("nftables", Listing::HelloWorldEndpoints) => {
-            ["list", "map", "ip", NFT_TABLE, map.as_str()]
-                .map(String::from)
-                .into()
-        }
-        _ => vec!["-t".into(), "nat".into()],
-    };
-    let program = if dataplane == "nftables" {
-        "nft"
-    } else {
-        "iptables-save"
+    let hash =
+        dataplane::names::service_hash("default/hello-world", dataplane::model::Protocol::Tcp);
+    let (program, args): (&str, Vec<String>) = match (dataplane, listing) {
+        ("nftables", Listing::All) => (
+            "nft",
+            vec!["list".into(), "table".into(), "ip".into(), NFT_TABLE.into()],
+        ),
+        ("nftables", Listing::HelloWorldEndpoints) => (
+            "nft",
+            vec![
+                "list".into(),
+                "map".into(),
+                "ip".into(),
+                NFT_TABLE.into(),
+                format!("svc-{hash}-endpoints"),
+            ],
+        ),
+        (_, Listing::All) => ("iptables-save", vec!["-t".into(), "nat".into()]),
+        (_, Listing::HelloWorldEndpoints) => (
+            "iptables",
+            vec![
+                "-t".into(),
+                "nat".into(),
+                "-S".into(),
+                format!("KUBE-SVC-{hash}"),
+            ],
+        ),
     };
     // Spawned from a thread inside the node's namespace (not `ip netns exec`, whose mount
     // namespace copy would add to what is measured).
@@ -129,17 +140,24 @@ fn programmed(node_ns: &str, dataplane: &str, listing: Listing) -> Result<HashSe
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(match dataplane {
+    let addr = |d: &str| d.split(':').next()?.parse().ok();
+    Ok(match (program, listing) {
         // The fast layout's endpoint maps hold `<pod ip> . <port>` elements.
-        "nftables" => text
+        ("nft", _) => text
             .split(|c: char| c.is_whitespace() || c == ',' || c == '{' || c == '}')
             .filter_map(|word| word.parse().ok())
             .filter(is_pod_ip)
             .collect(),
+        // KUBE-SVC- rules name their endpoint in a comment: "default/hello-world -> ip:port".
+        (_, Listing::HelloWorldEndpoints) => text
+            .lines()
+            .filter_map(|l| l.split_once(" -> ").map(|(_, d)| d))
+            .filter_map(addr)
+            .collect(),
         _ => text
             .lines()
             .filter_map(|l| l.split_once("--to-destination ").map(|(_, d)| d))
-            .filter_map(|d| d.split(':').next()?.parse().ok())
+            .filter_map(addr)
             .collect(),
     })
 }

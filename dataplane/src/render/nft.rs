@@ -10,8 +10,9 @@
 //!   per-endpoint chains; hairpin traffic (a Pod reaching itself through its Service) is
 //!   masqueraded through one set of `pod . pod` pairs; NodePorts also answer on 127.0.0.1, as
 //!   in iptables mode. Rendered after an earlier table ([`table_after`]), every endpoint that
-//!   stays keeps its slot in the map, so an endpoint coming or going changes one or two
-//!   elements and the chain's `mod N`, whatever the number of endpoints.
+//!   stays keeps its slot in the map, whatever the number of endpoints: one arriving is one
+//!   element added; one leaving is at most three element commands (its slot and the highest
+//!   deleted, the highest one's endpoint added in its slot); and the chain's `mod N` changes.
 //!
 //! Session affinity and loadBalancerSourceRanges are not rendered for nftables yet: a
 //! service that uses them is an error rather than rules that mean something else.
@@ -199,10 +200,13 @@ pub fn table_after(
             return kube_proxy_dispatch(plan, endpoints);
         }
         let map = format!("{chain}-endpoints");
-        let wanted: Vec<String> = endpoints
+        let mut wanted: Vec<String> = endpoints
             .iter()
             .map(|ep| format!("{} . {}", ep.ip, ep.port))
             .collect();
+        // A duplicate would take a slot of its own and leave a gap that `mod N` draws.
+        let mut seen = std::collections::HashSet::new();
+        wanted.retain(|w| seen.insert(w.clone()));
         let elements = slots(previous_maps.get(map.as_str()).copied(), &wanted);
         let proto = plan.entry.port.protocol.lower();
         let rule = format!(
@@ -377,7 +381,8 @@ fn endpoint_map_type(proto: &str) -> &'static str {
     }
 }
 
-/// The elements (`slot : addr . port`) of an endpoint map holding `wanted`, slots `0..n`.
+/// The elements (`slot : addr . port`) of an endpoint map holding `wanted` (no duplicates),
+/// slots `0..n`.
 /// Endpoints in `previous` keep their slots; new ones fill the slots of those that left, and
 /// when fewer remain, the ones in the highest slots move down into the gaps.
 fn slots(previous: Option<&MapElements>, wanted: &[String]) -> MapElements {
