@@ -46,16 +46,20 @@ fn is_ready(pod: &Value) -> bool {
     })
 }
 
-/// Whether a Pod event takes a serving endpoint away: readiness lost, termination begun, or
+/// Whether a Pod's endpoint is ready: the Pod is Ready and not terminating.
+fn endpoint_ready(pod: &Value) -> bool {
+    is_ready(pod) && !pod["metadata"]["deletionTimestamp"].is_string()
+}
+
+/// Whether a Pod event takes a ready endpoint away: readiness lost, termination begun, or
 /// the Pod gone.
 fn loses_endpoint(event: &Event) -> bool {
-    let serving = |pod: &Value| is_ready(pod) && !pod["metadata"]["deletionTimestamp"].is_string();
     let before = match event.event_type {
         EventType::Deleted => Some(&event.object),
         _ => event.old.as_ref(),
     };
-    let now = event.event_type != EventType::Deleted && serving(&event.object);
-    before.is_some_and(|b| serving(b)) && !now
+    let now = event.event_type != EventType::Deleted && endpoint_ready(&event.object);
+    before.is_some_and(|b| endpoint_ready(b)) && !now
 }
 
 fn meta<'a>(obj: &'a Value, field: &str) -> &'a str {

@@ -200,13 +200,13 @@ pub fn table_after(
             return kube_proxy_dispatch(plan, endpoints);
         }
         let map = format!("{chain}-endpoints");
-        let mut wanted: Vec<String> = endpoints
-            .iter()
-            .map(|ep| format!("{} . {}", ep.ip, ep.port))
-            .collect();
         // A duplicate would take a slot of its own and leave a gap that `mod N` draws.
         let mut seen = std::collections::HashSet::new();
-        wanted.retain(|w| seen.insert(w.clone()));
+        let wanted: Vec<String> = endpoints
+            .iter()
+            .filter(|ep| seen.insert((ep.ip, ep.port)))
+            .map(|ep| format!("{} . {}", ep.ip, ep.port))
+            .collect();
         let elements = slots(previous_maps.get(map.as_str()).copied(), &wanted);
         let proto = plan.entry.port.protocol.lower();
         let rule = format!(

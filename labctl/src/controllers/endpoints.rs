@@ -9,8 +9,7 @@ use labapi::selector::LabelSelector;
 use labapi::{ApiError, Kind};
 use serde_json::{Value, json};
 
-use super::is_ready;
-use super::{Ctx, meta};
+use super::{Ctx, endpoint_ready, is_ready, meta};
 use crate::apiserver::Api;
 
 const MAX_ENDPOINTS_PER_SLICE: usize = 100;
@@ -40,11 +39,13 @@ fn target_port(port: &Value, pod: &Value) -> Option<i64> {
 }
 
 fn endpoint(pod: &Value) -> Value {
-    let terminating = pod["metadata"]["deletionTimestamp"].is_string();
-    let serving = is_ready(pod);
     json!({
         "addresses": [pod["status"]["podIP"]],
-        "conditions": {"ready": serving && !terminating, "serving": serving, "terminating": terminating},
+        "conditions": {
+            "ready": endpoint_ready(pod),
+            "serving": is_ready(pod),
+            "terminating": pod["metadata"]["deletionTimestamp"].is_string(),
+        },
         "nodeName": pod["spec"]["nodeName"],
         "targetRef": {"kind": "Pod", "name": pod["metadata"]["name"], "namespace": pod["metadata"]["namespace"], "uid": pod["metadata"]["uid"]},
     })
@@ -321,7 +322,7 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
         desired_slices(&svc, &pods)
     };
     write_endpoints(ctx, endpoints_mirror(&svc, &desired))?;
-    let written = write_slices(ctx, &svc, desired);
+    write_slices(ctx, &svc, desired)?;
     tracing::debug!(service = name, "slices reconciled");
-    written
+    Ok(())
 }
