@@ -115,7 +115,7 @@ fn programmed(node_ns: &str, dataplane: &str, listing: Listing) -> Result<HashSe
                 "map".into(),
                 "ip".into(),
                 NFT_TABLE.into(),
-                format!("svc-{hash}-endpoints"),
+                dataplane::names::nft_endpoint_map(&format!("svc-{hash}")),
             ],
         ),
         (_, Listing::All) => ("iptables-save", vec!["-t".into(), "nat".into()]),

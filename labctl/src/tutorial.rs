@@ -873,14 +873,15 @@ impl<'a> Tutorial<'a> {
             )?;
         }
         let chain = self.list_nft(&format!("chain svc-{hash}"))?;
-        let endpoints = self.list_nft(&format!("map svc-{hash}-endpoints"))?;
+        let map = names::nft_endpoint_map(&format!("svc-{hash}"));
+        let endpoints = self.list_nft(&format!("map {map}"))?;
         let pods = self.pods()?;
         let missing: Vec<String> = pods
             .iter()
             .map(|p| format!("{} . 8080", p.ip))
             .filter(|e| !endpoints.contains(e.as_str()))
             .collect();
-        let dispatch = format!("numgen random mod {} map @svc-{hash}-endpoints", pods.len());
+        let dispatch = format!("numgen random mod {} map @{map}", pods.len());
         self.check(
             missing.is_empty() && chain.contains(&dispatch),
             &format!(
@@ -891,7 +892,7 @@ impl<'a> Tutorial<'a> {
                 if missing.is_empty() {
                     format!("the chain has no rule with {dispatch:?}")
                 } else {
-                    format!("svc-{hash}-endpoints lacks {missing:?}")
+                    format!("{map} lacks {missing:?}")
                 }
             },
         )?;

@@ -199,7 +199,7 @@ pub fn table_after(
         if layout == Layout::KubeProxy {
             return kube_proxy_dispatch(plan, endpoints);
         }
-        let map = format!("{chain}-endpoints");
+        let map = names::nft_endpoint_map(chain);
         // A duplicate would take a slot of its own and leave a gap that `mod N` draws.
         let mut seen = std::collections::HashSet::new();
         let wanted: Vec<String> = endpoints
