@@ -1,7 +1,9 @@
 //! Watching any Kubernetes API with kube-rs and keeping a backend's rules in sync, in the
 //! manner of kube-proxy: Services and EndpointSlices are mirrored by reflectors; any change
-//! wakes the sync loop, which recompiles the whole snapshot and hands it to the backend, no
-//! more often than the minimum sync interval, and at least every resync period.
+//! wakes the sync loop, which takes a snapshot of both and hands it to the backend, no more
+//! often than the minimum sync interval, and at least every resync period. The backends send
+//! the kernel only what changed: iptables rewrites the chains whose rules differ, nftables
+//! re-renders only the service ports whose entries differ ([`nft::NftSync`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -65,12 +67,13 @@ impl Backend for IptablesBackend {
 }
 
 /// An nftables table in a network namespace, synced partially: after the first (full) sync,
-/// only what changed is sent, with a full sync every [`NftBackend::FULL_SYNC_EVERY`] and after
-/// any failure, as kube-proxy does.
+/// only the service ports that changed are re-rendered and sent ([`nft::NftSync`]), with a
+/// full sync every [`NftBackend::FULL_SYNC_EVERY`] and after any failure, as kube-proxy does.
 pub struct NftBackend {
     applier: NftApplier,
-    layout: Layout,
-    last: Option<(nft::NftTable, Instant)>,
+    table: nft::NftSync,
+    /// When the kernel last got the whole table; `None` until it has, or after a failure.
+    full_at: Option<Instant>,
 }
 
 impl NftBackend {
@@ -81,8 +84,8 @@ impl NftBackend {
     pub fn new(applier: NftApplier, layout: Layout) -> Self {
         Self {
             applier,
-            layout,
-            last: None,
+            table: nft::NftSync::new(layout),
+            full_at: None,
         }
     }
 }
@@ -90,24 +93,35 @@ impl NftBackend {
 impl Backend for NftBackend {
     async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<(), SyncError> {
         let started = Instant::now();
-        let previous = self.last.as_ref().map(|(table, _)| table);
-        let table = nft::table_after(snapshot, node, self.layout, previous)?;
-        let (input, full) = match self.last.take() {
-            Some((last, at)) if at.elapsed() < Self::FULL_SYNC_EVERY => {
-                (nft::diff(&last, &table), at)
-            }
-            _ => (table.full(), Instant::now()),
+        let whole = self.table.node() != Some(node);
+        let change = self.table.update(snapshot, node)?;
+        let last_full = self
+            .full_at
+            .take()
+            .filter(|at| at.elapsed() < Self::FULL_SYNC_EVERY);
+        // The first update is the whole table already; later full syncs write it out again.
+        let full = whole || last_full.is_none();
+        let input = if full && !whole {
+            self.table.table().full()
+        } else {
+            change
         };
         let rendered = started.elapsed();
         if !input.is_empty() {
             let applier = self.applier.clone();
             let bytes = input.len();
-            tokio::task::spawn_blocking(move || applier.apply(&input))
-                .await
-                .expect("the apply task does not panic")?;
-            tracing::debug!(?rendered, applied = ?started.elapsed() - rendered, bytes, "nft");
+            tokio::task::spawn_blocking(move || {
+                if full {
+                    applier.apply(&input)
+                } else {
+                    applier.apply_change(&input)
+                }
+            })
+            .await
+            .expect("the apply task does not panic")?;
+            tracing::debug!(?rendered, applied = ?started.elapsed() - rendered, bytes, full, "nft");
         }
-        self.last = Some((table, full));
+        self.full_at = if full { Some(started) } else { last_full };
         Ok(())
     }
 }

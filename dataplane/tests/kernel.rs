@@ -359,16 +359,18 @@ fn refused(ns: &str, addr: &str) -> Result<(), std::io::ErrorKind> {
     .unwrap()
 }
 
-/// The same journey as the iptables test, through one nftables layout.
+/// The same journey as the iptables test, through one nftables layout: the first sync
+/// is the whole table, later ones are [`nft::NftSync`]'s partial transactions.
 fn nftables_journey(layout: Layout, nodeport: &str) {
     if unavailable() {
         return;
     }
-    let lab = LabNode::new(2);
+    let lab = LabNode::new(3);
     let applier = NftApplier::new(lab.netns(), layout.table());
-    let render = |eps: &[&str]| nft::render(&objects(eps), &node(), layout).expect("renders");
+    let mut sync = nft::NftSync::new(layout);
+    let mut update = |eps: &[&str]| sync.update(&objects(eps), &node()).expect("renders");
     applier
-        .apply(&render(&["10.244.1.2", "10.244.1.3"]))
+        .apply(&update(&["10.244.1.2", "10.244.1.3"]))
         .expect("apply");
 
     let cluster = spread(&lab.node, &format!("{CLUSTER_IP}:80"), 24);
@@ -384,17 +386,57 @@ fn nftables_journey(layout: Layout, nodeport: &str) {
         "{via_nodeport:?}"
     );
 
-    applier.apply(&render(&["10.244.1.2"])).unwrap();
+    applier.apply_change(&update(&["10.244.1.2"])).unwrap();
     assert_eq!(
         spread(&lab.node, &format!("{CLUSTER_IP}:80"), 8),
         BTreeMap::from([("pod-0".into(), 8)])
     );
 
-    applier.apply(&render(&[])).unwrap();
+    applier.apply_change(&update(&[])).unwrap();
     assert_eq!(
         refused(&lab.node, &format!("{CLUSTER_IP}:80")),
         Err(std::io::ErrorKind::ConnectionRefused)
     );
+
+    let last = ["10.244.1.4", "10.244.1.2"];
+    applier.apply_change(&update(&last)).unwrap();
+    let via_nodeport = spread(&lab.node, nodeport, 24);
+    assert_eq!(
+        via_nodeport.keys().collect::<Vec<_>>(),
+        ["pod-0", "pod-2"],
+        "{via_nodeport:?}"
+    );
+    // After partial syncs the kernel holds what one whole sync would have written (the
+    // listing shows objects in creation order, so its blocks are compared as a set).
+    let listing = || {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.node,
+                "nft",
+                "list",
+                "table",
+                "ip",
+                layout.table(),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let body = text
+            .trim_end()
+            .strip_suffix('}')
+            .expect("a table")
+            .trim_end();
+        let mut blocks: Vec<String> = body.split("\n\n").map(str::to_owned).collect();
+        blocks.sort();
+        blocks
+    };
+    let partial = listing();
+    applier
+        .apply(&nft::render(&objects(&last), &node(), layout).unwrap())
+        .unwrap();
+    assert_eq!(partial, listing());
 
     applier.cleanup().unwrap();
     let out = Command::new("ip")

@@ -604,6 +604,127 @@ fn nft_fast_layout_changes_a_few_elements_when_one_of_a_thousand_endpoints_goes(
     assert_eq!(slot_of(&again, gone.0).as_deref(), Some("999"));
 }
 
+/// `name`'s Service (ClusterIP `ip`) and its slice of `endpoints`.
+fn named(name: &str, ip: &str, endpoints: &[Ep]) -> (Service, EndpointSlice) {
+    let mut svc = hello_world("NodePort", |spec, _| spec.cluster_ip = Some(ip.into()));
+    svc.metadata.name = Some(name.into());
+    svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = None;
+    let mut s = slice(endpoints);
+    s.metadata.name = Some(format!("{name}-x"));
+    s.metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("kubernetes.io/service-name".into(), name.into());
+    (svc, s)
+}
+
+#[test]
+fn nft_sync_sends_only_the_changed_services_and_agrees_with_whole_tables() {
+    use dataplane::render::nft::{Layout, NftSync, diff, table_after};
+    let a = ("10.244.1.10", "lab-worker");
+    let b = ("10.244.2.20", "lab-worker2");
+    let c = ("10.244.1.30", "lab-worker");
+    let ep = |(ip, node): (&'static str, &'static str)| ready(ip, node);
+    // Each step: the services there are, with their endpoints. Pod a backs both services
+    // for a while, so its hairpin pair must stay until neither does.
+    let steps: Vec<Vec<(&str, &str, Vec<Ep>)>> = vec![
+        vec![("one", "10.96.0.1", vec![ep(a), ep(b)])],
+        vec![
+            ("one", "10.96.0.1", vec![ep(a), ep(b)]),
+            ("two", "10.96.0.2", vec![ep(a)]),
+        ],
+        vec![
+            ("one", "10.96.0.1", vec![ep(b), ep(c)]),
+            ("two", "10.96.0.2", vec![ep(a)]),
+        ],
+        vec![
+            ("one", "10.96.0.1", vec![ep(b), ep(c)]),
+            ("two", "10.96.0.2", vec![]),
+        ],
+        vec![("one", "10.96.0.1", vec![ep(c)])],
+        vec![],
+    ];
+    for layout in [Layout::Fast, Layout::KubeProxy] {
+        let mut sync = NftSync::new(layout);
+        let mut previous: Option<dataplane::render::nft::NftTable> = None;
+        for (i, step) in steps.iter().enumerate() {
+            let objects: Vec<(Service, EndpointSlice)> = step
+                .iter()
+                .map(|(name, ip, eps)| named(name, ip, eps))
+                .collect();
+            let snap = Snapshot::from_objects(
+                objects.iter().map(|(s, _)| s),
+                objects.iter().map(|(_, e)| e),
+            )
+            .unwrap();
+            let change = sync.update(&snap, &node()).unwrap();
+            let whole = table_after(&snap, &node(), layout, previous.as_ref()).unwrap();
+            assert_eq!(sync.table(), whole, "{layout:?} step {i}");
+            match &previous {
+                None => assert_eq!(
+                    change,
+                    whole.full(),
+                    "{layout:?}: the first update is whole"
+                ),
+                Some(before) => {
+                    let mut got: Vec<&str> = change.lines().collect();
+                    let expected = diff(before, &whole);
+                    let mut want: Vec<&str> = expected.lines().collect();
+                    got.sort_unstable();
+                    want.sort_unstable();
+                    assert_eq!(got, want, "{layout:?} step {i}:\n{change}");
+                }
+            }
+            assert_eq!(
+                sync.update(&snap, &node()).unwrap(),
+                "",
+                "{layout:?} step {i} again"
+            );
+            previous = Some(whole);
+        }
+    }
+}
+
+#[test]
+fn nft_sync_of_one_service_among_many_mentions_only_that_service() {
+    use dataplane::render::nft::{Layout, NftSync};
+    let objects: Vec<(Service, EndpointSlice)> = (0..500)
+        .map(|i| {
+            let ip: &'static str =
+                Box::leak(format!("10.244.{}.{}", 1 + i / 200, 10 + i % 200).into_boxed_str());
+            named(
+                &format!("svc-{i}"),
+                &format!("10.96.{}.{}", i / 250, 1 + i % 250),
+                &[ready(ip, "lab-worker")],
+            )
+        })
+        .collect();
+    let snap = |objects: &[(Service, EndpointSlice)]| {
+        Snapshot::from_objects(
+            objects.iter().map(|(s, _)| s),
+            objects.iter().map(|(_, e)| e),
+        )
+        .unwrap()
+    };
+    let mut sync = NftSync::new(Layout::Fast);
+    sync.update(&snap(&objects), &node()).unwrap();
+    let mut changed = objects.clone();
+    changed[123].1.endpoints[0].addresses = vec!["10.244.9.9".into()];
+    let change = sync.update(&snap(&changed), &node()).unwrap();
+    let chain = dataplane::names::svc_chain("default/svc-123", dataplane::model::Protocol::Tcp)
+        .replace("KUBE-SVC-", "svc-");
+    assert_eq!(
+        change.lines().collect::<Vec<_>>(),
+        [
+            format!("delete element ip services-lab {chain}-endpoints {{ 0 }}"),
+            format!("add element ip services-lab {chain}-endpoints {{ 0 : 10.244.9.9 . 8080 }}"),
+            "delete element ip services-lab hairpin { 10.244.1.133 . 10.244.1.133 }".into(),
+            "add element ip services-lab hairpin { 10.244.9.9 . 10.244.9.9 }".into(),
+        ]
+    );
+}
+
 /// Every path's steps, one line each, then its outcome and share.
 fn paths_text(e: &dataplane::trace::Explanation) -> String {
     let mut out = String::new();

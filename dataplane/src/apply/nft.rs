@@ -19,8 +19,16 @@ impl NftApplier {
     /// Runs the transaction `input` (from [`crate::render::nft::render`]) and sets
     /// `route_localnet` so NodePorts can answer on 127.0.0.1.
     pub fn apply(&self, input: &str) -> Result<(), ApplyError> {
-        self.netns.run("nft", &["-f", "-"], Some(input))?;
+        self.apply_change(input)?;
         self.netns.enable_localhost_nodeports()
+    }
+
+    /// Runs the transaction `input` (from [`crate::render::nft::diff`] or
+    /// [`crate::render::nft::NftSync::update`]) against a table that [`NftApplier::apply`]
+    /// made, leaving the sysctls alone: a partial sync is one `nft` process, nothing else.
+    pub fn apply_change(&self, input: &str) -> Result<(), ApplyError> {
+        self.netns.run("nft", &["-f", "-"], Some(input))?;
+        Ok(())
     }
 
     /// Deletes our table, if it exists.

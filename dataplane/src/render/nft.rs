@@ -1,4 +1,6 @@
-//! `nft -f` input: the whole table replaced in one atomic transaction.
+//! `nft -f` input: the whole table replaced in one atomic transaction, or the changes from
+//! one table to the next ([`diff`], and [`NftSync`], which renders only the service ports
+//! that changed).
 //!
 //! Two layouts, both driven by the same [`ServicePlan`]s as the iptables rules:
 //!
@@ -17,11 +19,12 @@
 //! Session affinity and loadBalancerSourceRanges are not rendered for nftables yet: a
 //! service that uses them is an error rather than rules that mean something else.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
 use crate::compile::ServicePlan;
-use crate::model::{Endpoint, NodeConfig, Snapshot};
+use crate::model::{Endpoint, NodeConfig, Protocol, ServiceEntry, Snapshot};
 use crate::names;
 
 /// Which nftables layout to write.
@@ -79,114 +82,7 @@ pub fn table_after(
     layout: Layout,
     previous: Option<&NftTable>,
 ) -> Result<NftTable, Unsupported> {
-    let plans: Vec<ServicePlan> = snapshot
-        .services
-        .values()
-        .filter_map(|entry| ServicePlan::new(entry, node))
-        .collect();
-    for plan in &plans {
-        let svc = &plan.entry.port;
-        if svc.affinity_seconds.is_some() {
-            return Err(Unsupported {
-                service: plan.spn.clone(),
-                feature: "sessionAffinity ClientIP",
-            });
-        }
-        if !svc.load_balancer_source_ranges.is_empty() {
-            return Err(Unsupported {
-                service: plan.spn.clone(),
-                feature: "loadBalancerSourceRanges",
-            });
-        }
-    }
-    let mark = node.masquerade_mark();
-    let cidr = node.cluster_cidr.map(|c| c.to_string());
-    let table = layout.table();
-    let chains_names: Vec<Chains> = plans.iter().map(|p| Chains::new(p, layout)).collect();
-
-    let mut t = NftTable {
-        name: table,
-        comment: match layout {
-            Layout::KubeProxy => "rules for kube-proxy",
-            Layout::Fast => "rules for services-lab",
-        },
-        maps: Vec::new(),
-        sets: Vec::new(),
-        chains: Vec::new(),
-    };
-    let mut service_ips = Vec::new();
-    let mut nodeports = Vec::new();
-    let mut no_ep_services = Vec::new();
-    let mut no_ep_nodeports = Vec::new();
-    for (plan, names) in plans.iter().zip(&chains_names) {
-        let svc = &plan.entry.port;
-        let proto = svc.protocol.lower();
-        let key = |ip: Ipv4Addr| format!("{ip} . {proto} . {}", svc.port);
-        let refusal = if plan.has_endpoints {
-            "drop".to_owned()
-        } else {
-            "goto reject-chain".to_owned()
-        };
-        let internal = if plan.internal_local {
-            &names.local
-        } else {
-            &names.cluster
-        };
-        if plan.has_internal {
-            service_ips.push((key(plan.cluster_ip), format!("goto {internal}")));
-        } else {
-            no_ep_services.push((key(plan.cluster_ip), refusal.clone()));
-        }
-        for &ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
-            if plan.has_endpoints {
-                service_ips.push((key(ip), format!("goto {}", names.external)));
-            }
-            if !plan.has_external {
-                no_ep_services.push((key(ip), refusal.clone()));
-            }
-        }
-        if let Some(np) = svc.node_port {
-            if plan.has_endpoints {
-                nodeports.push((
-                    format!("{proto} . {np}"),
-                    format!("goto {}", names.external),
-                ));
-            }
-            if !plan.has_external {
-                no_ep_nodeports.push((format!("{proto} . {np}"), refusal.clone()));
-            }
-        }
-    }
-    const IP_PROTO_PORT: &str = "type ipv4_addr . inet_proto . inet_service : verdict";
-    const PROTO_PORT: &str = "type inet_proto . inet_service : verdict";
-    t.maps
-        .push(("service-ips".into(), IP_PROTO_PORT, service_ips));
-    t.maps
-        .push(("service-nodeports".into(), PROTO_PORT, nodeports));
-    t.maps
-        .push(("no-endpoint-services".into(), IP_PROTO_PORT, no_ep_services));
-    t.maps
-        .push(("no-endpoint-nodeports".into(), PROTO_PORT, no_ep_nodeports));
-    let local_nodeports = match layout {
-        Layout::KubeProxy => "ip daddr != 127.0.0.0/8 ",
-        Layout::Fast => "",
-    };
-    let masquerade = match layout {
-        Layout::KubeProxy => "jump mark-for-masquerade".to_owned(),
-        Layout::Fast => format!("meta mark set meta mark | {mark}"),
-    };
-    if layout == Layout::Fast {
-        let pairs: Vec<String> = plans
-            .iter()
-            .flat_map(|p| p.reachable())
-            .map(|e| format!("{} . {}", e.ip, e.ip))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        t.sets
-            .push(("hairpin".into(), "ipv4_addr . ipv4_addr", pairs));
-    }
-    let previous_maps: std::collections::HashMap<&str, &MapElements> = previous
+    let previous_maps: HashMap<&str, &MapElements> = previous
         .map(|p| {
             p.maps
                 .iter()
@@ -194,30 +90,93 @@ pub fn table_after(
                 .collect()
         })
         .unwrap_or_default();
-    let mut endpoint_maps = Vec::new();
-    let mut dispatch = |plan: &ServicePlan, chain: &str, endpoints: &[&Endpoint]| {
-        if layout == Layout::KubeProxy {
-            return kube_proxy_dispatch(plan, endpoints);
-        }
-        let map = names::nft_endpoint_map(chain);
-        // A duplicate would take a slot of its own and leave a gap that `mod N` draws.
-        let mut seen = std::collections::HashSet::new();
-        let wanted: Vec<String> = endpoints
-            .iter()
-            .filter(|ep| seen.insert((ep.ip, ep.port)))
-            .map(|ep| format!("{} . {}", ep.ip, ep.port))
-            .collect();
-        let elements = slots(previous_maps.get(map.as_str()).copied(), &wanted);
-        let proto = plan.entry.port.protocol.lower();
-        let rule = format!(
-            "meta l4proto {proto} dnat ip addr . port to numgen random mod {} map @{map}",
-            elements.len()
-        );
-        endpoint_maps.push((map, endpoint_map_type(proto), elements));
-        rule
+    let fragments = snapshot
+        .services
+        .values()
+        .filter_map(|entry| ServicePlan::new(entry, node))
+        .map(|plan| fragment(&plan, node, layout, |map| previous_maps.get(map).copied()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(assemble(node, layout, fragments.iter()))
+}
+
+/// One service port's share of a table: its elements in the shared maps and sets, its own
+/// maps and its chains. A table is the fixed chains plus every service's fragment, so a
+/// change to one service is a change to its fragment only ([`NftSync`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Fragment {
+    service_ips: MapElements,
+    nodeports: MapElements,
+    no_endpoint_services: MapElements,
+    no_endpoint_nodeports: MapElements,
+    /// `pod . pod` pairs of the fast layout's hairpin set.
+    hairpin: Vec<String>,
+    endpoint_maps: Vec<(String, &'static str, MapElements)>,
+    chains: Vec<(String, Option<&'static str>, Vec<String>)>,
+}
+
+const IP_PROTO_PORT: &str = "type ipv4_addr . inet_proto . inet_service : verdict";
+const PROTO_PORT: &str = "type inet_proto . inet_service : verdict";
+const HAIRPIN: &str = "ipv4_addr . ipv4_addr";
+
+/// The table made of the fixed chains and `fragments`, in their order.
+fn assemble<'a>(
+    node: &NodeConfig,
+    layout: Layout,
+    fragments: impl Iterator<Item = &'a Fragment> + Clone,
+) -> NftTable {
+    let mut t = NftTable {
+        name: layout.table(),
+        comment: match layout {
+            Layout::KubeProxy => "rules for kube-proxy",
+            Layout::Fast => "rules for services-lab",
+        },
+        maps: Vec::new(),
+        sets: Vec::new(),
+        chains: fixed_chains(node, layout),
     };
+    type Pick = fn(&Fragment) -> &MapElements;
+    let shared: [(&str, &'static str, Pick); 4] = [
+        ("service-ips", IP_PROTO_PORT, |f| &f.service_ips),
+        ("service-nodeports", PROTO_PORT, |f| &f.nodeports),
+        ("no-endpoint-services", IP_PROTO_PORT, |f| {
+            &f.no_endpoint_services
+        }),
+        ("no-endpoint-nodeports", PROTO_PORT, |f| {
+            &f.no_endpoint_nodeports
+        }),
+    ];
+    for (name, decl, pick) in shared {
+        let items = fragments.clone().flat_map(pick).cloned().collect();
+        t.maps.push((name.into(), decl, items));
+    }
+    if layout == Layout::Fast {
+        let pairs: BTreeSet<&String> = fragments.clone().flat_map(|f| &f.hairpin).collect();
+        t.sets.push((
+            "hairpin".into(),
+            HAIRPIN,
+            pairs.into_iter().cloned().collect(),
+        ));
+    }
+    for f in fragments {
+        t.maps.extend(f.endpoint_maps.iter().cloned());
+        t.chains.extend(f.chains.iter().cloned());
+    }
+    t
+}
+
+/// The chains every table of `layout` has, whatever the services.
+fn fixed_chains(
+    node: &NodeConfig,
+    layout: Layout,
+) -> Vec<(String, Option<&'static str>, Vec<String>)> {
+    let mark = node.masquerade_mark();
+    let local_nodeports = match layout {
+        Layout::KubeProxy => "ip daddr != 127.0.0.0/8 ",
+        Layout::Fast => "",
+    };
+    let mut chains = Vec::new();
     let mut chain = |name: &str, base: Option<&'static str>, rules: Vec<String>| {
-        t.chains.push((name.to_owned(), base, rules));
+        chains.push((name.to_owned(), base, rules));
     };
     chain("reject-chain", None, vec!["reject".into()]);
     if layout == Layout::KubeProxy {
@@ -300,76 +259,310 @@ pub fn table_after(
         Some("type filter hook output priority 0"),
         vec!["ct state new jump service-endpoints-check".into()],
     );
+    chains
+}
 
-    for (plan, names) in plans.iter().zip(&chains_names) {
-        let svc = &plan.entry.port;
-        let proto = svc.protocol.lower();
-        let masq_rule = |cidr: &str| {
-            format!(
-                "ip daddr {} {proto} dport {} ip saddr != {cidr} {masquerade}",
-                plan.cluster_ip, svc.port
-            )
-        };
-        if plan.uses_cluster {
-            let mut rules = Vec::new();
-            if !plan.internal_local
-                && let Some(cidr) = &cidr
-            {
-                rules.push(masq_rule(cidr));
-            }
-            rules.push(dispatch(plan, &names.cluster, &plan.cluster_eps));
-            chain(&names.cluster, None, rules);
+/// `plan`'s fragment; `previous_map` gives the elements an endpoint map held before, so
+/// that endpoints keep their slots.
+fn fragment<'p>(
+    plan: &ServicePlan,
+    node: &NodeConfig,
+    layout: Layout,
+    previous_map: impl Fn(&str) -> Option<&'p MapElements>,
+) -> Result<Fragment, Unsupported> {
+    let svc = &plan.entry.port;
+    if svc.affinity_seconds.is_some() {
+        return Err(Unsupported {
+            service: plan.spn.clone(),
+            feature: "sessionAffinity ClientIP",
+        });
+    }
+    if !svc.load_balancer_source_ranges.is_empty() {
+        return Err(Unsupported {
+            service: plan.spn.clone(),
+            feature: "loadBalancerSourceRanges",
+        });
+    }
+    let names = Chains::new(plan, layout);
+    let mut f = Fragment::default();
+    let proto = svc.protocol.lower();
+    let key = |ip: Ipv4Addr| format!("{ip} . {proto} . {}", svc.port);
+    let refusal = if plan.has_endpoints {
+        "drop".to_owned()
+    } else {
+        "goto reject-chain".to_owned()
+    };
+    let internal = if plan.internal_local {
+        &names.local
+    } else {
+        &names.cluster
+    };
+    if plan.has_internal {
+        f.service_ips
+            .push((key(plan.cluster_ip), format!("goto {internal}")));
+    } else {
+        f.no_endpoint_services
+            .push((key(plan.cluster_ip), refusal.clone()));
+    }
+    for &ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
+        if plan.has_endpoints {
+            f.service_ips
+                .push((key(ip), format!("goto {}", names.external)));
         }
-        if plan.uses_local {
-            let mut rules = Vec::new();
-            if plan.internal_local
-                && let Some(cidr) = &cidr
-            {
-                rules.push(masq_rule(cidr));
-            }
-            rules.push(dispatch(plan, &names.local, &plan.local_eps));
-            chain(&names.local, None, rules);
-        }
-        if plan.has_endpoints && plan.external {
-            let mut rules = Vec::new();
-            if !plan.external_local {
-                rules.push(masquerade.clone());
-                rules.push(format!("goto {}", names.cluster));
-            } else {
-                if let Some(cidr) = &cidr {
-                    rules.push(format!(
-                        "ip saddr {cidr} goto {} comment \"short-circuit pod traffic\"",
-                        names.cluster
-                    ));
-                }
-                rules.push(format!(
-                    "fib saddr type local {masquerade} comment \"masquerade local traffic\""
-                ));
-                rules.push(format!(
-                    "fib saddr type local goto {} comment \"short-circuit local traffic\"",
-                    names.cluster
-                ));
-                if plan.has_external {
-                    rules.push(format!("goto {}", names.local));
-                }
-            }
-            chain(&names.external, None, rules);
-        }
-        if layout == Layout::KubeProxy {
-            for ep in plan.reachable() {
-                chain(
-                    &endpoint_chain(plan, ep),
-                    None,
-                    vec![
-                        format!("ip saddr {} {masquerade}", ep.ip),
-                        format!("meta l4proto {proto} dnat to {}:{}", ep.ip, ep.port),
-                    ],
-                );
-            }
+        if !plan.has_external {
+            f.no_endpoint_services.push((key(ip), refusal.clone()));
         }
     }
-    t.maps.extend(endpoint_maps);
-    Ok(t)
+    if let Some(np) = svc.node_port {
+        if plan.has_endpoints {
+            f.nodeports.push((
+                format!("{proto} . {np}"),
+                format!("goto {}", names.external),
+            ));
+        }
+        if !plan.has_external {
+            f.no_endpoint_nodeports
+                .push((format!("{proto} . {np}"), refusal.clone()));
+        }
+    }
+    if layout == Layout::Fast {
+        f.hairpin = plan
+            .reachable()
+            .iter()
+            .map(|e| format!("{} . {}", e.ip, e.ip))
+            .collect();
+    }
+
+    let mark = node.masquerade_mark();
+    let masquerade = match layout {
+        Layout::KubeProxy => "jump mark-for-masquerade".to_owned(),
+        Layout::Fast => format!("meta mark set meta mark | {mark}"),
+    };
+    let cidr = node.cluster_cidr.map(|c| c.to_string());
+    let mut dispatch = |chain: &str, endpoints: &[&Endpoint]| {
+        if layout == Layout::KubeProxy {
+            return kube_proxy_dispatch(plan, endpoints);
+        }
+        let map = names::nft_endpoint_map(chain);
+        // A duplicate would take a slot of its own and leave a gap that `mod N` draws.
+        let mut seen = HashSet::new();
+        let wanted: Vec<String> = endpoints
+            .iter()
+            .filter(|ep| seen.insert((ep.ip, ep.port)))
+            .map(|ep| format!("{} . {}", ep.ip, ep.port))
+            .collect();
+        let elements = slots(previous_map(&map), &wanted);
+        let rule = format!(
+            "meta l4proto {proto} dnat ip addr . port to numgen random mod {} map @{map}",
+            elements.len()
+        );
+        f.endpoint_maps
+            .push((map, endpoint_map_type(proto), elements));
+        rule
+    };
+    let masq_rule = |cidr: &str| {
+        format!(
+            "ip daddr {} {proto} dport {} ip saddr != {cidr} {masquerade}",
+            plan.cluster_ip, svc.port
+        )
+    };
+    let mut chains = Vec::new();
+    if plan.uses_cluster {
+        let mut rules = Vec::new();
+        if !plan.internal_local
+            && let Some(cidr) = &cidr
+        {
+            rules.push(masq_rule(cidr));
+        }
+        rules.push(dispatch(&names.cluster, &plan.cluster_eps));
+        chains.push((names.cluster.clone(), None, rules));
+    }
+    if plan.uses_local {
+        let mut rules = Vec::new();
+        if plan.internal_local
+            && let Some(cidr) = &cidr
+        {
+            rules.push(masq_rule(cidr));
+        }
+        rules.push(dispatch(&names.local, &plan.local_eps));
+        chains.push((names.local.clone(), None, rules));
+    }
+    if plan.has_endpoints && plan.external {
+        let mut rules = Vec::new();
+        if !plan.external_local {
+            rules.push(masquerade.clone());
+            rules.push(format!("goto {}", names.cluster));
+        } else {
+            if let Some(cidr) = &cidr {
+                rules.push(format!(
+                    "ip saddr {cidr} goto {} comment \"short-circuit pod traffic\"",
+                    names.cluster
+                ));
+            }
+            rules.push(format!(
+                "fib saddr type local {masquerade} comment \"masquerade local traffic\""
+            ));
+            rules.push(format!(
+                "fib saddr type local goto {} comment \"short-circuit local traffic\"",
+                names.cluster
+            ));
+            if plan.has_external {
+                rules.push(format!("goto {}", names.local));
+            }
+        }
+        chains.push((names.external.clone(), None, rules));
+    }
+    if layout == Layout::KubeProxy {
+        for ep in plan.reachable() {
+            chains.push((
+                endpoint_chain(plan, ep),
+                None,
+                vec![
+                    format!("ip saddr {} {masquerade}", ep.ip),
+                    format!("meta l4proto {proto} dnat to {}:{}", ep.ip, ep.port),
+                ],
+            ));
+        }
+    }
+    f.chains = chains;
+    Ok(f)
+}
+
+/// A layout's table kept in step with snapshots, one service port at a time: each
+/// [`NftSync::update`] re-renders only the service ports whose entries changed and returns
+/// the transaction for just those, so a change to one service costs the same whatever the
+/// number of services (kube-proxy's partial sync, without recomputing the rest).
+#[derive(Debug, Clone)]
+pub struct NftSync {
+    layout: Layout,
+    node: Option<NodeConfig>,
+    services: BTreeMap<(String, Protocol), (ServiceEntry, Fragment)>,
+    /// How many fragments hold each hairpin pair (two services may share a Pod).
+    hairpin: HashMap<String, usize>,
+}
+
+impl NftSync {
+    /// An empty table of `layout`.
+    pub fn new(layout: Layout) -> Self {
+        Self {
+            layout,
+            node: None,
+            services: BTreeMap::new(),
+            hairpin: HashMap::new(),
+        }
+    }
+
+    /// The node of the last update, if any: until then, or when the node changes, an update
+    /// returns the whole table.
+    pub fn node(&self) -> Option<&NodeConfig> {
+        self.node.as_ref()
+    }
+
+    /// The whole table as it stands after the last update.
+    pub fn table(&self) -> NftTable {
+        let node = self
+            .node
+            .clone()
+            .unwrap_or_else(|| NodeConfig::new("unsynced"));
+        assemble(&node, self.layout, self.services.values().map(|(_, f)| f))
+    }
+
+    /// Moves the table to `snapshot` on `node` and returns the transaction that takes the
+    /// previous table there (the whole table on the first update or when `node` changed).
+    /// On error nothing changes.
+    pub fn update(
+        &mut self,
+        snapshot: &Snapshot,
+        node: &NodeConfig,
+    ) -> Result<String, Unsupported> {
+        if self.node.as_ref() != Some(node) {
+            let mut fresh = Self::new(self.layout);
+            fresh.node = Some(node.clone());
+            fresh.update(snapshot, node)?;
+            *self = fresh;
+            return Ok(self.table().full());
+        }
+        let gone: Vec<&(String, Protocol)> = self
+            .services
+            .keys()
+            .filter(|k| !snapshot.services.contains_key(*k))
+            .collect();
+        let mut changed = Vec::new();
+        for (key, entry) in &snapshot.services {
+            let previous = self.services.get(key);
+            if previous.is_some_and(|(e, _)| e == entry) {
+                continue;
+            }
+            let previous_map = |map: &str| {
+                previous.and_then(|(_, f)| {
+                    f.endpoint_maps
+                        .iter()
+                        .find(|(n, _, _)| n == map)
+                        .map(|(_, _, items)| items)
+                })
+            };
+            let fragment = match ServicePlan::new(entry, node) {
+                Some(plan) => fragment(&plan, node, self.layout, previous_map)?,
+                None => Fragment::default(),
+            };
+            changed.push((key.clone(), entry.clone(), fragment));
+        }
+        if changed.is_empty() && gone.is_empty() {
+            return Ok(String::new());
+        }
+        let mut before = Vec::new();
+        let mut after = Vec::new();
+        let gone: Vec<(String, Protocol)> = gone.into_iter().cloned().collect();
+        for key in gone {
+            if let Some((_, f)) = self.services.remove(&key) {
+                before.push(f);
+            }
+        }
+        for (key, entry, f) in changed {
+            after.push(f.clone());
+            if let Some((_, old)) = self.services.insert(key, (entry, f)) {
+                before.push(old);
+            }
+        }
+        let (mut old, mut new) = (
+            assemble(node, self.layout, before.iter()),
+            assemble(node, self.layout, after.iter()),
+        );
+        // Only the fixed chains' and shared maps' changes are wanted; the fixed chains are
+        // the same on both sides, and a hairpin pair comes or goes with its last holder.
+        if self.layout == Layout::Fast {
+            // Net change per pair first: a re-rendered service mostly gives back the pairs it
+            // had, and those must cost a hash lookup, not a search.
+            let mut delta: HashMap<&String, isize> = HashMap::new();
+            for pair in before.iter().flat_map(|f| &f.hairpin) {
+                *delta.entry(pair).or_default() -= 1;
+            }
+            for pair in after.iter().flat_map(|f| &f.hairpin) {
+                *delta.entry(pair).or_default() += 1;
+            }
+            let mut appeared = Vec::new();
+            let mut vanished = Vec::new();
+            for (pair, d) in delta.into_iter().filter(|(_, d)| *d != 0) {
+                let held = self.hairpin.get(pair).copied().unwrap_or(0);
+                let now = held.checked_add_signed(d).expect("counted when added");
+                match (held, now) {
+                    (0, _) => appeared.push(pair.clone()),
+                    (_, 0) => vanished.push(pair.clone()),
+                    _ => {}
+                }
+                if now == 0 {
+                    self.hairpin.remove(pair);
+                } else {
+                    self.hairpin.insert(pair.clone(), now);
+                }
+            }
+            appeared.sort_unstable();
+            vanished.sort_unstable();
+            old.sets = vec![("hairpin".into(), HAIRPIN, vanished)];
+            new.sets = vec![("hairpin".into(), HAIRPIN, appeared)];
+        }
+        Ok(diff(&old, &new))
+    }
 }
 
 /// The declaration of an endpoint map for `proto`: numgen slot to `addr . port`.
@@ -387,14 +580,14 @@ fn endpoint_map_type(proto: &str) -> &'static str {
 /// when fewer remain, the ones in the highest slots move down into the gaps.
 fn slots(previous: Option<&MapElements>, wanted: &[String]) -> MapElements {
     let n = wanted.len();
-    let wanted_set: std::collections::HashSet<&str> = wanted.iter().map(String::as_str).collect();
-    let mut by_slot: std::collections::BTreeMap<usize, &str> = previous
+    let wanted_set: HashSet<&str> = wanted.iter().map(String::as_str).collect();
+    let mut by_slot: BTreeMap<usize, &str> = previous
         .into_iter()
         .flatten()
         .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str())))
         .filter(|(_, v)| wanted_set.contains(v))
         .collect();
-    let kept: std::collections::HashSet<&str> = by_slot.values().copied().collect();
+    let kept: HashSet<&str> = by_slot.values().copied().collect();
     let mut arriving = wanted
         .iter()
         .map(String::as_str)
@@ -480,9 +673,9 @@ impl NftTable {
 pub fn diff(old: &NftTable, new: &NftTable) -> String {
     let t = new.name;
     let mut out = String::new();
-    let old_chains: std::collections::BTreeMap<&str, &Vec<String>> =
+    let old_chains: BTreeMap<&str, &Vec<String>> =
         old.chains.iter().map(|(n, _, r)| (n.as_str(), r)).collect();
-    let new_chains: std::collections::BTreeMap<&str, &Vec<String>> =
+    let new_chains: BTreeMap<&str, &Vec<String>> =
         new.chains.iter().map(|(n, _, r)| (n.as_str(), r)).collect();
     // New chains exist before any element points at them.
     for (name, _) in new_chains
@@ -492,7 +685,7 @@ pub fn diff(old: &NftTable, new: &NftTable) -> String {
         let _ = writeln!(out, "add chain ip {t} {name}");
     }
     // Maps by name: new ones are declared before their elements and the rules that use them.
-    let old_maps: std::collections::BTreeMap<&str, &MapElements> =
+    let old_maps: BTreeMap<&str, &MapElements> =
         old.maps.iter().map(|(n, _, e)| (n.as_str(), e)).collect();
     let no_elements = MapElements::new();
     for (name, decl, new_items) in &new.maps {
@@ -503,11 +696,11 @@ pub fn diff(old: &NftTable, new: &NftTable) -> String {
                 &no_elements
             }
         };
-        let before: std::collections::BTreeMap<&str, &str> = old_items
+        let before: BTreeMap<&str, &str> = old_items
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let after: std::collections::BTreeMap<&str, &str> = new_items
+        let after: BTreeMap<&str, &str> = new_items
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
@@ -523,8 +716,8 @@ pub fn diff(old: &NftTable, new: &NftTable) -> String {
         }
     }
     for ((name, _, old_items), (_, _, new_items)) in old.sets.iter().zip(&new.sets) {
-        let before: std::collections::HashSet<&String> = old_items.iter().collect();
-        let after: std::collections::HashSet<&String> = new_items.iter().collect();
+        let before: HashSet<&String> = old_items.iter().collect();
+        let after: HashSet<&String> = new_items.iter().collect();
         for gone in old_items.iter().filter(|e| !after.contains(e)) {
             let _ = writeln!(out, "delete element ip {t} {name} {{ {gone} }}");
         }
@@ -555,8 +748,7 @@ pub fn diff(old: &NftTable, new: &NftTable) -> String {
         let _ = writeln!(out, "delete chain ip {t} {name}");
     }
     // Maps go last, once no rule refers to them.
-    let new_maps: std::collections::HashSet<&str> =
-        new.maps.iter().map(|(n, _, _)| n.as_str()).collect();
+    let new_maps: HashSet<&str> = new.maps.iter().map(|(n, _, _)| n.as_str()).collect();
     for (name, _, _) in old
         .maps
         .iter()
