@@ -84,10 +84,69 @@ impl Sandbox {
 
     /// Runs `labctl args...` with extra environment variables, killing it after `limit`.
     pub fn labctl_with(&self, args: &[&str], env: &[(&str, &OsStr)], limit: Duration) -> Run {
+        self.run(args, env, None, &[], limit)
+    }
+
+    /// Runs `labctl args...` as user and group `uid` (the test runs as root), with the
+    /// sandbox given to that user, killing it after `limit`.
+    pub fn labctl_as(&self, uid: u32, args: &[&str], limit: Duration) -> Run {
+        std::os::unix::fs::chown(self.dir.path(), Some(uid), Some(uid))
+            .expect("giving the sandbox to the user");
+        self.run(args, &[], Some(uid), &[], limit)
+    }
+
+    /// [`Sandbox::labctl_as`] in a chroot (a recursive bind of `/`, in a private mount
+    /// namespace), where the kernel refuses to make a user namespace, as on machines that
+    /// forbid unprivileged ones.
+    pub fn labctl_as_without_user_namespaces(
+        &self,
+        uid: u32,
+        args: &[&str],
+        limit: Duration,
+    ) -> Run {
+        std::os::unix::fs::chown(self.dir.path(), Some(uid), Some(uid))
+            .expect("giving the sandbox to the user");
+        let root = self.dir.path().join("root");
+        std::fs::create_dir_all(&root).expect("the chroot's mount point");
+        let script = format!(
+            "mount --rbind / {root} && exec chroot {root} setpriv --reuid={uid} --regid={uid} --clear-groups \"$@\"",
+            root = root.display()
+        );
+        let wrap: Vec<String> = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
+            .iter()
+            .map(|a| a.to_string())
+            .chain([script, "sh".into()])
+            .collect();
+        self.run(args, &[], None, &wrap, limit)
+    }
+
+    /// Runs labctl (as `user`, or through the command `wrap`, which ends with the arguments
+    /// that precede labctl's path).
+    fn run(
+        &self,
+        args: &[&str],
+        env: &[(&str, &OsStr)],
+        user: Option<u32>,
+        wrap: &[String],
+        limit: Duration,
+    ) -> Run {
         // Building the binary (the first call) is not part of the run's time limit.
         let bin = labctl_bin();
         let started = Instant::now();
-        let mut child = Command::new(bin)
+        let mut command = match wrap.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        if let Some(uid) = user {
+            // As root, std also drops the supplementary groups.
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+            std::os::unix::process::CommandExt::gid(&mut command, uid);
+        }
+        let mut child = command
             .args(args)
             .envs(env.iter().copied())
             .env("LABCTL_STATE_DIR", self.dir.path())

@@ -132,6 +132,93 @@ fn the_tutorial_passes_in_kernel_mode_with_nftables() {
     }
 }
 
+/// The unprivileged user the rootless test runs as (`nobody`).
+const NOBODY: u32 = 65534;
+
+#[test]
+fn the_tutorial_passes_in_kernel_mode_without_root() {
+    if !is_root() {
+        eprintln!(
+            "skipped: the test switches to an unprivileged user, which needs root (CI runs as root)"
+        );
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test as root"
+        );
+        return;
+    }
+    // What the lab needs from the kernel: an unprivileged user namespace.
+    let mut probe = std::process::Command::new("unshare");
+    std::os::unix::process::CommandExt::uid(&mut probe, NOBODY);
+    std::os::unix::process::CommandExt::gid(&mut probe, NOBODY);
+    match probe.args(["--user", "--map-root-user", "true"]).output() {
+        Ok(out) if out.status.success() => {}
+        other => {
+            eprintln!("skipped: this kernel refuses unprivileged user namespaces: {other:?}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI machines allow unprivileged user namespaces"
+            );
+            return;
+        }
+    }
+    let sandbox = Sandbox::default();
+    let name = "e2e-rootless";
+    let run = sandbox.labctl_as(NOBODY, &["tutorial", "--name", name], LIMIT);
+    let _ = sandbox.labctl_as(
+        NOBODY,
+        &["down", "--name", name, "--purge"],
+        Duration::from_secs(30),
+    );
+    assert_passed(&run, 6);
+    assert_tutorial_commands(&run);
+    for listing in [
+        format!("{name}-worker$ iptables -t nat -L KUBE-SERVICES -n | column -t\n"),
+        "PASS one KUBE-SEP chain per Ready Pod".into(),
+        "client$ curl http://172.18.255.200/\n".into(),
+        "# Kernel mode without root: the lab is root of an unprivileged user namespace of uid 65534".into(),
+    ] {
+        assert!(run.stdout.contains(&listing), "missing {listing:?}\n{}", run.all());
+    }
+    assert!(!run.stdout.contains("Userspace mode"), "{}", run.all());
+    // The lab's namespaces lived in its own mount namespace, never in the host's /run/netns.
+    assert!(namespaces_of(name).is_empty());
+    eprintln!("rootless kernel-mode tutorial took {:.1?}", run.elapsed);
+}
+
+#[test]
+fn without_user_namespaces_a_user_gets_userspace_mode_and_the_reason() {
+    if !is_root() {
+        eprintln!(
+            "skipped: the test confines an unprivileged user, which needs root (CI runs as root)"
+        );
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test as root"
+        );
+        return;
+    }
+    let _one_at_a_time = e2e::userspace_lab();
+    let sandbox = Sandbox::default();
+    let name = "e2e-nouserns";
+    let run =
+        sandbox.labctl_as_without_user_namespaces(NOBODY, &["tutorial", "--name", name], LIMIT);
+    let _ = sandbox.labctl_as(
+        NOBODY,
+        &["down", "--name", name, "--purge"],
+        Duration::from_secs(30),
+    );
+    assert_passed(&run, 6);
+    assert!(
+        run.stdout.contains(", userspace mode.")
+            && run.stdout.contains(
+                "Kernel mode is not available: not running as root, and an unprivileged user namespace could not be made (unshare(CLONE_NEWUSER): Operation not permitted (os error 1))."
+            ),
+        "{}",
+        run.all()
+    );
+}
+
 #[test]
 fn the_tutorial_passes_in_userspace_mode() {
     let _one_at_a_time = e2e::userspace_lab();

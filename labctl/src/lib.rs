@@ -19,5 +19,6 @@ pub mod rules;
 pub mod runtime;
 pub mod store;
 pub mod tutorial;
+pub mod userns;
 pub mod userspace;
 pub mod verify;

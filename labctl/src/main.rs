@@ -88,7 +88,7 @@ enum Cmd {
         #[arg(long)]
         merge_kubeconfig: bool,
         /// Where Pods run: `kernel` (network namespaces, wasm Pods, rules per node; needs
-        /// root), `userspace` (loopback, no privileges), `none` (API only), `auto` (kernel when
+        /// root, or an unprivileged user namespace), `userspace` (loopback, no privileges), `none` (API only), `auto` (kernel when
         /// possible) [default: auto]; fixed when the lab is created.
         #[arg(long, value_enum)]
         network: Option<lab::NetworkMode>,
@@ -185,7 +185,7 @@ enum Cmd {
         #[arg(long, value_enum)]
         network: Option<lab::NetworkMode>,
         /// What programs Services: iptables (the tutorial's listings), nftables, or the
-        /// userspace proxy [default: iptables as root, else userspace].
+        /// userspace proxy [default: iptables; userspace where kernel mode is out of reach].
         #[arg(long, value_enum)]
         dataplane: Option<lab::Dataplane>,
         /// Leave the lab up at the end, for exploring with kubectl.
@@ -291,13 +291,84 @@ fn init_tracing() {
 }
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // Before any thread starts: joining or making a user namespace needs a single thread.
+    rootless(&cli);
     // One line per cause, as a CLI should; no backtrace even when RUST_BACKTRACE is set.
-    match run(Cli::parse()) {
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Without root, kernel mode runs in an unprivileged user namespace (see `labctl::userns`):
+/// a command on a running lab joins its server's namespaces; a command that starts a kernel
+/// or auto-mode lab makes new ones, which the server inherits. Nothing happens as root, for
+/// other providers, or for labs in userspace or API-only mode.
+fn rootless(cli: &Cli) {
+    if rustix::process::geteuid().is_root() {
+        return;
+    }
+    let kernel_flags = |network: Option<lab::NetworkMode>, dataplane: Option<lab::Dataplane>| {
+        matches!(
+            lab::resolve_flags(network, dataplane),
+            Ok((lab::NetworkMode::Auto | lab::NetworkMode::Kernel, _))
+        )
+    };
+    let (dir, starts) = match &cli.command {
+        Cmd::Up {
+            lab,
+            provider: Provider::Embedded,
+            network,
+            dataplane,
+            ..
+        } => (lab.dir(), kernel_flags(*network, *dataplane)),
+        Cmd::Up { .. } => return,
+        Cmd::Tutorial {
+            name,
+            state_dir,
+            provider: Provider::Embedded,
+            network,
+            dataplane,
+            ..
+        } => {
+            let lab = LabArgs {
+                name: name.clone(),
+                state_dir: state_dir.clone(),
+            };
+            (lab.dir(), kernel_flags(*network, *dataplane))
+        }
+        Cmd::Tutorial { .. } => return,
+        Cmd::Serve { lab } => (lab.dir(), true),
+        Cmd::Down { lab, .. }
+        | Cmd::Kubeconfig { lab, .. }
+        | Cmd::Status { lab }
+        | Cmd::Exec { lab, .. }
+        | Cmd::Curl { lab, .. }
+        | Cmd::Verify { lab, .. }
+        | Cmd::Rules { lab, .. }
+        | Cmd::PortForward { lab, .. } => (lab.dir(), false),
+    };
+    if let Some(pid) = dir.running_pid() {
+        // A lab someone else runs, or one in userspace mode, stays out of reach as before.
+        let _ = labctl::userns::join(pid);
+        return;
+    }
+    // A lab created earlier keeps its mode; `up` of an existing userspace lab makes nothing.
+    let keeps_kernel = match dir.config() {
+        Ok(Some(config)) if !matches!(cli.command, Cmd::Tutorial { .. }) => {
+            matches!(
+                config.network,
+                lab::NetworkMode::Auto | lab::NetworkMode::Kernel
+            ) && config.dataplane != lab::Dataplane::Userspace
+        }
+        _ => true,
+    };
+    if starts && keeps_kernel {
+        let _ = labctl::userns::enter_new();
     }
 }
 
@@ -370,16 +441,21 @@ fn run(cli: Cli) -> Result<()> {
                 dir.kubeconfig_path().display()
             );
             match lab::running_mode(&dir) {
-                Some(lab::Mode::Kernel) => println!(
-                    "Kernel mode, {} dataplane: nodes, Pods and a client are network namespaces; try `labctl curl http://<CLUSTER-IP>`, `labctl rules` or `labctl exec {}-worker -- {}`.",
-                    config.dataplane.as_str(),
-                    lab.name,
-                    if config.dataplane == lab::Dataplane::Nftables {
-                        "nft list ruleset"
-                    } else {
-                        "iptables -t nat -L KUBE-SERVICES -n"
+                Some(lab::Mode::Kernel) => {
+                    println!(
+                        "Kernel mode, {} dataplane: nodes, Pods and a client are network namespaces; try `labctl curl http://<CLUSTER-IP>`, `labctl rules` or `labctl exec {}-worker -- {}`.",
+                        config.dataplane.as_str(),
+                        lab.name,
+                        if config.dataplane == lab::Dataplane::Nftables {
+                            "nft list ruleset"
+                        } else {
+                            "iptables -t nat -L KUBE-SERVICES -n"
+                        }
+                    );
+                    if let Some(uid) = labctl::userns::outside_uid() {
+                        println!("{}", tutorial::rootless_note(uid));
                     }
-                ),
+                }
                 Some(lab::Mode::Userspace) => println!(
                     "Userspace mode{}: Pods and Services are served on loopback twins of their addresses (10.96.0.5 at 127.96.0.5); reach them with `labctl curl http://<CLUSTER-IP>`.",
                     lab::why_not_kernel(&config)

@@ -131,7 +131,10 @@ fn ip_batch(ns: &str, lines: &[String]) -> Result<(), NetError> {
 /// Whether this process can build the kernel network (root, `ip` present, namespaces work).
 pub fn kernel_mode_available(tools: &[KernelTool]) -> Result<(), String> {
     if !rustix::process::geteuid().is_root() {
-        return Err("not running as root, so no network namespaces can be made".into());
+        return Err(match crate::userns::refused() {
+            Some(why) => format!("not running as root, and {why}"),
+            None => "not running as root, so no network namespaces can be made".into(),
+        });
     }
     run("ip", &["-V"])
         .map_err(|e| format!("iproute2's `ip` is missing ({e}); install iproute2"))?;
@@ -196,7 +199,7 @@ fn link_name(prefix: &str, key: &str) -> String {
 pub fn build(names: &Names, cluster: &ClusterConfig, lab: &str) -> Result<(), NetError> {
     teardown(lab);
     let underlay = names.underlay();
-    run("ip", &["netns", "add", &underlay])?;
+    create(&underlay)?;
     let gw = Ipv4Addr::new(172, 18, 0, 1);
     ip_batch(
         &underlay,
@@ -208,7 +211,7 @@ pub fn build(names: &Names, cluster: &ClusterConfig, lab: &str) -> Result<(), Ne
         ],
     )?;
     let attach = |ns: &str, ip: Ipv4Addr, key: &str| -> Result<(), NetError> {
-        run("ip", &["netns", "add", ns])?;
+        create(ns)?;
         // IPv4 only; see `podnet::disable_ipv6` for why it matters with many Pods.
         in_namespace(ns, crate::podnet::disable_ipv6).map_err(|e| NetError {
             command: format!("disabling IPv6 in {ns}"),
@@ -285,6 +288,14 @@ pub fn build(names: &Names, cluster: &ClusterConfig, lab: &str) -> Result<(), Ne
         ip_batch(&client, &lines)?;
     }
     Ok(())
+}
+
+/// Makes namespace `ns`, in-process (see [`crate::podnet::create`]).
+fn create(ns: &str) -> Result<(), NetError> {
+    crate::podnet::create(ns).map_err(|e| NetError {
+        command: format!("creating network namespace {ns}"),
+        detail: e.to_string(),
+    })
 }
 
 /// The bridge's address in a pod CIDR (the Pods' gateway): the first host.

@@ -211,6 +211,19 @@ fn context(step: &str) -> impl FnOnce(io::Error) -> io::Error + '_ {
     move |e| io::Error::new(e.kind(), format!("{step}: {e}"))
 }
 
+/// Makes an empty network namespace pinned as `name` (what `ip netns add` does, except that
+/// the thread that makes it ends there instead of switching back: in a lab user namespace,
+/// switching back to the host's namespace is not permitted).
+pub fn create(name: &str) -> io::Result<()> {
+    let path = Path::new(NETNS_DIR).join(name);
+    std::thread::spawn(move || -> io::Result<()> {
+        new_netns().map_err(context("creating a network namespace"))?;
+        pin(&path).map_err(context("pinning the namespace"))
+    })
+    .join()
+    .map_err(|_| io::Error::other("the namespace thread panicked"))?
+}
+
 /// Makes the Pod's namespace and network, and a listening socket inside it.
 pub fn add(pod: &PodNet<'_>) -> io::Result<TcpListener> {
     let path = Path::new(NETNS_DIR).join(pod.netns);

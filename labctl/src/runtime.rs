@@ -113,7 +113,9 @@ pub fn loopback_twin(ip: Ipv4Addr) -> Ipv4Addr {
 /// not bind (below `net.ipv4.ip_unprivileged_port_start`, 1024 by default) move up by 10000.
 /// `labctl curl` applies the same shift, so `labctl curl http://<ClusterIP>` works either way.
 pub fn userspace_port(port: u16) -> u16 {
-    if rustix::process::geteuid().is_root() {
+    // Root of a lab user namespace is not root of the host's network namespace, where the
+    // userspace proxy listens.
+    if rustix::process::geteuid().is_root() && !crate::userns::inside() {
         return port;
     }
     let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
