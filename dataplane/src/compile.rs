@@ -302,8 +302,8 @@ impl<'a> ServicePlan<'a> {
         if self.uses_local {
             reachable.extend(&self.local_eps);
         }
-        reachable.sort_by_key(|e| e.addr());
-        reachable.dedup_by_key(|e| e.addr());
+        reachable.sort_by_cached_key(|e| e.addr());
+        reachable.dedup_by_key(|e| (e.ip, e.port));
         reachable
     }
 }

@@ -14,8 +14,8 @@ use dataplane::model::{NodeConfig, Snapshot};
 use dataplane::render::iptables;
 use dataplane::render::nft::{self, Layout};
 use dataplane::watch::{
-    Backend, IptablesBackend, NftBackend, SyncError, SyncOptions, SyncStats, UserspaceBackend,
-    run as run_sync,
+    Backend, IptablesBackend, NftBackend, SyncError, SyncOptions, SyncStats, Synced,
+    UserspaceBackend, run as run_sync,
 };
 use ipnet::Ipv4Net;
 use std::sync::{Arc, Mutex};
@@ -249,7 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 struct DryRun(WatchMode, Layout);
 
 impl Backend for DryRun {
-    async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<(), SyncError> {
+    async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<Synced, SyncError> {
         let text = match self.0 {
             WatchMode::Iptables => iptables::render(&compile(snapshot, node)),
             WatchMode::Nftables => nft::render(snapshot, node, self.1)?,
@@ -262,7 +262,7 @@ impl Backend for DryRun {
                 .collect(),
         };
         print!("{text}");
-        Ok(())
+        Ok(Synced::Changed)
     }
 }
 

@@ -214,8 +214,10 @@ impl Snapshot {
             add_slice(&mut snapshot, slice)?;
         }
         for entry in snapshot.services.values_mut() {
-            entry.endpoints.sort_by_key(Endpoint::addr);
-            entry.endpoints.dedup_by_key(|e| e.addr());
+            // One string per endpoint, not two per comparison: a thousand-endpoint service
+            // is sorted on every sync of every node.
+            entry.endpoints.sort_by_cached_key(Endpoint::addr);
+            entry.endpoints.dedup_by_key(|e| (e.ip, e.port));
         }
         Ok(snapshot)
     }

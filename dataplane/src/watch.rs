@@ -41,6 +41,15 @@ pub enum SyncError {
     Proxy(#[from] ProxyError),
 }
 
+/// What a sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synced {
+    /// The rules (or the proxy's routes) were written.
+    Changed,
+    /// They matched the snapshot already; nothing was written.
+    Unchanged,
+}
+
 /// Where synced rules go.
 pub trait Backend: Send {
     /// Makes the backend's state match `snapshot` on `node`.
@@ -48,21 +57,30 @@ pub trait Backend: Send {
         &mut self,
         snapshot: &Snapshot,
         node: &NodeConfig,
-    ) -> impl Future<Output = Result<(), SyncError>> + Send;
+    ) -> impl Future<Output = Result<Synced, SyncError>> + Send;
+}
+
+/// [`Synced::Changed`] when `written`.
+pub fn synced(written: bool) -> Synced {
+    if written {
+        Synced::Changed
+    } else {
+        Synced::Unchanged
+    }
 }
 
 /// iptables rules in a network namespace.
 pub struct IptablesBackend(pub IptablesApplier);
 
 impl Backend for IptablesBackend {
-    async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<(), SyncError> {
+    async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<Synced, SyncError> {
         let rules = compile(snapshot, node);
         let applier = self.0.clone();
         // The tools block; keep them off the runtime's threads.
-        tokio::task::spawn_blocking(move || applier.apply_changes(&rules))
+        let written = tokio::task::spawn_blocking(move || applier.apply_changes(&rules))
             .await
             .expect("the apply task does not panic")?;
-        Ok(())
+        Ok(synced(written))
     }
 }
 
@@ -91,7 +109,7 @@ impl NftBackend {
 }
 
 impl Backend for NftBackend {
-    async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<(), SyncError> {
+    async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<Synced, SyncError> {
         let started = Instant::now();
         let whole = self.table.node() != Some(node);
         let change = self.table.update(snapshot, node)?;
@@ -107,7 +125,8 @@ impl Backend for NftBackend {
             change
         };
         let rendered = started.elapsed();
-        if !input.is_empty() {
+        let written = !input.is_empty();
+        if written {
             let applier = self.applier.clone();
             let bytes = input.len();
             tokio::task::spawn_blocking(move || {
@@ -122,7 +141,7 @@ impl Backend for NftBackend {
             tracing::debug!(?rendered, applied = ?started.elapsed() - rendered, bytes, full, "nft");
         }
         self.full_at = if full { Some(started) } else { last_full };
-        Ok(())
+        Ok(synced(written))
     }
 }
 
@@ -132,17 +151,19 @@ pub struct UserspaceBackend<F>(pub UserspaceProxy, pub F);
 impl<F: Fn(std::net::Ipv4Addr) -> std::net::Ipv4Addr + Send + Sync> Backend
     for UserspaceBackend<F>
 {
-    async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<(), SyncError> {
+    async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<Synced, SyncError> {
         let wanted = routes(snapshot, node, &self.1);
         self.0.sync(&wanted).await?;
-        Ok(())
+        Ok(Synced::Changed)
     }
 }
 
 /// Sync loop settings (kube-proxy's defaults).
 #[derive(Debug, Clone, Copy)]
 pub struct SyncOptions {
-    /// Syncs never start closer together than this (`minSyncPeriod`, 1 s).
+    /// A sync never starts closer than this after one that wrote something (`minSyncPeriod`,
+    /// 1 s). A sync that found nothing to write does not count: it cost little, and a real
+    /// change right after it (a Pod leaving, say) should not wait.
     pub min_interval: Duration,
     /// A sync happens at least this often even without changes (`syncPeriod`, 30 s).
     pub resync: Duration,
@@ -194,9 +215,14 @@ pub async fn run<B: Backend>(
         _ = async { let _ = services.wait_until_ready().await; let _ = slices.wait_until_ready().await; } => {}
         () = &mut shutdown => return Ok(()),
     }
+    let mut last_write: Option<Instant> = None;
     loop {
         let started = Instant::now();
         let result = sync_once(&services, &slices, &node, &mut backend).await;
+        // A failure counts as a write, so that it is retried after the minimum interval.
+        if !matches!(result, Ok(Synced::Unchanged)) {
+            last_write = Some(started);
+        }
         {
             let took = started.elapsed();
             let mut s = stats.lock().expect("stats");
@@ -204,7 +230,7 @@ pub async fn run<B: Backend>(
             s.total_duration += took;
             tracing::debug!(node = %node.node_name, ?took, ok = result.is_ok(), "synced");
             match &result {
-                Ok(()) => s.syncs += 1,
+                Ok(_) => s.syncs += 1,
                 Err(e) => {
                     s.failures += 1;
                     tracing::warn!(error = %e, "sync failed; retrying");
@@ -212,16 +238,18 @@ pub async fn run<B: Backend>(
             }
         }
         if options.once {
-            return result;
+            return result.map(|_| ());
         }
         tokio::select! {
             () = changed.notified() => {}
             () = tokio::time::sleep(options.resync) => {}
             () = &mut shutdown => return Ok(()),
         }
-        tokio::select! {
-            () = tokio::time::sleep_until((started + options.min_interval).into()) => {}
-            () = &mut shutdown => return Ok(()),
+        if let Some(at) = last_write {
+            tokio::select! {
+                () = tokio::time::sleep_until((at + options.min_interval).into()) => {}
+                () = &mut shutdown => return Ok(()),
+            }
         }
     }
 }
@@ -231,7 +259,7 @@ async fn sync_once<B: Backend>(
     slices: &Store<EndpointSlice>,
     node: &NodeConfig,
     backend: &mut B,
-) -> Result<(), SyncError> {
+) -> Result<Synced, SyncError> {
     let started = Instant::now();
     // The stores' objects are read in place, not cloned: in a lab every node's dataplane
     // takes a snapshot after each slice change, on the same few cores.

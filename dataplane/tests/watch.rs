@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dataplane::model::{NodeConfig, Snapshot};
-use dataplane::watch::{Backend, SyncError, SyncOptions, SyncStats, run};
+use dataplane::watch::{Backend, SyncError, SyncOptions, SyncStats, Synced, run};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
@@ -188,13 +188,23 @@ fn slice(ips: &[&str]) -> Value {
         "addressType": "IPv4", "ports": [{"port": 8080, "protocol": "TCP"}], "endpoints": endpoints})
 }
 
-/// Records every snapshot it is asked to sync.
+/// Records every snapshot it is asked to sync, and says it wrote something.
 struct Recording(mpsc::UnboundedSender<Snapshot>);
 
 impl Backend for Recording {
-    async fn sync(&mut self, snapshot: &Snapshot, _node: &NodeConfig) -> Result<(), SyncError> {
+    async fn sync(&mut self, snapshot: &Snapshot, _node: &NodeConfig) -> Result<Synced, SyncError> {
         let _ = self.0.send(snapshot.clone());
-        Ok(())
+        Ok(Synced::Changed)
+    }
+}
+
+/// Records every snapshot, and says each matched its rules already.
+struct Matching(mpsc::UnboundedSender<Snapshot>);
+
+impl Backend for Matching {
+    async fn sync(&mut self, snapshot: &Snapshot, _node: &NodeConfig) -> Result<Synced, SyncError> {
+        let _ = self.0.send(snapshot.clone());
+        Ok(Synced::Unchanged)
     }
 }
 
@@ -277,6 +287,44 @@ async fn changes_in_the_api_reach_the_backend_rate_limited() {
         snapshot = next(&mut rx).await;
     }
     assert_eq!(stats.lock().unwrap().failures, 0);
+    stop.send(()).unwrap();
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn syncs_that_write_nothing_do_not_hold_back_the_next_change() {
+    let api = FakeApi::new();
+    api.upsert(SERVICES, service());
+    api.upsert(SLICES, slice(&["10.244.1.2"]));
+    let addr = api.clone().serve().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // Far longer than the test may take: a sync that counted would block the next one.
+    let options = SyncOptions {
+        min_interval: Duration::from_secs(3600),
+        resync: Duration::from_secs(3600),
+        once: false,
+    };
+    let task = tokio::spawn(run(
+        client(addr).await,
+        NodeConfig::new("lab-worker"),
+        Matching(tx),
+        options,
+        Arc::new(Mutex::new(SyncStats::default())),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    assert_eq!(endpoint_ips(&next(&mut rx).await), ["10.244.1.2"]);
+    for last in 3..=5 {
+        let wanted = format!("10.244.1.{last}");
+        api.upsert(SLICES, slice(&[&wanted]));
+        while endpoint_ips(&next(&mut rx).await) != [wanted.as_str()] {}
+    }
     stop.send(()).unwrap();
     tokio::time::timeout(PATIENCE, task)
         .await

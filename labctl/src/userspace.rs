@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dataplane::model::{NodeConfig, Snapshot};
 use dataplane::proxy::{UserspaceProxy, routes};
-use dataplane::watch::{Backend, SyncError, SyncOptions, SyncStats};
+use dataplane::watch::{Backend, SyncError, SyncOptions, SyncStats, Synced};
 
 use crate::cluster::ClusterConfig;
 use crate::runtime::{loopback_twin, userspace_port};
@@ -26,7 +26,7 @@ fn twin(addr: SocketAddr) -> SocketAddr {
 struct LoopbackProxy(UserspaceProxy);
 
 impl Backend for LoopbackProxy {
-    async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<(), SyncError> {
+    async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<Synced, SyncError> {
         let mut wanted = routes(snapshot, node, |ip| ip);
         for r in &mut wanted {
             let listen = twin(r.listen);
@@ -36,7 +36,7 @@ impl Backend for LoopbackProxy {
             }
         }
         self.0.sync(&wanted).await?;
-        Ok(())
+        Ok(Synced::Changed)
     }
 }
 

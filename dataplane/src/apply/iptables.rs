@@ -57,11 +57,12 @@ impl IptablesApplier {
     /// whose rules changed are rewritten, chains no longer wanted are deleted, and nothing
     /// else is read or written (one `iptables-restore`, or no process at all when nothing
     /// changed), as kube-proxy's partial syncs do. Without an earlier apply, or after one
-    /// failed, this is [`IptablesApplier::apply`].
-    pub fn apply_changes(&self, rules: &RuleSet) -> Result<(), ApplyError> {
+    /// failed, this is [`IptablesApplier::apply`]. Returns whether anything was written.
+    pub fn apply_changes(&self, rules: &RuleSet) -> Result<bool, ApplyError> {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(last) = last.filter(|l| l.hooks == rules.hooks) else {
-            return self.apply(rules);
+            self.apply(rules)?;
+            return Ok(true);
         };
         let input = changes(&last, rules);
         if !input.is_empty() {
@@ -69,7 +70,7 @@ impl IptablesApplier {
                 .run("iptables-restore", &["--noflush"], Some(&input))?;
         }
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(rules.clone());
-        Ok(())
+        Ok(!input.is_empty())
     }
 
     /// The chains of ours that exist now, per table (from `iptables-save`).
