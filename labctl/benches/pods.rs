@@ -14,8 +14,11 @@
 //! Traffic goes only to addresses inside the lab's own namespaces; every wait is bounded. The
 //! last line is one JSON object of the headline figures. `PODS_BENCH_REPLICAS` (1000),
 //! `PODS_BENCH_DELETIONS` (20) and `PODS_BENCH_DATAPLANE` (`iptables`, or `nftables`, whose
-//! rules are read back with `nft list table`) change the run. During deletions only the
-//! Service's endpoints are polled: its nftables endpoint map, or its `KUBE-SVC-` chain.
+//! rules are read back with `nft list table`) change the run; `PODS_BENCH_LOG=<file>` keeps a
+//! copy of the server's log. During deletions only the
+//! Service's endpoints are watched: with nftables `nft monitor` in the worker's namespace
+//! reports when the transaction that takes the Pod out of its endpoint map commits; its
+//! `KUBE-SVC-` chain is polled with iptables.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -74,6 +77,11 @@ struct Down<'a>(&'a Path);
 
 impl Drop for Down<'_> {
     fn drop(&mut self) {
+        // The server's log goes with the lab; `PODS_BENCH_LOG=<file>` keeps a copy (with
+        // `LABCTL_LOG=info,dataplane::watch=debug` it times every sync).
+        if let Some(keep) = std::env::var_os("PODS_BENCH_LOG") {
+            let _ = std::fs::copy(self.0.join(LAB).join("labctl.log"), keep);
+        }
         let _ = labctl(self.0, &["down", "--name", LAB, "--purge"]);
     }
 }
@@ -160,6 +168,85 @@ fn programmed(node_ns: &str, dataplane: &str, listing: Listing) -> Result<HashSe
             .filter_map(addr)
             .collect(),
     })
+}
+
+/// The transactions committed to a node's nftables, as `nft monitor` announces them, timed
+/// when they arrive: the kernel announces each one as it commits, so the rules need to be
+/// read back only after a change, not back to back (each read starts an `nft`, which would
+/// be most of what is measured and take CPU from the lab). (nft 1.0.6's monitor does not
+/// reliably print the elements of sets made after it started, so only its generation lines
+/// are used.)
+struct Monitor {
+    child: std::process::Child,
+    generations: std::sync::mpsc::Receiver<Instant>,
+}
+
+impl Monitor {
+    fn start(node_ns: &str) -> Result<Monitor> {
+        let mut child = labctl::network::in_namespace(node_ns, || {
+            Command::new("nft")
+                .arg("monitor")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+        })
+        .context("starting nft monitor")?;
+        let stdout = child.stdout.take().context("nft monitor's output")?;
+        let (tx, generations) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("# new generation") && tx.send(Instant::now()).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Monitor { child, generations })
+    }
+
+    /// Forgets the transactions announced so far.
+    fn drain(&self) {
+        while self.generations.try_recv().is_ok() {}
+    }
+
+    /// When the transaction that took `ip` out of the node's rules (`still_there` reads them
+    /// back) was committed: after each announced transaction the rules are read once; the
+    /// first read without `ip` dates the removal to the last transaction announced before
+    /// that read ended (the right one, unless two came during one read: then the later).
+    fn removed(
+        &self,
+        ip: Ipv4Addr,
+        limit: Duration,
+        mut still_there: impl FnMut() -> Result<bool>,
+        reads: &mut Vec<f64>,
+    ) -> Result<Instant> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let mut last = self
+                .generations
+                .recv_timeout(wait)
+                .map_err(|_| anyhow::anyhow!("{ip} still in the rules after {limit:?}"))?;
+            let read = Instant::now();
+            let there = still_there()?;
+            reads.push(ms(read.elapsed()));
+            while let Ok(at) = self.generations.try_recv() {
+                last = at;
+            }
+            if !there {
+                return Ok(last);
+            }
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Ready endpoint addresses of `service` in its EndpointSlices.
@@ -382,9 +469,15 @@ async fn main() -> Result<()> {
         "all {replicas} Pods answered directly; RSS {rss_after} KiB ({rss_per_pod_mib:.3} MiB per Pod)"
     );
 
-    // Deletions, one at a time: from DELETE until the IP leaves the worker's rules.
+    // Deletions, one at a time: from DELETE until the IP leaves the worker's rules. With
+    // nftables the kernel's own announcements time it; iptables is polled.
+    let monitor = match dataplane.as_str() {
+        "nftables" => Some(Monitor::start(&worker_ns)?),
+        _ => None,
+    };
     let mut removals = Vec::new();
     let mut polls = Vec::new();
+    let mut reads = Vec::new();
     let list = pods
         .list(&ListParams::default().labels("app=hello-world"))
         .await?;
@@ -396,39 +489,64 @@ async fn main() -> Result<()> {
             .and_then(|s| s.pod_ip.clone())
             .context("a Pod without an IP")?
             .parse()?;
+        if let Some(m) = &monitor {
+            m.drain();
+        }
         let t = Instant::now();
         pods.delete(&name, &DeleteParams::default()).await?;
-        loop {
-            let (ns, dp) = (worker_ns.clone(), dataplane.clone());
-            let poll = Instant::now();
-            let have = tokio::task::spawn_blocking(move || {
-                programmed(&ns, &dp, Listing::HelloWorldEndpoints)
+        if let Some(m) = &monitor {
+            let at = tokio::task::block_in_place(|| {
+                m.removed(
+                    ip,
+                    Duration::from_secs(10),
+                    || {
+                        Ok(
+                            programmed(&worker_ns, &dataplane, Listing::HelloWorldEndpoints)?
+                                .contains(&ip),
+                        )
+                    },
+                    &mut reads,
+                )
             })
-            .await??;
-            polls.push(ms(poll.elapsed()));
-            if !have.contains(&ip) {
-                break;
+            .with_context(|| format!("{name} was deleted"))?;
+            removals.push(ms(at.duration_since(t)));
+        } else {
+            loop {
+                let (ns, dp) = (worker_ns.clone(), dataplane.clone());
+                let poll = Instant::now();
+                let have = tokio::task::spawn_blocking(move || {
+                    programmed(&ns, &dp, Listing::HelloWorldEndpoints)
+                })
+                .await??;
+                polls.push(ms(poll.elapsed()));
+                if !have.contains(&ip) {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(10) {
+                    bail!("{name} ({ip}) still in the rules 10 s after its deletion");
+                }
             }
-            if t.elapsed() > Duration::from_secs(10) {
-                bail!("{name} ({ip}) still in the rules 10 s after its deletion");
-            }
+            removals.push(ms(t.elapsed()));
         }
-        removals.push(ms(t.elapsed()));
         // Let the replacement start and the terminating Pod go before the next one.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    drop(monitor);
     removals.sort_by(f64::total_cmp);
     let removal_p50 = percentile(&removals, 0.5);
     let removal_p99 = percentile(&removals, 0.99);
     eprintln!("endpoint removal (ms): {removals:?}");
     polls.sort_by(f64::total_cmp);
-    // A removal is seen at the end of the first poll that starts after it, so each figure
-    // includes up to about two polls.
-    let poll_p50 = percentile(&polls, 0.5);
-    eprintln!(
-        "one poll of the rules: p50 {poll_p50} ms ({} polls)",
-        polls.len()
-    );
+    // A polled removal is seen at the end of the first poll that starts after it, so each
+    // figure includes up to about two polls.
+    let poll_p50 = (!polls.is_empty()).then(|| percentile(&polls, 0.5));
+    match poll_p50 {
+        Some(p) => eprintln!("one poll of the rules: p50 {p} ms ({} polls)", polls.len()),
+        None => eprintln!(
+            "removals dated by nft monitor; the rules were read {} times, once after each transaction",
+            reads.len()
+        ),
+    }
 
     let serving_s = (serving.as_secs_f64() * 1000.0).round() / 1000.0;
     let figures = json!({
@@ -446,6 +564,7 @@ async fn main() -> Result<()> {
         "removal_p99_ms": removal_p99,
         "deletions": removals.len(),
         "removal_poll_p50_ms": poll_p50,
+        "removal_timed_by": if poll_p50.is_some() { "polling" } else { "nft monitor" },
         "goal_serving_s": GOAL_SERVING_S,
         "goal_rss_per_pod_mib": GOAL_RSS_PER_POD_MIB,
         "goal_removal_ms": GOAL_REMOVAL_MS,
