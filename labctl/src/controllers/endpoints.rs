@@ -54,16 +54,28 @@ fn endpoint(pod: &Value) -> Value {
 /// Desired slices: endpoints grouped by their resolved ports, in chunks of 100.
 fn desired_slices(svc: &Value, pods: &[Arc<Value>]) -> Vec<(Vec<Value>, Vec<Value>)> {
     let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
-    let mut groups: BTreeMap<Vec<(String, i64, String)>, Vec<Value>> = BTreeMap::new();
-    for pod in pods {
-        let resolved: Option<Vec<(String, i64, String)>> = ports
+    let resolve = |pod: &Value| -> Option<Vec<(String, i64, String)>> {
+        ports
             .iter()
             .map(|p| {
                 let name = p["name"].as_str().unwrap_or("").to_string();
                 let protocol = p["protocol"].as_str().unwrap_or("TCP").to_string();
                 target_port(p, pod).map(|n| (name, n, protocol))
             })
-            .collect();
+            .collect()
+    };
+    // Numeric target ports resolve the same for every Pod: once, not once per Pod, as this
+    // runs for every Pod of a Service each time one of them changes.
+    let shared = ports
+        .iter()
+        .all(|p| !p["targetPort"].is_string())
+        .then(|| resolve(&Value::Null));
+    let mut groups: BTreeMap<Vec<(String, i64, String)>, Vec<Value>> = BTreeMap::new();
+    for pod in pods {
+        let resolved = match &shared {
+            Some(ports) => ports.clone(),
+            None => resolve(pod),
+        };
         if let Some(resolved) = resolved {
             groups.entry(resolved).or_default().push(endpoint(pod));
         }
@@ -74,8 +86,10 @@ fn desired_slices(svc: &Value, pods: &[Arc<Value>]) -> Vec<(Vec<Value>, Vec<Valu
             .into_iter()
             .map(|(name, port, protocol)| json!({"name": name, "port": port, "protocol": protocol}))
             .collect();
-        for chunk in endpoints.chunks(MAX_ENDPOINTS_PER_SLICE) {
-            out.push((ports.clone(), chunk.to_vec()));
+        let mut endpoints = endpoints.into_iter().peekable();
+        while endpoints.peek().is_some() {
+            let chunk: Vec<Value> = endpoints.by_ref().take(MAX_ENDPOINTS_PER_SLICE).collect();
+            out.push((ports.clone(), chunk));
         }
     }
     out
@@ -126,20 +140,20 @@ fn current_slices(api: &Api, ns: &str, name: &str) -> Vec<Arc<Value>> {
 fn write_slices(
     ctx: &Ctx,
     svc: &Value,
-    desired: Vec<(Vec<Value>, Vec<Value>)>,
+    desired: &[(Vec<Value>, Vec<Value>)],
 ) -> Result<(), ApiError> {
     let (ns, name) = (meta(svc, "namespace"), meta(svc, "name"));
     let store = &ctx.api.store;
     let mut existing = current_slices(&ctx.api, ns, name).into_iter();
     // A Service with no endpoints still has one (empty) slice, as on a real cluster.
-    let desired = if desired.is_empty() {
-        let ports: Vec<Value> = Vec::new();
-        vec![(ports, Vec::new())]
-    } else {
-        desired
-    };
+    let empty = [(Vec::new(), Vec::new())];
+    let desired = if desired.is_empty() { &empty } else { desired };
     for (ports, endpoints) in desired {
         match existing.next() {
+            // Most of a large Service's slices stay as they were when one Pod changes.
+            Some(slice)
+                if slice["ports"].as_array() == Some(ports)
+                    && slice["endpoints"].as_array() == Some(endpoints) => {}
             Some(slice) => {
                 store
                     .modify(
@@ -321,8 +335,9 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
         pods.sort_by(|a, b| meta(a, "name").cmp(meta(b, "name")));
         desired_slices(&svc, &pods)
     };
-    write_endpoints(ctx, endpoints_mirror(&svc, &desired))?;
-    write_slices(ctx, &svc, desired)?;
+    // Slices first: the dataplanes wait for them; the Endpoints mirror is for readers.
+    write_slices(ctx, &svc, &desired)?;
     tracing::debug!(service = name, "slices reconciled");
+    write_endpoints(ctx, endpoints_mirror(&svc, &desired))?;
     Ok(())
 }
