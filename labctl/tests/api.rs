@@ -6,7 +6,9 @@ mod support;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
@@ -361,4 +363,102 @@ fn a_taken_api_port_is_explained_and_the_lab_kept() {
     );
     // Nothing was lost: the stored objects are still there.
     assert!(lab.state().join("store.sqlite").exists());
+}
+
+/// Ready endpoints (by IP) of every slice, as a watcher sees them.
+fn ready_ips(
+    slices: &std::collections::BTreeMap<String, EndpointSlice>,
+) -> std::collections::BTreeSet<String> {
+    slices
+        .values()
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .flat_map(|e| e.addresses.first().cloned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_ready_endpoint_never_leaves_the_slices_while_others_come_and_go() {
+    let lab = Lab::start();
+    let client = lab.client().await;
+    let replicas = 500;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "many"},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "many"}},
+                 "template": {"metadata": {"labels": {"app": "many"}},
+                              "spec": {"containers": [{"name": "c", "image": "gcr.io/google-samples/hello-app:1.0", "ports": [{"containerPort": 8080}]}]}}},
+    }))
+    .unwrap();
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "many"},
+        "spec": {"selector": {"app": "many"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let mut events = watcher(
+        slices,
+        watcher::Config::default().labels("kubernetes.io/service-name=many"),
+    )
+    .boxed();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    // Five slices fill up as the Pods get ready; then Pods are deleted and replaced. Every
+    // state the watcher sees must hold every endpoint that was ready before and still is
+    // (a deleted Pod's endpoint may go).
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let mut state = std::collections::BTreeMap::new();
+    let mut kept: std::collections::BTreeSet<String> = Default::default();
+    let mut deleted = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while deleted < 5 || ready_ips(&state).len() < replicas {
+        let event = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("the slices settle within a minute")
+            .unwrap()
+            .unwrap();
+        match event {
+            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                state.insert(s.metadata.name.clone().unwrap(), s);
+            }
+            watcher::Event::Delete(s) => {
+                state.remove(s.metadata.name.as_deref().unwrap());
+            }
+            _ => continue,
+        }
+        let ready = ready_ips(&state);
+        let missing: Vec<&String> = kept.difference(&ready).collect();
+        assert!(
+            missing.is_empty(),
+            "{} ready endpoints left the slices: {missing:?}",
+            missing.len()
+        );
+        kept = ready;
+        if kept.len() == replicas && deleted < 5 {
+            let list = pods
+                .list(&ListParams::default().labels("app=many"))
+                .await
+                .unwrap();
+            let victim = list
+                .items
+                .iter()
+                .find(|p| p.metadata.deletion_timestamp.is_none())
+                .unwrap();
+            let ip = victim.status.as_ref().unwrap().pod_ip.clone().unwrap();
+            pods.delete(
+                victim.metadata.name.as_deref().unwrap(),
+                &Default::default(),
+            )
+            .await
+            .unwrap();
+            kept.remove(&ip);
+            deleted += 1;
+        }
+    }
 }

@@ -127,14 +127,26 @@ fn endpoints_mirror(svc: &Value, slices: &[(Vec<Value>, Vec<Value>)]) -> Value {
     e
 }
 
-/// The Service's own slices (by label), oldest name first.
+/// The Service's own slices (by label), in the order of the chunks they hold: by their first
+/// endpoint's Pod name, empty ones last.
+///
+/// Desired chunks go to existing slices in this order. By slice name (random suffixes) a
+/// slice made for the last chunk could sort first, and the next reconcile would then move
+/// every chunk to another slice, one write at a time: in between, a whole chunk of ready
+/// endpoints was missing from every slice, and the dataplanes removed it from the rules.
 fn current_slices(api: &Api, ns: &str, name: &str) -> Vec<Arc<Value>> {
-    api.store
+    let mut slices: Vec<Arc<Value>> = api
+        .store
         .list(Kind::EndpointSlice, Some(ns))
         .0
         .into_iter()
         .filter(|s| s["metadata"]["labels"][SERVICE_NAME_LABEL] == name)
-        .collect()
+        .collect();
+    slices.sort_by_cached_key(|s| {
+        let first = s["endpoints"][0]["targetRef"]["name"].as_str();
+        (first.is_none(), first.map(str::to_owned))
+    });
+    slices
 }
 
 fn write_slices(
