@@ -469,6 +469,32 @@ async fn main() -> Result<()> {
         "all {replicas} Pods answered directly; RSS {rss_after} KiB ({rss_per_pod_mib:.3} MiB per Pod)"
     );
 
+    // Removals are timed on a settled lab: every node's rules hold every Pod first (the
+    // other nodes may still be catching up with the scale when the first worker has).
+    let names = labctl::network::Names::new(LAB);
+    let nodes = std::iter::once(format!("{LAB}-control-plane"))
+        .chain(std::iter::once(format!("{LAB}-worker")))
+        .chain((2..=WORKERS.parse::<usize>()?).map(|i| format!("{LAB}-worker{i}")));
+    for node in nodes {
+        let ns = names.node(&node);
+        let settled = Instant::now();
+        loop {
+            let (n, dp) = (ns.clone(), dataplane.clone());
+            let have = tokio::task::spawn_blocking(move || {
+                programmed(&n, &dp, Listing::HelloWorldEndpoints)
+            })
+            .await??;
+            if ips.iter().all(|ip| have.contains(ip)) {
+                break;
+            }
+            ensure!(
+                settled.elapsed() < LIMIT,
+                "{node}'s rules still miss Pods after {LIMIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     // Deletions, one at a time: from DELETE until the IP leaves the worker's rules. With
     // nftables the kernel's own announcements time it; iptables is polled.
     let monitor = match dataplane.as_str() {
@@ -532,10 +558,10 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     drop(monitor);
+    eprintln!("endpoint removal (ms, in order of deletion): {removals:?}");
     removals.sort_by(f64::total_cmp);
     let removal_p50 = percentile(&removals, 0.5);
     let removal_p99 = percentile(&removals, 0.99);
-    eprintln!("endpoint removal (ms): {removals:?}");
     polls.sort_by(f64::total_cmp);
     // A polled removal is seen at the end of the first poll that starts after it, so each
     // figure includes up to about two polls.
