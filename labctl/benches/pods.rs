@@ -16,9 +16,9 @@
 //! `PODS_BENCH_DELETIONS` (20) and `PODS_BENCH_DATAPLANE` (`iptables`, or `nftables`, whose
 //! rules are read back with `nft list table`) change the run; `PODS_BENCH_LOG=<file>` keeps a
 //! copy of the server's log. During deletions only the
-//! Service's endpoints are watched: with nftables `nft monitor` in the worker's namespace
-//! reports when the transaction that takes the Pod out of its endpoint map commits; its
-//! `KUBE-SVC-` chain is polled with iptables.
+//! Service's endpoints are watched: `nft monitor` in the worker's namespace announces each
+//! transaction, after which the rules (its nftables endpoint map, or its `KUBE-SVC-` chain)
+//! are read once; legacy (not nf_tables) iptables is polled back to back.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -495,11 +495,18 @@ async fn main() -> Result<()> {
         }
     }
 
-    // Deletions, one at a time: from DELETE until the IP leaves the worker's rules. With
-    // nftables the kernel's own announcements time it; iptables is polled.
-    let monitor = match dataplane.as_str() {
-        "nftables" => Some(Monitor::start(&worker_ns)?),
-        _ => None,
+    // Deletions, one at a time: from DELETE until the IP leaves the worker's rules. The
+    // kernel's announcements date them when the rules live in nf_tables (nftables, and
+    // iptables of the nf_tables flavour, `iptables -V`); legacy iptables is polled.
+    let on_nf_tables = dataplane == "nftables"
+        || Command::new("iptables")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("nf_tables"));
+    let monitor = if on_nf_tables {
+        Some(Monitor::start(&worker_ns)?)
+    } else {
+        None
     };
     let mut removals = Vec::new();
     let mut polls = Vec::new();
