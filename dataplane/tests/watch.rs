@@ -228,6 +228,49 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<Snapshot>) -> Snapshot {
         .expect("the loop runs")
 }
 
+/// The sync loop against the fake API at `addr`, until the returned sender is used.
+async fn start<B: Backend + 'static>(
+    addr: SocketAddr,
+    backend: B,
+    min_interval: Duration,
+    resync: Duration,
+    stats: Arc<Mutex<SyncStats>>,
+) -> (
+    tokio::task::JoinHandle<Result<(), SyncError>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let options = SyncOptions {
+        min_interval,
+        resync,
+        once: false,
+    };
+    let task = tokio::spawn(run(
+        client(addr).await,
+        NodeConfig::new("lab-worker"),
+        backend,
+        options,
+        stats,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (task, stop)
+}
+
+/// Stops a loop from [`start`]; it must end cleanly.
+async fn stop_loop(
+    task: tokio::task::JoinHandle<Result<(), SyncError>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+) {
+    stop.send(()).unwrap();
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn changes_in_the_api_reach_the_backend_rate_limited() {
     let api = FakeApi::new();
@@ -237,22 +280,14 @@ async fn changes_in_the_api_reach_the_backend_rate_limited() {
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let stats = Arc::new(Mutex::new(SyncStats::default()));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let options = SyncOptions {
-        min_interval: Duration::from_millis(300),
-        resync: Duration::from_secs(60),
-        once: false,
-    };
-    let task = tokio::spawn(run(
-        client(addr).await,
-        NodeConfig::new("lab-worker"),
+    let (task, stop) = start(
+        addr,
         Recording(tx),
-        options,
+        Duration::from_millis(300),
+        Duration::from_secs(60),
         stats.clone(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    )
+    .await;
 
     assert_eq!(
         endpoint_ips(&next(&mut rx).await),
@@ -287,12 +322,7 @@ async fn changes_in_the_api_reach_the_backend_rate_limited() {
         snapshot = next(&mut rx).await;
     }
     assert_eq!(stats.lock().unwrap().failures, 0);
-    stop.send(()).unwrap();
-    tokio::time::timeout(PATIENCE, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop_loop(task, stop).await;
 }
 
 #[tokio::test]
@@ -302,35 +332,16 @@ async fn syncs_that_write_nothing_do_not_hold_back_the_next_change() {
     api.upsert(SLICES, slice(&["10.244.1.2"]));
     let addr = api.clone().serve().await;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // Far longer than the test may take: a sync that counted would block the next one.
-    let options = SyncOptions {
-        min_interval: Duration::from_secs(3600),
-        resync: Duration::from_secs(3600),
-        once: false,
-    };
-    let task = tokio::spawn(run(
-        client(addr).await,
-        NodeConfig::new("lab-worker"),
-        Matching(tx),
-        options,
-        Arc::new(Mutex::new(SyncStats::default())),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let hour = Duration::from_secs(3600);
+    let (task, stop) = start(addr, Matching(tx), hour, hour, Default::default()).await;
     assert_eq!(endpoint_ips(&next(&mut rx).await), ["10.244.1.2"]);
     for last in 3..=5 {
         let wanted = format!("10.244.1.{last}");
         api.upsert(SLICES, slice(&[&wanted]));
         while endpoint_ips(&next(&mut rx).await) != [wanted.as_str()] {}
     }
-    stop.send(()).unwrap();
-    tokio::time::timeout(PATIENCE, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop_loop(task, stop).await;
 }
 
 #[tokio::test]

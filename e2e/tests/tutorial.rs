@@ -132,19 +132,38 @@ fn the_tutorial_passes_in_kernel_mode_with_nftables() {
     }
 }
 
+/// Whether the test must skip because it needs root (it prints why; CI runs as root, so
+/// under `CI` it fails instead).
+fn without_root(needs: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("skipped: {needs}, which needs root (CI runs as root)");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run this test as root"
+    );
+    true
+}
+
+/// The run fell back to userspace mode and said `why`.
+fn assert_userspace_because(run: &Run, why: &str) {
+    assert!(
+        run.stdout.contains(", userspace mode.")
+            && run
+                .stdout
+                .contains(&format!("Kernel mode is not available: {why}.")),
+        "{}",
+        run.all()
+    );
+}
+
 /// The unprivileged user the rootless test runs as (`nobody`).
 const NOBODY: u32 = 65534;
 
 #[test]
 fn the_tutorial_passes_in_kernel_mode_without_root() {
-    if !is_root() {
-        eprintln!(
-            "skipped: the test switches to an unprivileged user, which needs root (CI runs as root)"
-        );
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run this test as root"
-        );
+    if without_root("the test switches to an unprivileged user") {
         return;
     }
     // What the lab needs from the kernel: an unprivileged user namespace.
@@ -188,14 +207,7 @@ fn the_tutorial_passes_in_kernel_mode_without_root() {
 
 #[test]
 fn without_user_namespaces_a_user_gets_userspace_mode_and_the_reason() {
-    if !is_root() {
-        eprintln!(
-            "skipped: the test confines an unprivileged user, which needs root (CI runs as root)"
-        );
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run this test as root"
-        );
+    if without_root("the test confines an unprivileged user") {
         return;
     }
     let _one_at_a_time = e2e::userspace_lab();
@@ -209,13 +221,9 @@ fn without_user_namespaces_a_user_gets_userspace_mode_and_the_reason() {
         Duration::from_secs(30),
     );
     assert_passed(&run, 6);
-    assert!(
-        run.stdout.contains(", userspace mode.")
-            && run.stdout.contains(
-                "Kernel mode is not available: not running as root, and an unprivileged user namespace could not be made (unshare(CLONE_NEWUSER): Operation not permitted (os error 1))."
-            ),
-        "{}",
-        run.all()
+    assert_userspace_because(
+        &run,
+        "not running as root, and an unprivileged user namespace could not be made (unshare(CLONE_NEWUSER): Operation not permitted (os error 1))",
     );
 }
 
@@ -369,13 +377,9 @@ fn without_iptables_the_tutorial_falls_back_to_userspace_and_says_why() {
     );
     sandbox.down("e2e-noipt");
     assert_passed(&run, 6);
-    assert!(
-        run.stdout.contains(", userspace mode.")
-            && run.stdout.contains(
-                "Kernel mode is not available: `iptables-restore` is not on PATH; install the iptables package: `apt-get install iptables`."
-            ),
-        "{}",
-        run.all()
+    assert_userspace_because(
+        &run,
+        "`iptables-restore` is not on PATH; install the iptables package: `apt-get install iptables`",
     );
     assert!(namespaces_of("e2e-noipt").is_empty());
 }
