@@ -88,8 +88,9 @@ enum Cmd {
         #[arg(long)]
         merge_kubeconfig: bool,
         /// Where Pods run: `kernel` (network namespaces, wasm Pods, rules per node; needs
-        /// root, or an unprivileged user namespace), `userspace` (loopback, no privileges), `none` (API only), `auto` (kernel when
-        /// possible) [default: auto]; fixed when the lab is created.
+        /// root, or an unprivileged user namespace), `userspace` (loopback, no privileges),
+        /// `none` (API only), `auto` (kernel when possible) [default: auto]; fixed when the
+        /// lab is created.
         #[arg(long, value_enum)]
         network: Option<lab::NetworkMode>,
         /// What implements Services: `iptables` (kernel mode, kube-proxy's rules, the
@@ -353,8 +354,12 @@ fn rootless(cli: &Cli) {
         | Cmd::PortForward { lab, .. } => (lab.dir(), false),
     };
     if let Some(pid) = dir.running_pid() {
-        // A lab someone else runs, or one in userspace mode, stays out of reach as before.
-        let _ = labctl::userns::join(pid);
+        if let Err(e) = labctl::userns::join(pid) {
+            eprintln!(
+                "note: lab {:?} runs in namespaces this user cannot join ({e}); what reaches into its network namespaces will fail",
+                dir.name
+            );
+        }
         return;
     }
     // A lab created earlier keeps its mode; `up` of an existing userspace lab makes nothing.
