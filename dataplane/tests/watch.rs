@@ -188,24 +188,23 @@ fn slice(ips: &[&str]) -> Value {
         "addressType": "IPv4", "ports": [{"port": 8080, "protocol": "TCP"}], "endpoints": endpoints})
 }
 
-/// Records every snapshot it is asked to sync, and says it wrote something.
-struct Recording(mpsc::UnboundedSender<Snapshot>);
+/// Records every snapshot it is asked to sync, and says it did what the second field says.
+struct Recording(mpsc::UnboundedSender<Snapshot>, Synced);
 
 impl Backend for Recording {
     async fn sync(&mut self, snapshot: &Snapshot, _node: &NodeConfig) -> Result<Synced, SyncError> {
         let _ = self.0.send(snapshot.clone());
-        Ok(Synced::Changed)
+        Ok(self.1)
     }
 }
 
-/// Records every snapshot, and says each matched its rules already.
-struct Matching(mpsc::UnboundedSender<Snapshot>);
-
-impl Backend for Matching {
-    async fn sync(&mut self, snapshot: &Snapshot, _node: &NodeConfig) -> Result<Synced, SyncError> {
-        let _ = self.0.send(snapshot.clone());
-        Ok(Synced::Unchanged)
-    }
+/// The fake API with the tutorial's Service and one slice of `endpoints`, served on loopback.
+async fn serving(endpoints: &[&str]) -> (FakeApi, SocketAddr) {
+    let api = FakeApi::new();
+    api.upsert(SERVICES, service());
+    api.upsert(SLICES, slice(endpoints));
+    let addr = api.clone().serve().await;
+    (api, addr)
 }
 
 fn endpoint_ips(snapshot: &Snapshot) -> Vec<String> {
@@ -273,16 +272,13 @@ async fn stop_loop(
 
 #[tokio::test]
 async fn changes_in_the_api_reach_the_backend_rate_limited() {
-    let api = FakeApi::new();
-    api.upsert(SERVICES, service());
-    api.upsert(SLICES, slice(&["10.244.1.2", "10.244.1.3"]));
-    let addr = api.clone().serve().await;
+    let (api, addr) = serving(&["10.244.1.2", "10.244.1.3"]).await;
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let stats = Arc::new(Mutex::new(SyncStats::default()));
     let (task, stop) = start(
         addr,
-        Recording(tx),
+        Recording(tx, Synced::Changed),
         Duration::from_millis(300),
         Duration::from_secs(60),
         stats.clone(),
@@ -327,14 +323,18 @@ async fn changes_in_the_api_reach_the_backend_rate_limited() {
 
 #[tokio::test]
 async fn syncs_that_write_nothing_do_not_hold_back_the_next_change() {
-    let api = FakeApi::new();
-    api.upsert(SERVICES, service());
-    api.upsert(SLICES, slice(&["10.244.1.2"]));
-    let addr = api.clone().serve().await;
+    let (api, addr) = serving(&["10.244.1.2"]).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     // Far longer than the test may take: a sync that counted would block the next one.
     let hour = Duration::from_secs(3600);
-    let (task, stop) = start(addr, Matching(tx), hour, hour, Default::default()).await;
+    let (task, stop) = start(
+        addr,
+        Recording(tx, Synced::Unchanged),
+        hour,
+        hour,
+        Default::default(),
+    )
+    .await;
     assert_eq!(endpoint_ips(&next(&mut rx).await), ["10.244.1.2"]);
     for last in 3..=5 {
         let wanted = format!("10.244.1.{last}");
@@ -346,10 +346,7 @@ async fn syncs_that_write_nothing_do_not_hold_back_the_next_change() {
 
 #[tokio::test]
 async fn once_syncs_a_single_time_and_returns() {
-    let api = FakeApi::new();
-    api.upsert(SERVICES, service());
-    api.upsert(SLICES, slice(&["10.244.1.2"]));
-    let addr = api.serve().await;
+    let (_api, addr) = serving(&["10.244.1.2"]).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let stats = Arc::new(Mutex::new(SyncStats::default()));
     let options = SyncOptions {
@@ -361,7 +358,7 @@ async fn once_syncs_a_single_time_and_returns() {
         run(
             client(addr).await,
             NodeConfig::new("n"),
-            Recording(tx),
+            Recording(tx, Synced::Changed),
             options,
             stats.clone(),
             std::future::pending(),
@@ -376,10 +373,7 @@ async fn once_syncs_a_single_time_and_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_syncs_once_from_a_kubeconfig_and_prints_the_rules() {
-    let api = FakeApi::new();
-    api.upsert(SERVICES, service());
-    api.upsert(SLICES, slice(&["10.244.1.2", "10.244.1.3"]));
-    let addr = api.serve().await;
+    let (_api, addr) = serving(&["10.244.1.2", "10.244.1.3"]).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(

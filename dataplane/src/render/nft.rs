@@ -124,6 +124,25 @@ fn assemble<'a>(
     layout: Layout,
     fragments: impl Iterator<Item = &'a Fragment> + Clone,
 ) -> NftTable {
+    let mut t = fragments_only(layout, fragments.clone());
+    t.chains.splice(0..0, fixed_chains(node, layout));
+    if layout == Layout::Fast {
+        let pairs: BTreeSet<&String> = fragments.flat_map(|f| &f.hairpin).collect();
+        t.sets.push((
+            "hairpin".into(),
+            HAIRPIN,
+            pairs.into_iter().cloned().collect(),
+        ));
+    }
+    t
+}
+
+/// What `fragments` put in a table: their elements of the shared maps, their own maps and
+/// their chains; no fixed chains and no hairpin set (pairs are shared between fragments).
+fn fragments_only<'a>(
+    layout: Layout,
+    fragments: impl Iterator<Item = &'a Fragment> + Clone,
+) -> NftTable {
     let mut t = NftTable {
         name: layout.table(),
         comment: match layout {
@@ -132,7 +151,7 @@ fn assemble<'a>(
         },
         maps: Vec::new(),
         sets: Vec::new(),
-        chains: fixed_chains(node, layout),
+        chains: Vec::new(),
     };
     type Pick = fn(&Fragment) -> &MapElements;
     let shared: [(&str, &'static str, Pick); 4] = [
@@ -148,14 +167,6 @@ fn assemble<'a>(
     for (name, decl, pick) in shared {
         let items = fragments.clone().flat_map(pick).cloned().collect();
         t.maps.push((name.into(), decl, items));
-    }
-    if layout == Layout::Fast {
-        let pairs: BTreeSet<&String> = fragments.clone().flat_map(|f| &f.hairpin).collect();
-        t.sets.push((
-            "hairpin".into(),
-            HAIRPIN,
-            pairs.into_iter().cloned().collect(),
-        ));
     }
     for f in fragments {
         t.maps.extend(f.endpoint_maps.iter().cloned());
@@ -510,40 +521,31 @@ impl NftSync {
         if changed.is_empty() && gone.is_empty() {
             return Ok(String::new());
         }
-        let mut before = Vec::new();
-        let mut after = Vec::new();
+        // The new side is read from the changed fragments before they move into the table.
+        let mut new = fragments_only(self.layout, changed.iter().map(|(_, _, f)| f));
+        let mut delta: HashMap<String, isize> = HashMap::new();
+        for pair in changed.iter().flat_map(|(_, _, f)| &f.hairpin) {
+            *delta.entry(pair.clone()).or_default() += 1;
+        }
         let gone: Vec<(String, Protocol)> = gone.into_iter().cloned().collect();
+        let mut before = Vec::new();
         for key in gone {
-            if let Some((_, f)) = self.services.remove(&key) {
-                before.push(f);
-            }
+            before.extend(self.services.remove(&key).map(|(_, f)| f));
         }
         for (key, entry, f) in changed {
-            after.push(f.clone());
-            if let Some((_, old)) = self.services.insert(key, (entry, f)) {
-                before.push(old);
-            }
+            before.extend(self.services.insert(key, (entry, f)).map(|(_, old)| old));
         }
-        let (mut old, mut new) = (
-            assemble(node, self.layout, before.iter()),
-            assemble(node, self.layout, after.iter()),
-        );
-        // Only the fixed chains' and shared maps' changes are wanted; the fixed chains are
-        // the same on both sides, and a hairpin pair comes or goes with its last holder.
+        let mut old = fragments_only(self.layout, before.iter());
+        // A hairpin pair comes or goes with its last holder; a re-rendered service mostly
+        // gives back the pairs it had, so the net change per pair is counted first.
         if self.layout == Layout::Fast {
-            // Net change per pair first: a re-rendered service mostly gives back the pairs it
-            // had, and those must cost a hash lookup, not a search.
-            let mut delta: HashMap<&String, isize> = HashMap::new();
             for pair in before.iter().flat_map(|f| &f.hairpin) {
-                *delta.entry(pair).or_default() -= 1;
-            }
-            for pair in after.iter().flat_map(|f| &f.hairpin) {
-                *delta.entry(pair).or_default() += 1;
+                *delta.entry(pair.clone()).or_default() -= 1;
             }
             let mut appeared = Vec::new();
             let mut vanished = Vec::new();
             for (pair, d) in delta.into_iter().filter(|(_, d)| *d != 0) {
-                let held = self.hairpin.get(pair).copied().unwrap_or(0);
+                let held = self.hairpin.get(&pair).copied().unwrap_or(0);
                 let now = held.checked_add_signed(d).expect("counted when added");
                 match (held, now) {
                     (0, _) => appeared.push(pair.clone()),
@@ -551,9 +553,9 @@ impl NftSync {
                     _ => {}
                 }
                 if now == 0 {
-                    self.hairpin.remove(pair);
+                    self.hairpin.remove(&pair);
                 } else {
-                    self.hairpin.insert(pair.clone(), now);
+                    self.hairpin.insert(pair, now);
                 }
             }
             appeared.sort_unstable();
