@@ -472,10 +472,8 @@ async fn main() -> Result<()> {
     // Removals are timed on a settled lab: every node's rules hold every Pod first (the
     // other nodes may still be catching up with the scale when the first worker has).
     let names = labctl::network::Names::new(LAB);
-    let nodes = std::iter::once(format!("{LAB}-control-plane"))
-        .chain(std::iter::once(format!("{LAB}-worker")))
-        .chain((2..=WORKERS.parse::<usize>()?).map(|i| format!("{LAB}-worker{i}")));
-    for node in nodes {
+    for node in labctl::cluster::ClusterConfig::new(LAB, WORKERS.parse()?).nodes {
+        let node = node.name;
         let ns = names.node(&node);
         let settled = Instant::now();
         loop {

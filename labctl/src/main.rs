@@ -458,7 +458,7 @@ fn run(cli: Cli) -> Result<()> {
                         }
                     );
                     if let Some(uid) = labctl::userns::outside_uid() {
-                        println!("{}", tutorial::rootless_note(uid));
+                        println!("{}", labctl::userns::note(uid));
                     }
                 }
                 Some(lab::Mode::Userspace) => println!(

@@ -216,12 +216,9 @@ fn context(step: &str) -> impl FnOnce(io::Error) -> io::Error + '_ {
 /// switching back to the host's namespace is not permitted).
 pub fn create(name: &str) -> io::Result<()> {
     let path = Path::new(NETNS_DIR).join(name);
-    std::thread::spawn(move || -> io::Result<()> {
-        new_netns().map_err(context("creating a network namespace"))?;
-        pin(&path).map_err(context("pinning the namespace"))
-    })
-    .join()
-    .map_err(|_| io::Error::other("the namespace thread panicked"))?
+    std::thread::spawn(move || new_pinned_netns(&path))
+        .join()
+        .map_err(|_| io::Error::other("the namespace thread panicked"))?
 }
 
 /// Makes the Pod's namespace and network, and a listening socket inside it.
@@ -236,8 +233,7 @@ pub fn add(pod: &PodNet<'_>) -> io::Result<TcpListener> {
     // The new namespace belongs to a fresh thread, which ends when the Pod is set up; the
     // bind mount and the listening socket keep the namespace alive.
     let result = std::thread::spawn(move || -> io::Result<TcpListener> {
-        new_netns().map_err(context("creating a network namespace"))?;
-        pin(&path2).map_err(context("pinning the namespace"))?;
+        new_pinned_netns(&path2)?;
         // The lab is IPv4 only. Without this every new eth0 sends IPv6 DAD, MLD and router
         // solicitations, which the bridge floods to every other Pod of the node: quadratic
         // work as a node fills up.
@@ -327,6 +323,12 @@ pub fn add(pod: &PodNet<'_>) -> io::Result<TcpListener> {
         remove(pod.netns);
     }
     result
+}
+
+/// Gives the calling thread a new network namespace, pinned at `path`.
+fn new_pinned_netns(path: &PathBuf) -> io::Result<()> {
+    new_netns().map_err(context("creating a network namespace"))?;
+    pin(path).map_err(context("pinning the namespace"))
 }
 
 /// Gives the calling thread a new network namespace.

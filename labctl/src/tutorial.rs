@@ -325,7 +325,7 @@ impl<'a> Tutorial<'a> {
         if mode == Mode::Kernel
             && let Some(uid) = crate::userns::outside_uid()
         {
-            self.console.note(&rootless_note(uid));
+            self.console.note(&crate::userns::note(uid));
         }
         if mode == Mode::Userspace {
             let why = lab::why_not_kernel(&config)
@@ -1153,11 +1153,4 @@ fn service_row(table: &str) -> Option<Vec<String>> {
     rows(table)
         .find(|r| r[0] == "hello-world" && r.len() >= 6)
         .map(|r| r.iter().map(|s| s.to_string()).collect())
-}
-
-/// What a user without root should know about a kernel-mode lab in a user namespace.
-pub fn rootless_note(uid: u32) -> String {
-    format!(
-        "Kernel mode without root: the lab is root of an unprivileged user namespace of uid {uid}, so its network namespaces are private to it (`ip netns list` on the host does not show them); `labctl exec`, `labctl curl` and `labctl rules` join it."
-    )
 }

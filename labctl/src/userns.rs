@@ -47,6 +47,14 @@ pub fn inside() -> bool {
     outside_uid().is_some()
 }
 
+/// What a user without root should know about a kernel-mode lab in a user namespace of uid
+/// `uid` (`labctl up` and the tutorial print it).
+pub fn note(uid: u32) -> String {
+    format!(
+        "Kernel mode without root: the lab is root of an unprivileged user namespace of uid {uid}, so its network namespaces are private to it (`ip netns list` on the host does not show them); `labctl exec`, `labctl curl` and `labctl rules` join it."
+    )
+}
+
 /// Why no user namespace could be made for this command's lab, if one was tried and refused.
 pub fn refused() -> Option<&'static str> {
     REFUSED.get().map(String::as_str)
