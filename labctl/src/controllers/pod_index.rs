@@ -1,5 +1,6 @@
-//! Where each Pod is: its node, its IP and its owner, kept from Pod events so that the
-//! scheduler, the node agent and the ReplicaSet controller do not scan every Pod per Pod.
+//! Where each Pod is: its node, its IP, its owner and whether it is active and ready, kept
+//! from Pod events so that the scheduler, the node agent and the ReplicaSet controller do not
+//! scan every Pod per Pod.
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -16,6 +17,31 @@ struct Placement {
     node: String,
     ip: Option<Ipv4Addr>,
     owners: Vec<String>,
+    /// Not being deleted.
+    active: bool,
+    /// Active and Ready.
+    ready: bool,
+}
+
+/// What an owner's Pods add up to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnedCount {
+    /// Pods not being deleted.
+    pub active: usize,
+    /// Of those, the Ready ones.
+    pub ready: usize,
+}
+
+impl OwnedCount {
+    fn add(&mut self, p: &Placement, sign: isize) {
+        let step = |n: &mut usize, on: bool| {
+            if on {
+                *n = n.saturating_add_signed(sign);
+            }
+        };
+        step(&mut self.active, p.active);
+        step(&mut self.ready, p.ready);
+    }
 }
 
 /// The index.
@@ -24,6 +50,7 @@ pub struct PodIndex {
     pods: HashMap<Key, Placement>,
     per_node: HashMap<String, (usize, HashSet<Ipv4Addr>)>,
     by_owner: HashMap<String, HashSet<Key>>,
+    counts: HashMap<String, OwnedCount>,
 }
 
 fn placement(pod: &Value) -> Placement {
@@ -33,6 +60,8 @@ fn placement(pod: &Value) -> Placement {
             .as_str()
             .and_then(|ip| ip.parse().ok()),
         owners: owner_uids(pod).map(str::to_string).collect(),
+        active: !pod["metadata"]["deletionTimestamp"].is_string(),
+        ready: super::endpoint_ready(pod),
     }
 }
 
@@ -60,6 +89,9 @@ impl PodIndex {
                 if let Some(set) = self.by_owner.get_mut(uid) {
                     set.remove(&key);
                 }
+                if let Some(count) = self.counts.get_mut(uid) {
+                    count.add(&old, -1);
+                }
             }
         }
         if let Some(new) = new {
@@ -73,6 +105,7 @@ impl PodIndex {
                     .entry(uid.clone())
                     .or_default()
                     .insert(key.clone());
+                self.counts.entry(uid.clone()).or_default().add(&new, 1);
             }
             self.pods.insert(key, new);
         }
@@ -88,6 +121,11 @@ impl PodIndex {
         self.per_node
             .get(node)
             .is_some_and(|(_, ips)| ips.contains(ip))
+    }
+
+    /// How many of `uid`'s Pods are active and ready.
+    pub fn count_owned(&self, uid: &str) -> OwnedCount {
+        self.counts.get(uid).copied().unwrap_or_default()
     }
 
     /// The Pods owned by `uid` (namespace, name).

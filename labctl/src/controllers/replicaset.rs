@@ -45,6 +45,12 @@ pub fn reconcile(ctx: &Ctx, index: &PodIndex, ns: &str, name: &str) -> Result<()
     };
     let uid = meta(&rs, "uid").to_string();
     let want = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
+    let count = index.count_owned(&uid);
+    if count.active == want {
+        // Nothing to create or delete (the common case: one of its Pods changed), so the
+        // index's counts give the status without reading every Pod.
+        return write_status(ctx, &rs, count.active, count.ready);
+    }
     let pods = owned_pods(ctx, index, &uid);
     let mut active: Vec<_> = pods
         .iter()
@@ -113,19 +119,32 @@ pub fn reconcile(ctx: &Ctx, index: &PodIndex, ns: &str, name: &str) -> Result<()
         .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
         .collect();
     let ready = active.iter().filter(|p| is_ready(p)).count();
-    let generation = rs["metadata"]["generation"].clone();
+    write_status(ctx, &rs, active.len(), ready)
+}
+
+/// Writes the status counts, unless they are already there.
+fn write_status(ctx: &Ctx, rs: &Value, active: usize, ready: usize) -> Result<(), ApiError> {
+    let status = json!({
+        "replicas": active,
+        "fullyLabeledReplicas": active,
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "observedGeneration": rs["metadata"]["generation"],
+    });
+    if rs["status"] == status {
+        return Ok(());
+    }
     ctx.api
         .store
-        .modify(Kind::ReplicaSet, ns, name, |rs| -> Result<bool, ()> {
-            rs["status"] = json!({
-                "replicas": active.len(),
-                "fullyLabeledReplicas": active.len(),
-                "readyReplicas": ready,
-                "availableReplicas": ready,
-                "observedGeneration": generation,
-            });
-            Ok(true)
-        })
+        .modify(
+            Kind::ReplicaSet,
+            meta(rs, "namespace"),
+            meta(rs, "name"),
+            |rs| -> Result<bool, ()> {
+                rs["status"] = status;
+                Ok(true)
+            },
+        )
         .map_err(|_| ApiError::internal("replicaset status update failed"))?;
     Ok(())
 }
