@@ -212,7 +212,8 @@ pub fn build(names: &Names, cluster: &ClusterConfig, lab: &str) -> Result<(), Ne
     )?;
     let attach = |ns: &str, ip: Ipv4Addr, key: &str| -> Result<(), NetError> {
         create(ns)?;
-        // IPv4 only; see `podnet::disable_ipv6` for why it matters with many Pods.
+        // IPv4 only: the veths a node gets for its Pods would otherwise each send IPv6 DAD,
+        // MLD and router solicitations, which its bridge floods to every Pod.
         in_namespace(ns, crate::podnet::disable_ipv6).map_err(|e| NetError {
             command: format!("disabling IPv6 in {ns}"),
             detail: e.to_string(),

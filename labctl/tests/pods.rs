@@ -261,6 +261,32 @@ fn services_route_to_every_pod_from_nodes_and_the_client() {
         "{listing}"
     );
 
+    // Pods send no IPv6 at all (no link-local address, so no DAD, MLD or router
+    // solicitations for the node's bridge to flood to every other Pod).
+    let pod_ns = std::fs::read_dir("/run/netns")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.starts_with("slab-route-pod-"))
+        .expect("a Pod namespace");
+    let in_pod = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &pod_ns])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(in_pod(&["ip", "-6", "addr", "show", "dev", "eth0"]), "");
+    let snmp6 = in_pod(&["cat", "/proc/net/snmp6"]);
+    for counter in ["Ip6OutRequests", "Ip6OutMcastPkts"] {
+        let sent = snmp6
+            .lines()
+            .find_map(|l| l.strip_prefix(counter))
+            .map(str::trim);
+        assert_eq!(sent, Some("0"), "{counter} in {pod_ns}: {snmp6}");
+    }
+
     // Deleting a Pod under a steady stream of requests loses none: its endpoint leaves the
     // rules before it stops serving.
     let victim = pod_names(&lab)[0].clone();
