@@ -1,7 +1,9 @@
 //! Watching any Kubernetes API with kube-rs and keeping a backend's rules in sync, in the
 //! manner of kube-proxy: Services and EndpointSlices are mirrored by reflectors; any change
 //! wakes the sync loop, which takes a snapshot of both and hands it to the backend, no more
-//! often than the minimum sync interval, and at least every resync period. The backends send
+//! often than the minimum sync interval, and at least every resync period. One change skips
+//! that wait: an endpoint that was ready and no longer is (its Pod is going away), so that
+//! clients stop being sent to it at once; additions are what the interval batches. The backends send
 //! the kernel only what changed: iptables rewrites the chains whose rules differ, nftables
 //! re-renders only the service ports whose entries differ ([`nft::NftSync`]).
 
@@ -162,8 +164,8 @@ impl<F: Fn(std::net::Ipv4Addr) -> std::net::Ipv4Addr + Send + Sync> Backend
 #[derive(Debug, Clone, Copy)]
 pub struct SyncOptions {
     /// A sync never starts closer than this after one that wrote something (`minSyncPeriod`,
-    /// 1 s). A sync that found nothing to write does not count: it cost little, and a real
-    /// change right after it (a Pod leaving, say) should not wait.
+    /// 1 s), unless a ready endpoint was lost. A sync that found nothing to write does not
+    /// count: it cost little, and a real change right after it should not wait.
     pub min_interval: Duration,
     /// A sync happens at least this often even without changes (`syncPeriod`, 30 s).
     pub resync: Duration,
@@ -205,8 +207,19 @@ pub async fn run<B: Backend>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SyncError> {
     let changed = Arc::new(Notify::new());
-    let (services, services_task) = mirror::<Service>(Api::all(client.clone()), changed.clone());
-    let (slices, slices_task) = mirror::<EndpointSlice>(Api::all(client), changed.clone());
+    // Poked when a ready endpoint is lost; its permit lets the next sync skip the interval.
+    let lost = Arc::new(Notify::new());
+    let (services, services_task) =
+        mirror::<Service>(Api::all(client.clone()), changed.clone(), |_| {});
+    let mut ready = ReadyEndpoints::default();
+    let (slices, slices_task) = mirror::<EndpointSlice>(Api::all(client), changed.clone(), {
+        let lost = lost.clone();
+        move |event| {
+            if ready.apply(event) {
+                lost.notify_one();
+            }
+        }
+    });
     let _tasks = AbortOnDrop(vec![services_task, slices_task]);
     tokio::pin!(shutdown);
     // Like kube-proxy, no sync until both kinds have been listed once: a partial view would
@@ -248,6 +261,7 @@ pub async fn run<B: Backend>(
         if let Some(at) = last_write {
             tokio::select! {
                 () = tokio::time::sleep_until((at + options.min_interval).into()) => {}
+                () = lost.notified() => tracing::debug!("a ready endpoint was lost: syncing now"),
                 () = &mut shutdown => return Ok(()),
             }
         }
@@ -272,8 +286,50 @@ async fn sync_once<B: Backend>(
     tracing::Instrument::instrument(backend.sync(&snapshot, node), span).await
 }
 
-/// A reflector of `api` whose every event pokes `changed`.
-fn mirror<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
+/// The ready endpoint addresses of every slice (namespace/name), to tell which slice changes
+/// take a ready endpoint away.
+#[derive(Default)]
+struct ReadyEndpoints(std::collections::HashMap<String, std::collections::HashSet<String>>);
+
+impl ReadyEndpoints {
+    /// Records a slice event; says whether an address that was ready is no longer.
+    fn apply(&mut self, event: &watcher::Event<EndpointSlice>) -> bool {
+        let key = |s: &EndpointSlice| {
+            format!(
+                "{}/{}",
+                s.metadata.namespace.as_deref().unwrap_or(""),
+                s.metadata.name.as_deref().unwrap_or("")
+            )
+        };
+        match event {
+            watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                let now = ready_addresses(s);
+                let before = self.0.insert(key(s), now.clone());
+                matches!(event, watcher::Event::Apply(_))
+                    && before.is_some_and(|b| b.difference(&now).next().is_some())
+            }
+            watcher::Event::Delete(s) => self.0.remove(&key(s)).is_some_and(|b| !b.is_empty()),
+            watcher::Event::Init | watcher::Event::InitDone => false,
+        }
+    }
+}
+
+/// A slice's ready addresses (a missing `ready` condition means ready, as kube-proxy reads it).
+fn ready_addresses(slice: &EndpointSlice) -> std::collections::HashSet<String> {
+    slice
+        .endpoints
+        .iter()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .flat_map(|e| e.addresses.iter().cloned())
+        .collect()
+}
+
+/// A reflector of `api` whose every event pokes `changed`; `on_event` sees each event first.
+fn mirror<K>(
+    api: Api<K>,
+    changed: Arc<Notify>,
+    mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -292,7 +348,10 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => changed.notify_one(),
+                Ok(event) => {
+                    on_event(&event);
+                    changed.notify_one()
+                }
                 Err(e) => tracing::warn!(error = %e, "watch failed; retrying with backoff"),
             }
         }

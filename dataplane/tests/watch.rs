@@ -297,14 +297,17 @@ async fn changes_in_the_api_reach_the_backend_rate_limited() {
         snapshot = next(&mut rx).await;
     }
 
-    // A burst of changes is coalesced, not synced once per change.
+    // A burst of additions is coalesced, not synced once per change.
     let before = stats.lock().unwrap().syncs;
+    let mut ips = vec!["10.244.1.2".to_string()];
     for last in 4..=9 {
-        api.upsert(SLICES, slice(&["10.244.1.2", &format!("10.244.1.{last}")]));
+        ips.push(format!("10.244.1.{last}"));
+        let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+        api.upsert(SLICES, slice(&refs));
     }
     loop {
         let s = next(&mut rx).await;
-        if endpoint_ips(&s) == ["10.244.1.2", "10.244.1.9"] {
+        if endpoint_ips(&s) == ips {
             break;
         }
     }
@@ -340,6 +343,47 @@ async fn syncs_that_write_nothing_do_not_hold_back_the_next_change() {
         let wanted = format!("10.244.1.{last}");
         api.upsert(SLICES, slice(&[&wanted]));
         while endpoint_ips(&next(&mut rx).await) != [wanted.as_str()] {}
+    }
+    stop_loop(task, stop).await;
+}
+
+#[tokio::test]
+async fn a_lost_ready_endpoint_is_synced_without_waiting_for_the_interval() {
+    let (api, addr) = serving(&["10.244.1.2", "10.244.1.3"]).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Far longer than the test may take: only a lost endpoint may cut it short.
+    let hour = Duration::from_secs(3600);
+    let (task, stop) = start(
+        addr,
+        Recording(tx, Synced::Changed),
+        hour,
+        hour,
+        Default::default(),
+    )
+    .await;
+    assert_eq!(
+        endpoint_ips(&next(&mut rx).await),
+        ["10.244.1.2", "10.244.1.3"]
+    );
+    // An addition waits for the interval.
+    api.upsert(SLICES, slice(&["10.244.1.2", "10.244.1.3", "10.244.1.4"]));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), rx.recv())
+            .await
+            .is_err(),
+        "an addition was synced inside the minimum interval"
+    );
+    // A ready endpoint leaving goes at once, with what waited.
+    api.upsert(SLICES, slice(&["10.244.1.2", "10.244.1.4"]));
+    let mut snapshot = next(&mut rx).await;
+    while endpoint_ips(&snapshot) != ["10.244.1.2", "10.244.1.4"] {
+        snapshot = next(&mut rx).await;
+    }
+    // So does a whole slice going.
+    api.delete(SLICES, slice(&[]));
+    let mut snapshot = next(&mut rx).await;
+    while !endpoint_ips(&snapshot).is_empty() {
+        snapshot = next(&mut rx).await;
     }
     stop_loop(task, stop).await;
 }
