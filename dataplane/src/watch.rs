@@ -7,6 +7,7 @@
 //! the kernel only what changed: iptables rewrites the chains whose rules differ, nftables
 //! re-renders only the service ports whose entries differ ([`nft::NftSync`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -207,8 +208,9 @@ pub async fn run<B: Backend>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SyncError> {
     let changed = Arc::new(Notify::new());
-    // Poked when a ready endpoint is lost; its permit lets the next sync skip the interval.
-    let lost = Arc::new(Notify::new());
+    // Counts slice events that took a ready endpoint away, and wakes a loop that waits out
+    // the interval when one comes.
+    let lost = Arc::new((AtomicU64::new(0), Notify::new()));
     let (services, services_task) =
         mirror::<Service>(Api::all(client.clone()), changed.clone(), |_| {});
     let mut ready = ReadyEndpoints::default();
@@ -216,7 +218,8 @@ pub async fn run<B: Backend>(
         let lost = lost.clone();
         move |event| {
             if ready.apply(event) {
-                lost.notify_one();
+                lost.0.fetch_add(1, Ordering::SeqCst);
+                lost.1.notify_one();
             }
         }
     });
@@ -231,6 +234,9 @@ pub async fn run<B: Backend>(
     let mut last_write: Option<Instant> = None;
     loop {
         let started = Instant::now();
+        // Losses up to here are in this sync's snapshot (the reflectors update their stores
+        // before they report an event).
+        let losses_seen = lost.0.load(Ordering::SeqCst);
         let result = sync_once(&services, &slices, &node, &mut backend).await;
         // A failure counts as a write, so that it is retried after the minimum interval.
         if !matches!(result, Ok(Synced::Unchanged)) {
@@ -259,10 +265,14 @@ pub async fn run<B: Backend>(
             () = &mut shutdown => return Ok(()),
         }
         if let Some(at) = last_write {
-            tokio::select! {
-                () = tokio::time::sleep_until((at + options.min_interval).into()) => {}
-                () = lost.notified() => tracing::debug!("a ready endpoint was lost: syncing now"),
-                () = &mut shutdown => return Ok(()),
+            let deadline = tokio::time::Instant::from(at + options.min_interval);
+            // A wake-up left from a loss this sync already covered does not cut the wait.
+            while lost.0.load(Ordering::SeqCst) == losses_seen {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => break,
+                    () = lost.1.notified() => {}
+                    () = &mut shutdown => return Ok(()),
+                }
             }
         }
     }
