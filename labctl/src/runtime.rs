@@ -27,15 +27,54 @@ pub const IMAGES: &[(&str, AppVersion)] = &[
 /// How long a stopping Pod may take to finish its requests.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// Which version an image runs, or why the lab cannot run it.
-pub fn image_version(image: &str) -> Result<AppVersion, RuntimeError> {
-    IMAGES.iter().find(|(name, _)| *name == image).map(|(_, v)| *v).ok_or_else(|| RuntimeError {
+/// How an image names a user's own wasi:http component: `file://` and the absolute path of a
+/// `.wasm` file on the lab's machine (`file:///srv/app.wasm`).
+pub const FILE_IMAGE: &str = "file://";
+
+/// What a Pod's image runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum App {
+    /// The built-in hello-app component, as this version.
+    Builtin(AppVersion),
+    /// A wasi:http component read from this file.
+    File(std::path::PathBuf),
+}
+
+fn pull_failed(image: &str, why: &str) -> RuntimeError {
+    RuntimeError {
         reason: "ErrImagePull".into(),
-        message: format!(
-            "Failed to pull image \"{image}\": the lab runs only its built-in hello-app component, as {}",
-            IMAGES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        message: format!("Failed to pull image \"{image}\": {why}"),
+    }
+}
+
+/// What an image runs, or why the lab cannot run it.
+pub fn image_app(image: &str) -> Result<App, RuntimeError> {
+    if let Some((_, v)) = IMAGES.iter().find(|(name, _)| *name == image) {
+        return Ok(App::Builtin(*v));
+    }
+    if let Some(path) = image.strip_prefix(FILE_IMAGE) {
+        let path = std::path::PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(pull_failed(
+                image,
+                &format!(
+                    "a component file is named by its absolute path, as {FILE_IMAGE}/srv/app.wasm"
+                ),
+            ));
+        }
+        return Ok(App::File(path));
+    }
+    Err(pull_failed(
+        image,
+        &format!(
+            "the lab runs its built-in hello-app component, as {}, or a wasi:http component file, as {FILE_IMAGE}/path/to/app.wasm",
+            IMAGES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
-    })
+    ))
 }
 
 struct Running {
@@ -58,6 +97,8 @@ pub enum Placement {
 /// Pods as wasm instances, in their own network namespaces or on loopback addresses.
 pub struct WasmRuntime {
     host: WasmHost,
+    /// Hosts of users' component files, by path: each compiled once, when a Pod first runs it.
+    file_hosts: Mutex<HashMap<std::path::PathBuf, WasmHost>>,
     placement: Placement,
     handle: tokio::runtime::Handle,
     running: Mutex<HashMap<String, Running>>,
@@ -93,6 +134,7 @@ impl WasmRuntime {
     ) -> WasmRuntime {
         WasmRuntime {
             host,
+            file_hosts: Mutex::default(),
             placement,
             handle,
             running: Mutex::new(HashMap::new()),
@@ -129,6 +171,29 @@ pub fn userspace_port(port: u16) -> u16 {
     }
 }
 
+impl WasmRuntime {
+    /// The host serving `app`, and the version the built-in component answers with.
+    fn host_for(&self, app: &App, image: &str) -> Result<(WasmHost, AppVersion), RuntimeError> {
+        let path = match app {
+            App::Builtin(version) => return Ok((self.host.clone(), *version)),
+            App::File(path) => path,
+        };
+        let mut hosts = self.file_hosts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(host) = hosts.get(path) {
+            return Ok((host.clone(), AppVersion::V1));
+        }
+        // Pods of a user's component share one pool of at most this many instances.
+        let host = WasmHost::new(hello_app::wasm_host::HostConfig {
+            component: hello_app::wasm_host::ComponentSource::File(path.clone()),
+            max_instances: 256,
+            ..Default::default()
+        })
+        .map_err(|e| pull_failed(image, &e.to_string()))?;
+        hosts.insert(path.clone(), host.clone());
+        Ok((host, AppVersion::V1))
+    }
+}
+
 fn uid(pod: &Value) -> &str {
     pod["metadata"]["uid"].as_str().unwrap_or("")
 }
@@ -143,7 +208,8 @@ impl PodRuntime for WasmRuntime {
             reason: "CreateContainerError".into(),
             message: "the Pod has no containers".into(),
         })?;
-        let version = image_version(container["image"].as_str().unwrap_or(""))?;
+        let image = container["image"].as_str().unwrap_or("");
+        let app = image_app(image)?;
         // hello-app listens on $PORT (8080 by default), whatever containerPort says, as the
         // original does; a PORT in the container's env is honoured.
         let port = container["env"]
@@ -172,7 +238,8 @@ impl PodRuntime for WasmRuntime {
                 (l, socket)
             }
         };
-        let served = self.host.pod(
+        let (host, version) = self.host_for(&app, image)?;
+        let served = host.pod(
             PodSpec::new(name.clone())
                 .version(version)
                 .log(PodLog::Discard),
@@ -280,17 +347,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_tutorials_images_run() {
-        assert!(matches!(
-            image_version("gcr.io/google-samples/hello-app:2.0"),
-            Ok(AppVersion::V2)
-        ));
-        let e = image_version("nginx:latest").unwrap_err();
+    fn the_tutorials_images_and_component_files_run() {
+        assert_eq!(
+            image_app("gcr.io/google-samples/hello-app:2.0"),
+            Ok(App::Builtin(AppVersion::V2))
+        );
+        assert_eq!(
+            image_app("file:///srv/app.wasm"),
+            Ok(App::File("/srv/app.wasm".into()))
+        );
+        let e = image_app("nginx:latest").unwrap_err();
         assert_eq!(e.reason, "ErrImagePull");
         assert!(
-            e.message.contains("gcr.io/google-samples/hello-app:1.0"),
+            e.message.contains("gcr.io/google-samples/hello-app:1.0")
+                && e.message.contains("file:///path/to/app.wasm"),
             "{}",
             e.message
         );
+        let e = image_app("file://app.wasm").unwrap_err();
+        assert!(e.message.contains("absolute path"), "{}", e.message);
     }
 }

@@ -346,7 +346,7 @@ fn services_route_to_every_pod_from_nodes_and_the_client() {
         .clone();
     let describe = lab.ok(&["describe", "pod", &bad]);
     assert!(
-        describe.contains("the lab runs only its built-in hello-app component"),
+        describe.contains("the lab runs its built-in hello-app component"),
         "{describe}"
     );
     // The old Pod keeps serving: a rollout never removes the last available Pod.
@@ -512,6 +512,53 @@ fn userspace_mode_serves_the_same_scenario_on_loopback() {
     until(&lab, &format!("http://{}", row[2]), "node", 20, |s| {
         s.len() == 1 && s.contains_key(&left)
     });
+}
+
+#[test]
+fn a_users_component_file_runs_as_a_pod_image() {
+    if !support::kubectl_present() {
+        assert!(std::env::var_os("CI").is_none(), "kubectl is missing in CI");
+        eprintln!("skipping: kubectl is not installed");
+        return;
+    }
+    let lab = Lab::start_named("own", &["--network", "userspace"]);
+    // A wasi:http component of the user's, and a file that is not one.
+    let component = lab.dir.path().join("app.wasm");
+    std::fs::write(&component, hello_app::wasm_host::BUILTIN_COMPONENT).unwrap();
+    let not_wasm = lab.dir.path().join("notes.wasm");
+    std::fs::write(&not_wasm, "not a component").unwrap();
+    let manifest = |name: &str, image: &std::path::Path| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {name}}}\nspec:\n  containers:\n  - name: app\n    image: file://{}\n",
+            image.display()
+        )
+    };
+    for (name, image) in [("own", &component), ("broken", &not_wasm)] {
+        let file = lab.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, manifest(name, image)).unwrap();
+        lab.ok(&["apply", "-f", file.to_str().unwrap()]);
+    }
+    lab.ok(&["wait", "--for=condition=Ready", "pod/own", "--timeout=60s"]);
+    let ip = lab.ok(&["get", "pod", "own", "-o", "jsonpath={.status.podIP}"]);
+    let out = lab.labctl(&["curl", &format!("http://{ip}:8080/")]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Hello, world!\nVersion: 1.0.0\nHostname: own\n",
+        "{out:?}"
+    );
+    // The file that is not a component is explained where kubectl shows Pod failures.
+    let pods = lab.until(&["get", "pods"], WAIT, |o| o.contains("ErrImagePull"));
+    assert!(
+        rows(&pods)
+            .iter()
+            .any(|r| r[0] == "broken" && r[2] == "ErrImagePull"),
+        "{pods}"
+    );
+    let describe = lab.ok(&["describe", "pod", "broken"]);
+    assert!(
+        describe.contains("failed to compile the component") && describe.contains("notes.wasm"),
+        "{describe}"
+    );
 }
 
 #[test]
