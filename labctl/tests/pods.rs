@@ -45,6 +45,16 @@ fn kernel_mode() -> bool {
     false
 }
 
+/// Whether kubectl is there for a userspace-mode test (CI must have it).
+fn kubectl_available() -> bool {
+    if support::kubectl_present() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "kubectl is missing in CI");
+    eprintln!("skipping: kubectl is not installed");
+    false
+}
+
 /// Hostnames answering `count` GETs of `url` from `from` (`node` or `client`).
 fn answers(lab: &Lab, url: &str, from: &str, count: u32) -> Result<BTreeMap<String, u32>, String> {
     let out = lab.labctl(&["curl", url, "--from", from, "--count", &count.to_string()]);
@@ -437,9 +447,7 @@ fn a_killed_lab_comes_back_with_the_same_pods_and_leaves_nothing_after_down() {
 
 #[test]
 fn userspace_mode_serves_the_same_scenario_on_loopback() {
-    if !support::kubectl_present() {
-        assert!(std::env::var_os("CI").is_none(), "kubectl is missing in CI");
-        eprintln!("skipping: kubectl is not installed");
+    if !kubectl_available() {
         return;
     }
     let lab = Lab::start_named("user", &["--network", "userspace"]);
@@ -516,9 +524,7 @@ fn userspace_mode_serves_the_same_scenario_on_loopback() {
 
 #[test]
 fn a_users_component_file_runs_as_a_pod_image() {
-    if !support::kubectl_present() {
-        assert!(std::env::var_os("CI").is_none(), "kubectl is missing in CI");
-        eprintln!("skipping: kubectl is not installed");
+    if !kubectl_available() {
         return;
     }
     let lab = Lab::start_named("own", &["--network", "userspace"]);
