@@ -3,9 +3,10 @@
 //! wakes the sync loop, which takes a snapshot of both and hands it to the backend, no more
 //! often than the minimum sync interval, and at least every resync period. One change skips
 //! that wait: an endpoint that was ready and no longer is (its Pod is going away), so that
-//! clients stop being sent to it at once; additions are what the interval batches. The backends send
-//! the kernel only what changed: iptables rewrites the chains whose rules differ, nftables
-//! re-renders only the service ports whose entries differ ([`nft::NftSync`]).
+//! clients stop being sent to it at once; additions are what the interval batches. The
+//! backends send the kernel only what changed: iptables rewrites the chains whose rules
+//! differ, nftables re-renders only the service ports whose entries differ
+//! ([`nft::NftSync`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

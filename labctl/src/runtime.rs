@@ -97,8 +97,10 @@ pub enum Placement {
 /// Pods as wasm instances, in their own network namespaces or on loopback addresses.
 pub struct WasmRuntime {
     host: WasmHost,
-    /// Hosts of users' component files, by path: each compiled once, when a Pod first runs it.
-    file_hosts: Mutex<HashMap<std::path::PathBuf, WasmHost>>,
+    /// Hosts of users' component files, by path, with the file's modification time: a file
+    /// is compiled when a Pod first runs it, and again for new Pods once it has changed
+    /// (running Pods keep the host they started with).
+    file_hosts: Mutex<HashMap<std::path::PathBuf, (Option<std::time::SystemTime>, WasmHost)>>,
     placement: Placement,
     handle: tokio::runtime::Handle,
     running: Mutex<HashMap<String, Running>>,
@@ -178,8 +180,11 @@ impl WasmRuntime {
             App::Builtin(version) => return Ok((self.host.clone(), *version)),
             App::File(path) => path,
         };
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         let mut hosts = self.file_hosts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(host) = hosts.get(path) {
+        if let Some((when, host)) = hosts.get(path)
+            && *when == modified
+        {
             return Ok((host.clone(), AppVersion::V1));
         }
         // Pods of a user's component share one pool of at most this many instances.
@@ -189,7 +194,7 @@ impl WasmRuntime {
             ..Default::default()
         })
         .map_err(|e| pull_failed(image, &e.to_string()))?;
-        hosts.insert(path.clone(), host.clone());
+        hosts.insert(path.clone(), (modified, host.clone()));
         Ok((host, AppVersion::V1))
     }
 }

@@ -565,6 +565,29 @@ fn a_users_component_file_runs_as_a_pod_image() {
         describe.contains("failed to compile the component") && describe.contains("notes.wasm"),
         "{describe}"
     );
+    // A changed file is read again for the next Pod (here it no longer is a component); the
+    // running Pod keeps serving what it started with.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&component, "rebuilt, badly").unwrap();
+    let file = lab.dir.path().join("next.yaml");
+    std::fs::write(&file, manifest("next", &component)).unwrap();
+    lab.ok(&["apply", "-f", file.to_str().unwrap()]);
+    let pods = lab.until(&["get", "pods"], WAIT, |o| {
+        rows(o)
+            .iter()
+            .any(|r| r[0] == "next" && r[2] == "ErrImagePull")
+    });
+    assert!(
+        rows(&pods)
+            .iter()
+            .any(|r| r[0] == "own" && r[2] == "Running"),
+        "{pods}"
+    );
+    let out = lab.labctl(&["curl", &format!("http://{ip}:8080/")]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).ends_with("Hostname: own\n"),
+        "{out:?}"
+    );
 }
 
 #[test]
