@@ -296,6 +296,32 @@ fn services_route_to_every_pod_from_nodes_and_the_client() {
             .map(str::trim);
         assert_eq!(sent, Some("0"), "{counter} in {pod_ns}: {snmp6}");
     }
+    // Its node's bridge knows where its MAC is without learning it (a Pod that has not sent
+    // anything would otherwise have its first frame flooded to every port).
+    let link = in_pod(&["ip", "-o", "link", "show", "dev", "eth0"]);
+    let mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .expect("eth0's MAC")
+        .to_string();
+    let forwarding: String = ["route-worker", "route-worker2"]
+        .iter()
+        .map(|node| {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &format!("slab-route-node-{node}")])
+                .args(["bridge", "fdb", "show", "br", "cni0"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect();
+    assert!(
+        forwarding
+            .lines()
+            .any(|l| l.starts_with(&mac) && l.contains("master cni0 static")),
+        "no static entry for {mac}: {forwarding}"
+    );
 
     // Deleting a Pod under a steady stream of requests loses none: its endpoint leaves the
     // rules before it stops serving.
