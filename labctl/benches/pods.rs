@@ -327,6 +327,51 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
+/// Network namespaces the kernel holds, live or waiting to be freed (`/proc/slabinfo`).
+fn kernel_namespaces() -> Option<u64> {
+    let slabs = std::fs::read_to_string("/proc/slabinfo").ok()?;
+    let line = slabs.lines().find(|l| l.starts_with("net_namespace "))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits (at most 60 s) until the kernel has freed the namespaces of earlier labs. It frees
+/// them lazily: a run right after another (its 1,000 Pod namespaces just released) was seen
+/// to hold ~1,000 dead namespaces that the kernel freed, under its rtnl lock, only once some
+/// later namespace was deleted, in the middle of the next run's scale-up or deletions. A
+/// namespace made and dropped here sets that cleanup going now.
+fn settle_namespaces() {
+    let Some(before) = kernel_namespaces() else {
+        eprintln!("/proc/slabinfo unreadable: not waiting for earlier namespaces to be freed");
+        return;
+    };
+    let _ = std::thread::spawn(|| {
+        // SAFETY: only this short-lived thread's network namespace is unshared, never the
+        // file descriptor table; the thread ends right after, dropping the new namespace.
+        #[allow(unsafe_code)]
+        unsafe {
+            rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET)
+        }
+    })
+    .join();
+    let started = Instant::now();
+    let (mut last, mut steady_since) = (before, Instant::now());
+    while started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = kernel_namespaces().unwrap_or(last);
+        if now < last {
+            steady_since = Instant::now();
+        }
+        last = now;
+        if steady_since.elapsed() >= Duration::from_secs(2) {
+            break;
+        }
+    }
+    eprintln!(
+        "kernel network namespaces: {before} before, {last} after waiting {:.1?} for earlier ones to be freed",
+        started.elapsed()
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     if !rustix::process::geteuid().is_root() {
@@ -346,6 +391,7 @@ async fn main() -> Result<()> {
     // A lab of an earlier, interrupted run would hold the same namespace names.
     let _ = labctl(state, &["down", "--name", LAB]);
     labctl::network::teardown(LAB);
+    settle_namespaces();
     labctl(
         state,
         &[

@@ -296,32 +296,37 @@ fn services_route_to_every_pod_from_nodes_and_the_client() {
             .map(str::trim);
         assert_eq!(sent, Some("0"), "{counter} in {pod_ns}: {snmp6}");
     }
-    // Its node's bridge knows where its MAC is without learning it (a Pod that has not sent
-    // anything would otherwise have its first frame flooded to every port).
-    let link = in_pod(&["ip", "-o", "link", "show", "dev", "eth0"]);
-    let mac = link
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .expect("eth0's MAC")
-        .to_string();
-    let forwarding: String = ["route-worker", "route-worker2"]
-        .iter()
-        .map(|node| {
-            let out = std::process::Command::new("ip")
-                .args(["netns", "exec", &format!("slab-route-node-{node}")])
-                .args(["bridge", "fdb", "show", "br", "cni0"])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        })
-        .collect();
+    // A Pod that nothing has talked to is known to its node's bridge (else the first frame
+    // to it would be flooded to every port): it announced itself when it was set up.
+    std::fs::write(
+        lab.dir.path().join("quiet.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: quiet}\nspec:\n  containers:\n  - {name: app, image: gcr.io/google-samples/hello-app:1.0}\n",
+    )
+    .unwrap();
+    lab.ok(&["apply", "-f", "quiet.yaml"]);
+    lab.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/quiet",
+        "--timeout=30s",
+    ]);
+    let ip: std::net::Ipv4Addr = lab
+        .ok(&["get", "pod", "quiet", "-o", "jsonpath={.status.podIP}"])
+        .parse()
+        .unwrap();
+    let node = lab.ok(&["get", "pod", "quiet", "-o", "jsonpath={.spec.nodeName}"]);
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &format!("slab-route-node-{node}")])
+        .args(["bridge", "fdb", "show", "br", "cni0"])
+        .output()
+        .unwrap();
+    let forwarding = String::from_utf8_lossy(&out.stdout);
+    let mac = labctl::podnet::mac_text(ip);
     assert!(
-        forwarding
-            .lines()
-            .any(|l| l.starts_with(&mac) && l.contains("master cni0 static")),
-        "no static entry for {mac}: {forwarding}"
+        forwarding.lines().any(|l| l.starts_with(&mac)),
+        "{node}'s bridge does not know {mac} ({ip}): {forwarding}"
     );
+    lab.ok(&["delete", "pod", "quiet"]);
 
     // Deleting a Pod under a steady stream of requests loses none: its endpoint leaves the
     // rules before it stops serving.
