@@ -344,15 +344,10 @@ fn settle_namespaces() {
         eprintln!("/proc/slabinfo unreadable: not waiting for earlier namespaces to be freed");
         return;
     };
-    let _ = std::thread::spawn(|| {
-        // SAFETY: only this short-lived thread's network namespace is unshared, never the
-        // file descriptor table; the thread ends right after, dropping the new namespace.
-        #[allow(unsafe_code)]
-        unsafe {
-            rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET)
-        }
-    })
-    .join();
+    let kick = format!("slab-{LAB}-kick");
+    if labctl::podnet::create(&kick).is_ok() {
+        labctl::podnet::remove(&kick);
+    }
     let started = Instant::now();
     let (mut last, mut steady_since) = (before, Instant::now());
     while started.elapsed() < Duration::from_secs(60) {

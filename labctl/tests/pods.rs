@@ -45,6 +45,17 @@ fn kernel_mode() -> bool {
     false
 }
 
+/// Runs `args` inside network namespace `ns`; it must succeed. Returns its stdout.
+fn in_netns(ns: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?} in {ns}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Whether kubectl is there for a userspace-mode test (CI must have it).
 fn kubectl_available() -> bool {
     if support::kubectl_present() {
@@ -278,15 +289,7 @@ fn services_route_to_every_pod_from_nodes_and_the_client() {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .find(|n| n.starts_with("slab-route-pod-"))
         .expect("a Pod namespace");
-    let in_pod = |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &pod_ns])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let in_pod = |args: &[&str]| in_netns(&pod_ns, args);
     assert_eq!(in_pod(&["ip", "-6", "addr", "show", "dev", "eth0"]), "");
     let snmp6 = in_pod(&["cat", "/proc/net/snmp6"]);
     for counter in ["Ip6OutRequests", "Ip6OutMcastPkts"] {
@@ -315,12 +318,10 @@ fn services_route_to_every_pod_from_nodes_and_the_client() {
         .parse()
         .unwrap();
     let node = lab.ok(&["get", "pod", "quiet", "-o", "jsonpath={.spec.nodeName}"]);
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &format!("slab-route-node-{node}")])
-        .args(["bridge", "fdb", "show", "br", "cni0"])
-        .output()
-        .unwrap();
-    let forwarding = String::from_utf8_lossy(&out.stdout);
+    let forwarding = in_netns(
+        &labctl::network::Names::new("route").node(&node),
+        &["bridge", "fdb", "show", "br", "cni0"],
+    );
     let mac = labctl::podnet::mac_text(ip);
     assert!(
         forwarding.lines().any(|l| l.starts_with(&mac)),
