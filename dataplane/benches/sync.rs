@@ -15,6 +15,8 @@ use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dataplane::apply::Netns;
+use dataplane::apply::nft::NftApplier;
 use dataplane::compile::{compile, default_cluster_cidr};
 use dataplane::model::{
     Endpoint, NodeConfig, Protocol, ServiceEntry, ServicePort, Snapshot, TrafficPolicy,
@@ -72,7 +74,7 @@ fn snapshot(n: usize, m: usize) -> Snapshot {
             .collect();
         snapshot.services.insert(
             (port.port_name_string(), Protocol::Tcp),
-            ServiceEntry { port, endpoints },
+            ServiceEntry { port, endpoints }.into(),
         );
     }
     snapshot
@@ -239,7 +241,7 @@ impl Kind {
 
 /// The measured service gets a real endpoint (the lab's Pod): the last service in the order.
 fn with_real_endpoint(mut s: Snapshot) -> Snapshot {
-    if let Some(entry) = s.services.values_mut().last() {
+    if let Some(entry) = s.services.values_mut().last().map(std::sync::Arc::make_mut) {
         entry.endpoints = vec![Endpoint {
             ip: "10.244.1.2".parse().unwrap(),
             port: 8080,
@@ -255,7 +257,10 @@ fn with_real_endpoint(mut s: Snapshot) -> Snapshot {
 struct Figures {
     compile_s: f64,
     apply_s: Option<f64>,
+    /// One endpoint moved to another address.
     update_ms: Option<f64>,
+    /// One endpoint gone (the dispatch rule's modulus changes too).
+    removal_ms: Option<f64>,
     text_mb: f64,
 }
 
@@ -282,10 +287,15 @@ fn measure(kind: Kind, n: usize, m: usize, timeout: Duration) -> Figures {
             e.lines().next().unwrap_or("")
         );
     }
-    // One endpoint of the first service moves: what reaches the kernel for that change.
-    let mut changed = snap.clone();
-    let first = changed.services.values_mut().next().unwrap();
+    // One endpoint of the first service moves, then one leaves: what reaches the kernel for
+    // each change.
+    let mut moved = snap.clone();
+    let first = std::sync::Arc::make_mut(moved.services.values_mut().next().unwrap());
     first.endpoints[0].ip = "10.199.0.1".parse().unwrap();
+    let mut removed = moved.clone();
+    std::sync::Arc::make_mut(removed.services.values_mut().next().unwrap())
+        .endpoints
+        .remove(1);
     let layout = if kind == Kind::NftFast {
         nft::Layout::Fast
     } else {
@@ -298,33 +308,58 @@ fn measure(kind: Kind, n: usize, m: usize, timeout: Duration) -> Figures {
         sync.update(&snap, &node).unwrap();
         sync
     });
-    let update = if apply.is_ok() {
+    let applier = NftApplier::new(Netns::named(&lab.node), layout.table());
+    let mut update = |what: &str, changed: &Snapshot| {
         let started = Instant::now();
-        let input = match &mut sync {
+        let (input, elements) = match &mut sync {
             // iptables-restore needs every rule of every chain it mentions; our iptables
             // applier rewrites the whole rule set.
-            None => iptables::render(&compile(&changed, &node)),
-            Some(sync) => sync.update(&changed, &node).unwrap(),
+            None => (iptables::render(&compile(changed, &node)), None),
+            Some(sync) => {
+                let change = sync.update_change(changed, &node).unwrap();
+                (change.text, change.elements)
+            }
         };
         let prepared = started.elapsed();
-        let applied = lab.exec(tool, args, &input, timeout).ok();
-        if let Some(applied) = applied {
-            eprintln!(
-                "  {} {n}x{m}: one-endpoint update: {:.1} ms to compute ({} bytes), {:.1} ms in the kernel's tool",
-                kind.name(),
-                prepared.as_secs_f64() * 1000.0,
-                input.len(),
-                applied.as_secs_f64() * 1000.0
-            );
+        // As the sync loop does: endpoint moves over netlink, anything else through the tool.
+        let (applied, via) = match elements {
+            Some(elements) => {
+                let started = Instant::now();
+                let result = applier.apply_elements(&elements).map_err(|e| e.to_string());
+                (result.map(|()| started.elapsed()), "netlink")
+            }
+            None => (lab.exec(tool, args, &input, timeout), tool),
+        };
+        match applied {
+            Ok(applied) => {
+                eprintln!(
+                    "  {} {n}x{m}: one endpoint {what}: {:.1} ms to compute ({} bytes of nft text), {:.2} ms applying through {via}",
+                    kind.name(),
+                    prepared.as_secs_f64() * 1000.0,
+                    input.len(),
+                    applied.as_secs_f64() * 1000.0
+                );
+                Some((applied + prepared).as_secs_f64() * 1000.0)
+            }
+            Err(e) => {
+                eprintln!(
+                    "  {} {n}x{m}: one endpoint {what}: failed: {e}",
+                    kind.name()
+                );
+                None
+            }
         }
-        applied.map(|t| (t + prepared).as_secs_f64() * 1000.0)
+    };
+    let (update, removal) = if apply.is_ok() {
+        (update("moved", &moved), update("removed", &removed))
     } else {
-        None
+        (None, None)
     };
     Figures {
         compile_s,
         apply_s: apply.ok().map(|d| d.as_secs_f64()),
         update_ms: update,
+        removal_ms: removal,
         text_mb: text.len() as f64 / 1e6,
     }
 }
@@ -403,8 +438,8 @@ fn main() {
         })
         .collect();
     println!(
-        "{:<16} {:>9} {:>10} {:>10} {:>12} {:>9}",
-        "layout", "size", "compile s", "apply s", "1-ep upd ms", "text MB"
+        "{:<16} {:>9} {:>10} {:>10} {:>12} {:>12} {:>9}",
+        "layout", "size", "compile s", "apply s", "1-ep move ms", "1-ep rm ms", "text MB"
     );
     let layouts = std::env::var("SYNC_BENCH_LAYOUTS").unwrap_or_default();
     let kinds: Vec<Kind> = [Kind::NftFast, Kind::NftKubeProxy, Kind::Iptables]
@@ -417,12 +452,13 @@ fn main() {
             let f = measure(kind, n, m, timeout);
             let opt = |v: Option<f64>, p: usize| v.map_or("-".to_owned(), |v| format!("{v:.p$}"));
             println!(
-                "{:<16} {:>9} {:>10.3} {:>10} {:>12} {:>9.1}",
+                "{:<16} {:>9} {:>10.3} {:>10} {:>12} {:>12} {:>9.1}",
                 kind.name(),
                 format!("{n}x{m}"),
                 f.compile_s,
                 opt(f.apply_s, 3),
-                opt(f.update_ms, 1),
+                opt(f.update_ms, 2),
+                opt(f.removal_ms, 2),
                 f.text_mb
             );
             results.insert((kind, n, m), f);
@@ -450,7 +486,8 @@ fn main() {
     let worst_update = results
         .iter()
         .filter(|((k, _, _), _)| *k == Kind::NftFast)
-        .filter_map(|(_, f)| f.update_ms)
+        .flat_map(|(_, f)| [f.update_ms, f.removal_ms])
+        .flatten()
         .fold(None, |acc: Option<f64>, v| {
             Some(acc.map_or(v, |a| a.max(v)))
         });

@@ -2,6 +2,7 @@
 //! namespace or the current one. This is the only part of the crate that runs tools.
 
 pub mod iptables;
+pub mod nfnetlink;
 pub mod nft;
 mod run;
 

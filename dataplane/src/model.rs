@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Service;
@@ -144,8 +145,9 @@ pub struct ServiceEntry {
 /// Every service port the rules are compiled from, keyed by (port name string, protocol).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// The entries, in a stable order.
-    pub services: BTreeMap<(String, Protocol), ServiceEntry>,
+    /// The entries, in a stable order. Shared, so that a snapshot made from another by
+    /// changing a few entries (`Arc::make_mut`) tells the unchanged ones apart by pointer.
+    pub services: BTreeMap<(String, Protocol), Arc<ServiceEntry>>,
 }
 
 /// The node the rules are compiled for.
@@ -203,10 +205,10 @@ impl Snapshot {
                 let key = (port.port_name_string(), port.protocol);
                 snapshot.services.insert(
                     key,
-                    ServiceEntry {
+                    Arc::new(ServiceEntry {
                         port,
                         endpoints: Vec::new(),
-                    },
+                    }),
                 );
             }
         }
@@ -214,6 +216,7 @@ impl Snapshot {
             add_slice(&mut snapshot, slice)?;
         }
         for entry in snapshot.services.values_mut() {
+            let entry = Arc::make_mut(entry);
             // One string per endpoint, not two per comparison: a thousand-endpoint service
             // is sorted on every sync of every node.
             entry.endpoints.sort_by_cached_key(Endpoint::addr);
@@ -385,7 +388,11 @@ fn add_slice(snapshot: &mut Snapshot, slice: &EndpointSlice) -> Result<(), Model
         } else {
             format!("{namespace}/{service}:{port_name}")
         };
-        let Some(entry) = snapshot.services.get_mut(&(spn, protocol)) else {
+        let Some(entry) = snapshot
+            .services
+            .get_mut(&(spn, protocol))
+            .map(Arc::make_mut)
+        else {
             continue;
         };
         let Some(target) = port.port.and_then(|p| u16::try_from(p).ok()) else {

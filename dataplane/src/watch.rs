@@ -116,33 +116,40 @@ impl Backend for NftBackend {
     async fn sync(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<Synced, SyncError> {
         let started = Instant::now();
         let whole = self.table.node() != Some(node);
-        let change = self.table.update(snapshot, node)?;
+        let change = self.table.update_change(snapshot, node)?;
         let last_full = self
             .full_at
             .take()
             .filter(|at| at.elapsed() < Self::FULL_SYNC_EVERY);
         // The first update is the whole table already; later full syncs write it out again.
         let full = whole || last_full.is_none();
-        let input = if full && !whole {
-            self.table.table().full()
+        let (input, elements) = if full && !whole {
+            (self.table.table().full(), None)
         } else {
-            change
+            (change.text, change.elements.filter(|_| !full))
         };
         let rendered = started.elapsed();
         let written = !input.is_empty();
         if written {
             let applier = self.applier.clone();
             let bytes = input.len();
-            tokio::task::spawn_blocking(move || {
+            let via = tokio::task::spawn_blocking(move || {
                 if full {
-                    applier.apply(&input)
-                } else {
-                    applier.apply_change(&input)
+                    return applier.apply(&input).map(|()| "nft");
                 }
+                // Endpoint moves go straight to the kernel; should that fail, `nft` gets the
+                // same change (the netlink transaction was undone as a whole).
+                if let Some(elements) = elements {
+                    match applier.apply_elements(&elements) {
+                        Ok(()) => return Ok("netlink"),
+                        Err(e) => tracing::warn!(error = %e, "netlink sync failed; using nft"),
+                    }
+                }
+                applier.apply_change(&input).map(|()| "nft")
             })
             .await
             .expect("the apply task does not panic")?;
-            tracing::debug!(?rendered, applied = ?started.elapsed() - rendered, bytes, full, "nft");
+            tracing::debug!(?rendered, applied = ?started.elapsed() - rendered, bytes, full, via, "nft");
         }
         self.full_at = if full { Some(started) } else { last_full };
         Ok(synced(written))

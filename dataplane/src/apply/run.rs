@@ -26,16 +26,45 @@ impl Netns {
         args: &[&str],
         stdin: Option<&str>,
     ) -> Result<std::process::Output, ApplyError> {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let stdin = stdin.map(str::to_owned);
+        self.within(tool, move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            spawn(tool, &args, stdin.as_deref())
+        })?
+    }
+
+    /// The namespace's inode number (0 for the caller's own), which tells a namespace from
+    /// a later one of the same name.
+    pub(crate) fn identity(&self) -> Result<u64, ApplyError> {
+        use std::os::unix::fs::MetadataExt;
         let Some(ns) = &self.0 else {
-            return spawn(tool, args, stdin);
+            return Ok(0);
+        };
+        let path = std::path::Path::new("/run/netns").join(ns);
+        std::fs::metadata(&path)
+            .map(|m| m.ino())
+            .map_err(|e| ApplyError::NoNetns {
+                netns: ns.clone(),
+                stderr: format!("reading {}: {e}", path.display()),
+            })
+    }
+
+    /// Runs `work` on a thread inside the namespace (here, for the current one); `tool`
+    /// names what runs, for errors.
+    pub(crate) fn within<T: Send + 'static>(
+        &self,
+        tool: &'static str,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApplyError> {
+        let Some(ns) = &self.0 else {
+            return Ok(work());
         };
         let path = std::path::Path::new("/run/netns").join(ns);
         let file = std::fs::File::open(&path).map_err(|e| ApplyError::NoNetns {
             netns: ns.clone(),
             stderr: format!("opening {}: {e}", path.display()),
         })?;
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let stdin = stdin.map(str::to_owned);
         std::thread::spawn(move || {
             rustix::thread::move_into_link_name_space(
                 std::os::fd::AsFd::as_fd(&file),
@@ -45,8 +74,7 @@ impl Netns {
                 tool,
                 source: std::io::Error::other(format!("entering the network namespace: {e}")),
             })?;
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            spawn(tool, &args, stdin.as_deref())
+            Ok(work())
         })
         .join()
         .map_err(|_| ApplyError::Io {
@@ -139,6 +167,9 @@ fn spawn(
 /// Why rules could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// The kernel did not take a change sent over netlink (nothing of it took effect).
+    #[error("nf_tables netlink: {0}")]
+    Netlink(#[from] super::nfnetlink::NetlinkError),
     /// The tool is not installed.
     #[error(
         "{tool} is not installed: install it (Debian: apt-get install iptables nftables iproute2)"

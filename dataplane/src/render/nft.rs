@@ -22,10 +22,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use crate::compile::ServicePlan;
 use crate::model::{Endpoint, NodeConfig, Protocol, ServiceEntry, Snapshot};
 use crate::names;
+
+mod elements;
+
+pub use elements::{Element, ElementChange};
 
 /// Which nftables layout to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -447,7 +452,7 @@ fn fragment<'p>(
 pub struct NftSync {
     layout: Layout,
     node: Option<NodeConfig>,
-    services: BTreeMap<(String, Protocol), (ServiceEntry, Fragment)>,
+    services: BTreeMap<(String, Protocol), (Arc<ServiceEntry>, Fragment)>,
     /// How many fragments hold each hairpin pair (two services may share a Pod).
     hairpin: HashMap<String, usize>,
 }
@@ -486,12 +491,25 @@ impl NftSync {
         snapshot: &Snapshot,
         node: &NodeConfig,
     ) -> Result<String, Unsupported> {
+        Ok(self.update_change(snapshot, node)?.text)
+    }
+
+    /// [`NftSync::update`], with the same change also as element changes when it is made of
+    /// nothing else (fast layout only; see [`ElementChange`]).
+    pub fn update_change(
+        &mut self,
+        snapshot: &Snapshot,
+        node: &NodeConfig,
+    ) -> Result<NftUpdate, Unsupported> {
         if self.node.as_ref() != Some(node) {
             let mut fresh = Self::new(self.layout);
             fresh.node = Some(node.clone());
-            fresh.update(snapshot, node)?;
+            fresh.update_change(snapshot, node)?;
             *self = fresh;
-            return Ok(self.table().full());
+            return Ok(NftUpdate {
+                text: self.table().full(),
+                elements: None,
+            });
         }
         let gone: Vec<&(String, Protocol)> = self
             .services
@@ -501,7 +519,9 @@ impl NftSync {
         let mut changed = Vec::new();
         for (key, entry) in &snapshot.services {
             let previous = self.services.get(key);
-            if previous.is_some_and(|(e, _)| e == entry) {
+            // Snapshots derived from one another share their unchanged entries, so most
+            // services are told unchanged without reading their endpoints.
+            if previous.is_some_and(|(e, _)| Arc::ptr_eq(e, entry) || e == entry) {
                 continue;
             }
             let previous_map = |map: &str| {
@@ -519,7 +539,7 @@ impl NftSync {
             changed.push((key.clone(), entry.clone(), fragment));
         }
         if changed.is_empty() && gone.is_empty() {
-            return Ok(String::new());
+            return Ok(NftUpdate::default());
         }
         // The new side is read from the changed fragments before they move into the table.
         let mut new = fragments_only(self.layout, changed.iter().map(|(_, _, f)| f));
@@ -563,8 +583,24 @@ impl NftSync {
             old.sets = vec![("hairpin".into(), HAIRPIN, vanished)];
             new.sets = vec![("hairpin".into(), HAIRPIN, appeared)];
         }
-        Ok(diff(&old, &new))
+        let elements = match self.layout {
+            Layout::Fast => elements::element_change(&old, &new),
+            Layout::KubeProxy => None,
+        };
+        Ok(NftUpdate {
+            text: diff(&old, &new),
+            elements,
+        })
     }
+}
+
+/// What [`NftSync::update_change`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NftUpdate {
+    /// The `nft -f` transaction (empty when nothing changed).
+    pub text: String,
+    /// The same change as elements and moduli, when it is made of nothing else.
+    pub elements: Option<ElementChange>,
 }
 
 /// The declaration of an endpoint map for `proto`: numgen slot to `addr . port`.
