@@ -317,7 +317,7 @@ fn measure(kind: Kind, n: usize, m: usize, timeout: Duration) -> Figures {
             None => (iptables::render(&compile(changed, &node)), None),
             Some(sync) => {
                 let change = sync.update_change(changed, &node).unwrap();
-                (change.text, change.elements)
+                (change.text(), change.elements)
             }
         };
         let prepared = started.elapsed();

@@ -123,37 +123,53 @@ impl Backend for NftBackend {
             .filter(|at| at.elapsed() < Self::FULL_SYNC_EVERY);
         // The first update is the whole table already; later full syncs write it out again.
         let full = whole || last_full.is_none();
-        let (input, elements) = if full && !whole {
-            (self.table.table().full(), None)
-        } else {
-            (change.text, change.elements.filter(|_| !full))
-        };
         let rendered = started.elapsed();
-        let written = !input.is_empty();
-        if written {
-            let applier = self.applier.clone();
-            let bytes = input.len();
-            let via = tokio::task::spawn_blocking(move || {
-                if full {
-                    return applier.apply(&input).map(|()| "nft");
-                }
-                // Endpoint moves go straight to the kernel; should that fail, `nft` gets the
-                // same change (the netlink transaction was undone as a whole).
-                if let Some(elements) = elements {
-                    match applier.apply_elements(&elements) {
-                        Ok(()) => return Ok("netlink"),
-                        Err(e) => tracing::warn!(error = %e, "netlink sync failed; using nft"),
+        let applier = self.applier.clone();
+        // Endpoint moves go straight to the kernel as elements; anything else, and a full
+        // sync, is an `nft -f` transaction.
+        let work = match &change.elements {
+            Some(elements) if !full && elements.is_empty() => None,
+            Some(_) if !full => Some(Apply::Elements(change)),
+            _ => {
+                let input = if full && !whole {
+                    self.table.table().full()
+                } else {
+                    change.text()
+                };
+                (!input.is_empty()).then_some(Apply::Text(input))
+            }
+        };
+        let written = work.is_some();
+        if let Some(work) = work {
+            let via = tokio::task::spawn_blocking(move || match work {
+                Apply::Text(input) if full => applier.apply(&input).map(|()| "nft"),
+                Apply::Text(input) => applier.apply_change(&input).map(|()| "nft"),
+                Apply::Elements(change) => match applier
+                    .apply_elements(change.elements.as_ref().expect("an element change"))
+                {
+                    Ok(()) => Ok("netlink"),
+                    // The netlink transaction was undone as a whole; `nft` gets the same
+                    // change.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "netlink sync failed; using nft");
+                        applier.apply_change(&change.text()).map(|()| "nft")
                     }
-                }
-                applier.apply_change(&input).map(|()| "nft")
+                },
             })
             .await
             .expect("the apply task does not panic")?;
-            tracing::debug!(?rendered, applied = ?started.elapsed() - rendered, bytes, full, via, "nft");
+            tracing::debug!(?rendered, applied = ?started.elapsed() - rendered, full, via, "nft");
         }
         self.full_at = if full { Some(started) } else { last_full };
         Ok(synced(written))
     }
+}
+
+/// What an nftables sync sends.
+enum Apply {
+    Text(String),
+    /// An update whose `elements` are set.
+    Elements(nft::NftUpdate),
 }
 
 /// The userspace proxy; `ip_for` maps service IPs to addresses that exist here.

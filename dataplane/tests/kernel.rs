@@ -376,10 +376,10 @@ fn nftables_journey(layout: Layout, nodeport: &str) {
             applier.apply_elements(&elements).expect("netlink change");
             via_netlink += 1;
         }
-        None => applier.apply_change(&change.text).expect("nft change"),
+        None => applier.apply_change(&change.text()).expect("nft change"),
     };
     applier
-        .apply(&update(&["10.244.1.2", "10.244.1.3"]).text)
+        .apply(&update(&["10.244.1.2", "10.244.1.3"]).text())
         .expect("apply");
 
     let cluster = spread(&lab.node, &format!("{CLUSTER_IP}:80"), 24);

@@ -491,7 +491,7 @@ impl NftSync {
         snapshot: &Snapshot,
         node: &NodeConfig,
     ) -> Result<String, Unsupported> {
-        Ok(self.update_change(snapshot, node)?.text)
+        Ok(self.update_change(snapshot, node)?.text())
     }
 
     /// [`NftSync::update`], with the same change also as element changes when it is made of
@@ -507,7 +507,7 @@ impl NftSync {
             fresh.update_change(snapshot, node)?;
             *self = fresh;
             return Ok(NftUpdate {
-                text: self.table().full(),
+                change: Change::Whole(self.table().full()),
                 elements: None,
             });
         }
@@ -588,19 +588,40 @@ impl NftSync {
             Layout::KubeProxy => None,
         };
         Ok(NftUpdate {
-            text: diff(&old, &new),
+            change: Change::Diff(Box::new((old, new))),
             elements,
         })
     }
 }
 
-/// What [`NftSync::update_change`] returns.
+/// What [`NftSync::update_change`] returns: the change, as an `nft -f` transaction
+/// ([`NftUpdate::text`], rendered on demand: a sync that sends elements does not need it)
+/// and, when it is made of nothing else, as elements and moduli.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NftUpdate {
-    /// The `nft -f` transaction (empty when nothing changed).
-    pub text: String,
+    change: Change,
     /// The same change as elements and moduli, when it is made of nothing else.
     pub elements: Option<ElementChange>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Change {
+    #[default]
+    Nothing,
+    Whole(String),
+    /// The changed services' fragments before and after.
+    Diff(Box<(NftTable, NftTable)>),
+}
+
+impl NftUpdate {
+    /// The `nft -f` transaction (empty when nothing changed).
+    pub fn text(&self) -> String {
+        match &self.change {
+            Change::Nothing => String::new(),
+            Change::Whole(text) => text.clone(),
+            Change::Diff(tables) => diff(&tables.0, &tables.1),
+        }
+    }
 }
 
 /// The declaration of an endpoint map for `proto`: numgen slot to `addr . port`.

@@ -86,28 +86,26 @@ pub(super) fn element_change(old: &NftTable, new: &NftTable) -> Option<ElementCh
         if old_decl != decl {
             return None;
         }
-        let before: BTreeMap<&str, &str> = old_items
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let after: BTreeMap<&str, &str> = items
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        if before == after {
+        if *old_items == items {
             continue;
         }
         if !name.ends_with("-endpoints") {
             return None;
         }
-        for (k, v) in &before {
-            if after.get(k) != Some(v) {
-                change.delete.push((name.clone(), slot(k, v)?));
-            }
-        }
-        for (k, v) in &after {
-            if before.get(k) != Some(v) {
-                change.add.push((name.clone(), slot(k, v)?));
+        // Endpoint maps hold slots 0..n in order (see `slots`), so slot i of one is compared
+        // with slot i of the other.
+        for i in 0..old_items.len().max(items.len()) {
+            match (old_items.get(i), items.get(i)) {
+                (Some(a), Some(b)) if a == b => {}
+                (Some(a), Some(b)) if a.0 != b.0 => return None,
+                (a, b) => {
+                    if let Some((k, v)) = a {
+                        change.delete.push((name.clone(), slot(k, v)?));
+                    }
+                    if let Some((k, v)) = b {
+                        change.add.push((name.clone(), slot(k, v)?));
+                    }
+                }
             }
         }
     }
