@@ -1,7 +1,7 @@
 //! A Service's EndpointSlices (up to 100 endpoints each, as the EndpointSlice controller makes
 //! them), its read-only Endpoints mirror, and its LoadBalancer address from the lab's pool.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -51,8 +51,8 @@ fn endpoint(pod: &Value) -> Value {
     })
 }
 
-/// Desired slices: endpoints grouped by their resolved ports, in chunks of 100.
-fn desired_slices(svc: &Value, pods: &[Arc<Value>]) -> Vec<(Vec<Value>, Vec<Value>)> {
+/// Desired endpoints, grouped by their resolved ports.
+fn desired_groups(svc: &Value, pods: &[Arc<Value>]) -> Vec<(Vec<Value>, Vec<Value>)> {
     let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
     let resolve = |pod: &Value| -> Option<Vec<(String, i64, String)>> {
         ports
@@ -80,19 +80,92 @@ fn desired_slices(svc: &Value, pods: &[Arc<Value>]) -> Vec<(Vec<Value>, Vec<Valu
             groups.entry(resolved).or_default().push(endpoint(pod));
         }
     }
-    let mut out = Vec::new();
+    groups
+        .into_iter()
+        .map(|(ports, endpoints)| {
+            let ports = ports
+                .into_iter()
+                .map(|(name, port, protocol)| json!({"name": name, "port": port, "protocol": protocol}))
+                .collect();
+            (ports, endpoints)
+        })
+        .collect()
+}
+
+/// Where each desired endpoint goes: slices to write (an existing one by name, or a new
+/// one) and existing slices to delete.
+#[derive(Debug, Default, PartialEq)]
+struct Placement {
+    slices: Vec<(Option<String>, Vec<Value>, Vec<Value>)>,
+    delete: Vec<String>,
+}
+
+/// Places `groups` (ports, endpoints) into the `existing` slices as Kubernetes' EndpointSlice
+/// controller does: an endpoint stays in the slice that holds it, one that is gone leaves a
+/// gap, and newcomers fill slices with room (at most [`MAX_ENDPOINTS_PER_SLICE`]) before
+/// new slices are made. Nothing is rebalanced, so a Pod that comes or goes rewrites one
+/// slice. (Cutting the sorted endpoints into chunks instead shifted every later chunk by one
+/// on each change, one slice write at a time, and between two writes an endpoint was in no
+/// slice, or in two, for every node's dataplane to see and sync.)
+fn place(existing: &[Arc<Value>], groups: &[(Vec<Value>, Vec<Value>)]) -> Placement {
+    let key = |e: &Value| match e["targetRef"]["uid"].as_str() {
+        Some(uid) => uid.to_owned(),
+        None => e["addresses"][0].to_string(),
+    };
+    let mut placement = Placement::default();
+    let mut used = vec![false; existing.len()];
     for (ports, endpoints) in groups {
-        let ports: Vec<Value> = ports
-            .into_iter()
-            .map(|(name, port, protocol)| json!({"name": name, "port": port, "protocol": protocol}))
-            .collect();
-        let mut endpoints = endpoints.into_iter().peekable();
-        while endpoints.peek().is_some() {
-            let chunk: Vec<Value> = endpoints.by_ref().take(MAX_ENDPOINTS_PER_SLICE).collect();
-            out.push((ports.clone(), chunk));
+        let mut wanted: HashMap<String, &Value> = endpoints.iter().map(|e| (key(e), e)).collect();
+        let mut slices: Vec<(Option<String>, Vec<Value>)> = Vec::new();
+        for (slice, used) in existing.iter().zip(used.iter_mut()) {
+            if *used || slice["ports"].as_array() != Some(ports) {
+                continue;
+            }
+            *used = true;
+            let kept = slice["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| wanted.remove(&key(e)).cloned())
+                .collect();
+            slices.push((Some(meta(slice, "name").to_owned()), kept));
+        }
+        let mut newcomers = endpoints.iter().filter(|e| wanted.contains_key(&key(e)));
+        for (_, kept) in &mut slices {
+            while kept.len() < MAX_ENDPOINTS_PER_SLICE {
+                let Some(e) = newcomers.next() else { break };
+                kept.push(e.clone());
+            }
+        }
+        loop {
+            let chunk: Vec<Value> = newcomers
+                .by_ref()
+                .take(MAX_ENDPOINTS_PER_SLICE)
+                .cloned()
+                .collect();
+            if chunk.is_empty() {
+                break;
+            }
+            slices.push((None, chunk));
+        }
+        for (name, endpoints) in slices {
+            match (name, endpoints.is_empty()) {
+                (Some(name), true) => placement.delete.push(name),
+                (name, _) => placement.slices.push((name, ports.clone(), endpoints)),
+            }
         }
     }
-    out
+    for (slice, used) in existing.iter().zip(&used) {
+        if !used {
+            placement.delete.push(meta(slice, "name").to_owned());
+        }
+    }
+    // A Service with no endpoints still has one (empty) slice, as on a real cluster.
+    if placement.slices.is_empty() {
+        let name = (!placement.delete.is_empty()).then(|| placement.delete.remove(0));
+        placement.slices.push((name, Vec::new(), Vec::new()));
+    }
+    placement
 }
 
 fn endpoints_mirror(svc: &Value, slices: &[(Vec<Value>, Vec<Value>)]) -> Value {
@@ -127,13 +200,7 @@ fn endpoints_mirror(svc: &Value, slices: &[(Vec<Value>, Vec<Value>)]) -> Value {
     e
 }
 
-/// The Service's own slices (by label), in the order of the chunks they hold: by their first
-/// endpoint's Pod name, empty ones last.
-///
-/// Desired chunks go to existing slices in this order. By slice name (random suffixes) a
-/// slice made for the last chunk could sort first, and the next reconcile would then move
-/// every chunk to another slice, one write at a time: in between, a whole chunk of ready
-/// endpoints was missing from every slice, and the dataplanes removed it from the rules.
+/// The Service's own slices (by label), by name.
 fn current_slices(api: &Api, ns: &str, name: &str) -> Vec<Arc<Value>> {
     let mut slices: Vec<Arc<Value>> = api
         .store
@@ -142,36 +209,34 @@ fn current_slices(api: &Api, ns: &str, name: &str) -> Vec<Arc<Value>> {
         .into_iter()
         .filter(|s| s["metadata"]["labels"][SERVICE_NAME_LABEL] == name)
         .collect();
-    slices.sort_by_cached_key(|s| {
-        let first = s["endpoints"][0]["targetRef"]["name"].as_str();
-        (first.is_none(), first.map(str::to_owned))
-    });
+    slices.sort_by(|a, b| meta(a, "name").cmp(meta(b, "name")));
     slices
 }
 
 fn write_slices(
     ctx: &Ctx,
     svc: &Value,
-    desired: &[(Vec<Value>, Vec<Value>)],
+    groups: &[(Vec<Value>, Vec<Value>)],
 ) -> Result<(), ApiError> {
     let (ns, name) = (meta(svc, "namespace"), meta(svc, "name"));
     let store = &ctx.api.store;
-    let mut existing = current_slices(&ctx.api, ns, name).into_iter();
-    // A Service with no endpoints still has one (empty) slice, as on a real cluster.
-    let empty = [(Vec::new(), Vec::new())];
-    let desired = if desired.is_empty() { &empty } else { desired };
-    for (ports, endpoints) in desired {
-        match existing.next() {
+    let existing = current_slices(&ctx.api, ns, name);
+    let placement = place(&existing, groups);
+    for (slice_name, ports, endpoints) in &placement.slices {
+        let current = slice_name
+            .as_deref()
+            .and_then(|n| existing.iter().find(|s| meta(s, "name") == n));
+        match (slice_name, current) {
             // Most of a large Service's slices stay as they were when one Pod changes.
-            Some(slice)
+            (_, Some(slice))
                 if slice["ports"].as_array() == Some(ports)
                     && slice["endpoints"].as_array() == Some(endpoints) => {}
-            Some(slice) => {
+            (Some(slice_name), _) => {
                 store
                     .modify(
                         Kind::EndpointSlice,
                         ns,
-                        meta(&slice, "name"),
+                        slice_name,
                         |s| -> Result<bool, ()> {
                             s["ports"] = json!(ports);
                             s["endpoints"] = json!(endpoints);
@@ -180,7 +245,7 @@ fn write_slices(
                     )
                     .map_err(|_| ApiError::internal("endpointslice update failed"))?;
             }
-            None => {
+            (None, _) => {
                 let slice = json!({
                     "apiVersion": "discovery.k8s.io/v1",
                     "kind": "EndpointSlice",
@@ -198,8 +263,8 @@ fn write_slices(
             }
         }
     }
-    for extra in existing {
-        let _ = store.delete(Kind::EndpointSlice, ns, meta(&extra, "name"), None);
+    for gone in &placement.delete {
+        let _ = store.delete(Kind::EndpointSlice, ns, gone, None);
     }
     Ok(())
 }
@@ -345,11 +410,84 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
             .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
             .collect();
         pods.sort_by(|a, b| meta(a, "name").cmp(meta(b, "name")));
-        desired_slices(&svc, &pods)
+        desired_groups(&svc, &pods)
     };
     // Slices first: the dataplanes wait for them; the Endpoints mirror is for readers.
     write_slices(ctx, &svc, &desired)?;
     tracing::debug!(service = name, "slices reconciled");
     write_endpoints(ctx, endpoints_mirror(&svc, &desired))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(i: usize) -> Value {
+        json!({"addresses": [format!("10.244.1.{i}")], "targetRef": {"uid": format!("uid-{i}")}})
+    }
+
+    fn ports() -> Vec<Value> {
+        vec![json!({"name": "", "port": 8080, "protocol": "TCP"})]
+    }
+
+    /// Existing slices named `s0`, `s1`, ... holding the placement's endpoints.
+    fn existing(placement: &Placement) -> Vec<Arc<Value>> {
+        placement
+            .slices
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ports, eps))| {
+                Arc::new(json!({"metadata": {"name": format!("s{i}")}, "ports": ports, "endpoints": eps}))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_pod_that_goes_or_comes_rewrites_one_slice() {
+        let all: Vec<Value> = (0..250).map(ep).collect();
+        let first = place(&[], &[(ports(), all.clone())]);
+        let sizes: Vec<usize> = first.slices.iter().map(|(_, _, e)| e.len()).collect();
+        assert_eq!(sizes, [100, 100, 50]);
+        let slices = existing(&first);
+
+        // Endpoint 5 leaves: only the first slice changes; no endpoint moves.
+        let mut fewer = all.clone();
+        fewer.remove(5);
+        let after = place(&slices, &[(ports(), fewer.clone())]);
+        let changed: Vec<&str> = after
+            .slices
+            .iter()
+            .zip(&slices)
+            .filter(|((_, _, eps), s)| s["endpoints"].as_array() != Some(eps))
+            .map(|(_, s)| meta(s, "name"))
+            .collect();
+        assert_eq!(changed, ["s0"]);
+        assert_eq!(after.slices[0].2.len(), 99);
+        assert!(after.delete.is_empty());
+
+        // A newcomer fills the gap in the first slice with room.
+        let slices = existing(&after);
+        let mut more = fewer;
+        more.push(ep(250));
+        let after = place(&slices, &[(ports(), more)]);
+        assert_eq!(after.slices[0].2.len(), 100);
+        assert_eq!(after.slices[0].2[99], ep(250));
+        assert_eq!(
+            after.slices[1].2,
+            slices[1]["endpoints"].as_array().unwrap().clone()
+        );
+    }
+
+    #[test]
+    fn emptied_slices_go_but_a_service_keeps_one() {
+        let first = place(&[], &[(ports(), (0..150).map(ep).collect())]);
+        let slices = existing(&first);
+        let after = place(&slices, &[(ports(), (0..50).map(ep).collect())]);
+        assert_eq!(after.slices.len(), 1);
+        assert_eq!(after.delete, ["s1"]);
+        let none = place(&slices, &[]);
+        assert_eq!(none.slices, [(Some("s0".to_owned()), vec![], vec![])]);
+        assert_eq!(none.delete, ["s1"]);
+    }
 }
