@@ -379,6 +379,7 @@ fn assign_load_balancer(ctx: &Ctx, svc: &Value) -> Result<(), ApiError> {
 
 /// Brings a Service's slices, Endpoints and LoadBalancer status up to date.
 pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
+    let started = std::time::Instant::now();
     let store = &ctx.api.store;
     let Some(svc) = store.get(Kind::Service, ns, name) else {
         let _ = store.delete(Kind::Endpoints, ns, name, None);
@@ -414,7 +415,7 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
     };
     // Slices first: the dataplanes wait for them; the Endpoints mirror is for readers.
     write_slices(ctx, &svc, &desired)?;
-    tracing::debug!(service = name, "slices reconciled");
+    tracing::debug!(service = name, took = ?started.elapsed(), "slices reconciled");
     write_endpoints(ctx, endpoints_mirror(&svc, &desired))?;
     Ok(())
 }
