@@ -643,6 +643,8 @@ fn nft_sync_sends_only_the_changed_services_and_agrees_with_whole_tables() {
             ("two", "10.96.0.2", vec![]),
         ],
         vec![("one", "10.96.0.1", vec![ep(c)])],
+        // A service that sorts first goes while a later one comes back.
+        vec![("two", "10.96.0.2", vec![ep(a)])],
         vec![],
     ];
     for layout in [Layout::Fast, Layout::KubeProxy] {

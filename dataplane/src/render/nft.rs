@@ -511,14 +511,16 @@ impl NftSync {
                 elements: None,
             });
         }
-        let gone: Vec<&(String, Protocol)> = self
-            .services
-            .keys()
-            .filter(|k| !snapshot.services.contains_key(*k))
-            .collect();
+        // Both maps are sorted by key: one walk over the two pairs each service with its
+        // previous entry and finds the services that are gone, without a lookup per service.
+        let mut gone: Vec<&(String, Protocol)> = Vec::new();
         let mut changed = Vec::new();
+        let mut before = self.services.iter().peekable();
         for (key, entry) in &snapshot.services {
-            let previous = self.services.get(key);
+            while let Some((k, _)) = before.next_if(|(k, _)| *k < key) {
+                gone.push(k);
+            }
+            let previous = before.next_if(|(k, _)| *k == key).map(|(_, v)| v);
             // Snapshots derived from one another share their unchanged entries, so most
             // services are told unchanged without reading their endpoints.
             if previous.is_some_and(|(e, _)| Arc::ptr_eq(e, entry) || e == entry) {
@@ -538,6 +540,7 @@ impl NftSync {
             };
             changed.push((key.clone(), entry.clone(), fragment));
         }
+        gone.extend(before.map(|(k, _)| k));
         if changed.is_empty() && gone.is_empty() {
             return Ok(NftUpdate::default());
         }
