@@ -112,6 +112,41 @@ impl LabNode {
         Netns::named(&self.node)
     }
 
+    /// `table` as the kernel lists it in JSON, without handles, objects and set elements
+    /// sorted: the same for the same rules however they were written.
+    fn nft_canonical(&self, table: &str) -> Vec<String> {
+        fn strip(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::Object(o) => {
+                    o.remove("handle");
+                    o.values_mut().for_each(strip);
+                    if let Some(serde_json::Value::Array(elems)) = o.get_mut("elem") {
+                        elems.sort_by_key(|e| e.to_string());
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+                _ => {}
+            }
+        }
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.node, "nft", "-j", "list", "table", "ip", table,
+            ])
+            .output()
+            .unwrap();
+        let mut listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        strip(&mut listing);
+        let mut objects: Vec<String> = listing["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o.get("metainfo").is_none())
+            .map(|o| o.to_string())
+            .collect();
+        objects.sort();
+        objects
+    }
+
     fn nat_listing(&self, chain: &str) -> String {
         let out = Command::new("ip")
             .args([
@@ -473,6 +508,37 @@ fn nftables_journey(layout: Layout, nodeport: &str) {
         .unwrap();
     let tables = String::from_utf8_lossy(&out.stdout);
     assert!(!tables.contains(layout.table()), "{tables}");
+}
+
+#[test]
+fn thousands_of_endpoints_arriving_at_once_go_over_netlink_in_one_change() {
+    if unavailable() {
+        return;
+    }
+    let lab = LabNode::new(1);
+    let layout = Layout::Fast;
+    let applier = NftApplier::new(lab.netns(), layout.table());
+    let mut sync = nft::NftSync::new(layout);
+    let first = sync.update_change(&objects(&["10.244.1.2"]), &node());
+    applier.apply(&first.unwrap().text()).unwrap();
+    // 3,000 more: more elements than one message holds, and a batch larger than a netlink
+    // socket's default send buffer.
+    let many: Vec<String> = (0..3000)
+        .map(|i| format!("10.245.{}.{}", i / 250, 1 + i % 250))
+        .collect();
+    let endpoints: Vec<&str> = std::iter::once("10.244.1.2")
+        .chain(many.iter().map(String::as_str))
+        .collect();
+    let change = sync.update_change(&objects(&endpoints), &node()).unwrap();
+    let elements = change.elements.as_ref().expect("only endpoints change");
+    assert_eq!((elements.add.len(), elements.modulus.len()), (6000, 1));
+    applier.apply_elements(elements).expect("netlink change");
+    let partial = lab.nft_canonical(layout.table());
+    applier
+        .apply(&nft::render(&objects(&endpoints), &node(), layout).unwrap())
+        .unwrap();
+    assert_eq!(partial, lab.nft_canonical(layout.table()));
+    applier.cleanup().unwrap();
 }
 
 #[test]

@@ -48,6 +48,9 @@ const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_NG_MODULUS: u16 = 2;
 
 const HEADER: usize = 16 + 4;
+/// Elements per message: each takes at most 44 bytes of its message's element list, whose
+/// length must fit in 16 bits.
+const ELEMENTS_PER_MESSAGE: usize = 1000;
 /// How long the kernel may take to answer before the change is given up.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -137,26 +140,19 @@ impl Batch {
         } else {
             (NFT_MSG_DELSETELEM, 0, "deleting")
         };
-        let what = format!("{verb} {} element(s) of {table}/{set}", elements.len());
-        self.message(kind, flags, what, |buf| {
-            attr(buf, NFTA_SET_ELEM_LIST_TABLE, &strz(table));
-            attr(buf, NFTA_SET_ELEM_LIST_SET, &strz(set));
-            nest(buf, NFTA_SET_ELEM_LIST_ELEMENTS, |buf| {
-                for element in elements {
-                    nest(buf, NFTA_LIST_ELEM, |buf| {
-                        let (key, data) = element_bytes(element);
-                        nest(buf, NFTA_SET_ELEM_KEY, |buf| {
-                            attr(buf, NFTA_DATA_VALUE, &key)
-                        });
-                        if add && let Some(data) = data {
-                            nest(buf, NFTA_SET_ELEM_DATA, |buf| {
-                                attr(buf, NFTA_DATA_VALUE, &data)
-                            });
-                        }
-                    });
-                }
+        // An attribute's length is 16 bits: a nested list must stay under 64 KiB.
+        for chunk in elements.chunks(ELEMENTS_PER_MESSAGE) {
+            let what = format!("{verb} {} element(s) of {table}/{set}", chunk.len());
+            self.message(kind, flags, what, |buf| {
+                attr(buf, NFTA_SET_ELEM_LIST_TABLE, &strz(table));
+                attr(buf, NFTA_SET_ELEM_LIST_SET, &strz(set));
+                nest(buf, NFTA_SET_ELEM_LIST_ELEMENTS, |buf| {
+                    for element in chunk {
+                        nest(buf, NFTA_LIST_ELEM, |buf| element_attrs(buf, add, element));
+                    }
+                });
             });
-        });
+        }
     }
 
     /// Replaces rule `rule` (as the kernel dumped it) of `table`/`chain` with its expressions
@@ -178,6 +174,19 @@ impl Batch {
     pub fn finish(mut self) -> (Vec<u8>, Vec<String>, u32) {
         self.marker(NFNL_MSG_BATCH_END);
         (self.buf, self.what, self.first)
+    }
+}
+
+/// One element's key, and its data when it is added to a map.
+fn element_attrs(buf: &mut Vec<u8>, add: bool, element: &Element) {
+    let (key, data) = element_bytes(element);
+    nest(buf, NFTA_SET_ELEM_KEY, |buf| {
+        attr(buf, NFTA_DATA_VALUE, &key)
+    });
+    if add && let Some(data) = data {
+        nest(buf, NFTA_SET_ELEM_DATA, |buf| {
+            attr(buf, NFTA_DATA_VALUE, &data)
+        });
     }
 }
 
@@ -233,6 +242,13 @@ pub fn send(socket: &OwnedFd, change: &ElementChange) -> Result<(), NetlinkError
         batch.replace_rule(table, chain, rule, &expressions);
     }
     let (buf, what, first) = batch.finish();
+    // The whole batch is one datagram, which must fit in the socket's send buffer (208 KiB
+    // by default): a Service gaining thousands of endpoints at once needs more. Forcing the
+    // size needs CAP_NET_ADMIN, which programming nftables needs anyway.
+    if buf.len() > 128 << 10 {
+        rustix::net::sockopt::set_socket_send_buffer_size_force(socket, 2 * buf.len())
+            .map_err(std::io::Error::from)?;
+    }
     rustix::net::send(socket, &buf, SendFlags::empty()).map_err(std::io::Error::from)?;
     let mut acked = 0;
     while acked < what.len() {
