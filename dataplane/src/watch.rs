@@ -148,8 +148,10 @@ impl Backend for NftBackend {
                     .apply_elements(change.elements.as_ref().expect("an element change"))
                 {
                     Ok(()) => Ok("netlink"),
-                    // The netlink transaction was undone as a whole; `nft` gets the same
-                    // change.
+                    // Whether the kernel took the batch is unknown: the sync fails, and the
+                    // next one writes the whole table.
+                    Err(ApplyError::Netlink(e)) if !e.undone() => Err(ApplyError::Netlink(e)),
+                    // The kernel's table is as it was: `nft` gets the same change.
                     Err(e) => {
                         tracing::warn!(error = %e, "netlink sync failed; using nft");
                         applier.apply_change(&change.text()).map(|()| "nft")

@@ -542,6 +542,62 @@ fn thousands_of_endpoints_arriving_at_once_go_over_netlink_in_one_change() {
 }
 
 #[test]
+fn a_refused_netlink_change_leaves_the_table_as_it_was() {
+    use dataplane::apply::ApplyError;
+    use dataplane::render::nft::{Element, ElementChange};
+    if unavailable() {
+        return;
+    }
+    let lab = LabNode::new(2);
+    let layout = Layout::Fast;
+    let applier = NftApplier::new(lab.netns(), layout.table());
+    let mut sync = nft::NftSync::new(layout);
+    let both = ["10.244.1.2", "10.244.1.3"];
+    applier
+        .apply(&sync.update_change(&objects(&both), &node()).unwrap().text())
+        .unwrap();
+    let before = lab.nft_canonical(layout.table());
+    let pair = |ip: &str| Element::Pair(ip.parse().unwrap(), ip.parse().unwrap());
+    // A good addition and the deletion of an element that is not there, in one batch: the
+    // kernel refuses the batch as a whole.
+    let refused = ElementChange {
+        table: layout.table(),
+        delete: vec![("hairpin".into(), pair("10.244.9.9"))],
+        add: vec![("hairpin".into(), pair("10.244.8.8"))],
+        modulus: vec![],
+    };
+    match applier.apply_elements(&refused) {
+        Err(ApplyError::Netlink(e)) => assert!(e.undone(), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(before, lab.nft_canonical(layout.table()));
+    // A dispatch rule that is not as expected: nothing is sent.
+    let chain = dataplane::names::svc_chain("default/hello-world", dataplane::model::Protocol::Tcp)
+        .replace("KUBE-SVC-", "svc-");
+    let stale = ElementChange {
+        table: layout.table(),
+        add: vec![("hairpin".into(), pair("10.244.8.8"))],
+        modulus: vec![(chain, 7, 8)],
+        ..ElementChange::default()
+    };
+    let error = applier.apply_elements(&stale).unwrap_err().to_string();
+    assert!(error.contains("no dispatch rule with modulus 7"), "{error}");
+    assert_eq!(before, lab.nft_canonical(layout.table()));
+    // The kept socket still serves the next change.
+    let change = sync
+        .update_change(&objects(&["10.244.1.3"]), &node())
+        .unwrap();
+    applier
+        .apply_elements(change.elements.as_ref().expect("only endpoints change"))
+        .unwrap();
+    let partial = lab.nft_canonical(layout.table());
+    applier
+        .apply(&nft::render(&objects(&["10.244.1.3"]), &node(), layout).unwrap())
+        .unwrap();
+    assert_eq!(partial, lab.nft_canonical(layout.table()));
+}
+
+#[test]
 fn nftables_kube_proxy_layout_routes_to_every_pod() {
     // kube-proxy's nftables mode serves NodePorts on the node's addresses, not on 127.0.0.1.
     nftables_journey(Layout::KubeProxy, &format!("10.244.1.1:{NODE_PORT}"));

@@ -6,6 +6,7 @@
 //! partial sync of endpoints needs is here; everything else goes through `nft -f`.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType, netlink};
@@ -27,6 +28,7 @@ const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_CREATE: u16 = 0x400;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
+const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLA_F_NESTED: u16 = 0x8000;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
@@ -48,19 +50,20 @@ const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_NG_MODULUS: u16 = 2;
 
 const HEADER: usize = 16 + 4;
-/// Elements per message: each takes at most 44 bytes of its message's element list, whose
+/// Elements per message: each takes at most 32 bytes of its message's element list, whose
 /// length must fit in 16 bits.
 const ELEMENTS_PER_MESSAGE: usize = 1000;
 /// How long the kernel may take to answer before the change is given up.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why the kernel did not take a change.
+/// Why the kernel did not take a change, and whether it is known to have left the table as
+/// it was ([`NetlinkError::undone`]).
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    /// The socket could not be used.
+    /// Nothing was sent: the socket could not be used, or the table could not be read.
     #[error("netlink: {0}")]
     Io(#[from] std::io::Error),
-    /// The kernel refused one message of the batch (the whole batch is then undone).
+    /// The kernel refused a message of the batch, so it undid the whole batch.
     #[error("the kernel refused {what}: {source}")]
     Refused {
         /// Which message.
@@ -68,7 +71,7 @@ pub enum NetlinkError {
         /// The kernel's error number.
         source: std::io::Error,
     },
-    /// A chain's dispatch rule was not as the last sync left it.
+    /// Nothing was sent: a chain's dispatch rule was not as the last sync left it.
     #[error("chain {chain} of table {table} has no dispatch rule with modulus {modulus}")]
     NoDispatchRule {
         /// The table.
@@ -78,19 +81,36 @@ pub enum NetlinkError {
         /// The modulus looked for.
         modulus: u32,
     },
-    /// The kernel's answer could not be read.
-    #[error("unexpected netlink answer: {0}")]
-    Malformed(&'static str),
+    /// The batch was sent but its answer could not be read: it may or may not have been
+    /// committed.
+    #[error("no answer to the batch ({0}); whether the kernel took it is unknown")]
+    Unanswered(String),
 }
 
-/// Netlink messages being assembled into one batch; each but the batch markers asks for an
-/// acknowledgement, so that every one is accounted for.
+impl NetlinkError {
+    /// Whether the kernel's table is known to be as it was before (nothing sent, or the
+    /// batch refused and undone), so the same change may be sent again another way.
+    pub fn undone(&self) -> bool {
+        !matches!(self, NetlinkError::Unanswered(_))
+    }
+}
+
+/// Sequence numbers for requests, never reused by a process: an answer that arrives late
+/// (after an error, on a kept socket) is not taken for another request's.
+static SEQ: AtomicU32 = AtomicU32::new(1);
+
+/// Netlink messages being assembled into one batch. Only the last message asks for an
+/// acknowledgement: the kernel reports every failed message anyway and answers in order, so
+/// that acknowledgement (or an error before it) settles the batch, and the answers stay few
+/// however large the batch.
 #[derive(Debug)]
 pub struct Batch {
     buf: Vec<u8>,
     seq: u32,
     first: u32,
-    /// What each acknowledged message does, for error messages; index = seq - first.
+    /// Where the last message starts, to ask it for the acknowledgement.
+    last: Option<usize>,
+    /// What each message does, for error messages; index = seq - first.
     what: Vec<String>,
 }
 
@@ -101,6 +121,7 @@ impl Batch {
             buf: Vec::with_capacity(4096),
             seq,
             first: seq + 1,
+            last: None,
             what: Vec::new(),
         };
         batch.marker(NFNL_MSG_BATCH_BEGIN);
@@ -120,12 +141,13 @@ impl Batch {
         let start = header(
             &mut self.buf,
             kind,
-            NLM_F_REQUEST | NLM_F_ACK | flags,
+            NLM_F_REQUEST | flags,
             self.seq,
             NFPROTO_IPV4,
         );
         attrs(&mut self.buf);
         finish(&mut self.buf, start);
+        self.last = Some(start);
         self.what.push(what);
         self.seq += 1;
     }
@@ -170,8 +192,12 @@ impl Batch {
         });
     }
 
-    /// The closed batch, what each acknowledged message does, and the first one's number.
+    /// The closed batch, what each message does, and the first one's number.
     pub fn finish(mut self) -> (Vec<u8>, Vec<String>, u32) {
+        if let Some(last) = self.last {
+            let flags = u16::from_ne_bytes([self.buf[last + 6], self.buf[last + 7]]) | NLM_F_ACK;
+            self.buf[last + 6..last + 8].copy_from_slice(&flags.to_ne_bytes());
+        }
         self.marker(NFNL_MSG_BATCH_END);
         (self.buf, self.what, self.first)
     }
@@ -213,65 +239,71 @@ fn element_bytes(element: &Element) -> (Vec<u8>, Option<Vec<u8>>) {
 /// as one transaction: all of it takes effect, or none.
 pub fn send(socket: &OwnedFd, change: &ElementChange) -> Result<(), NetlinkError> {
     let table = change.table;
-    let mut batch = Batch::new(1);
-    for (add, list) in [(false, &change.delete), (true, &change.add)] {
-        // One message per set, in first-seen order.
-        let mut sets: Vec<(&str, Vec<Element>)> = Vec::new();
-        for (set, element) in list {
-            match sets.iter_mut().find(|(s, _)| s == set) {
-                Some((_, elements)) => elements.push(*element),
-                None => sets.push((set, vec![*element])),
-            }
-        }
-        for (set, elements) in &sets {
-            batch.elements(add, table, set, elements);
-        }
-    }
-    let mut dump_seq = 1_000_000;
-    for (chain, from, to) in &change.modulus {
-        dump_seq += 1;
-        let rules = dump_rules(socket, table, chain, dump_seq)?;
-        let (rule, expressions) = rules
-            .iter()
+    // Sequence numbers for this change's dumps, then its batch: a block of 65,536, kept
+    // under 2^31 so that no number in it wraps around.
+    let base = SEQ.fetch_add(1 << 16, Ordering::Relaxed) & 0x7fff_0000;
+    let mut answers = Answers::new(socket);
+    let mut rules = Vec::new();
+    for (i, (chain, from, to)) in change.modulus.iter().enumerate() {
+        let dumped = dump_rules(&mut answers, table, chain, base + i as u32)?;
+        let rule = dumped
+            .into_iter()
             .find_map(|rule| patch_modulus(&rule.expressions, *from, *to).map(|e| (rule, e)))
             .ok_or_else(|| NetlinkError::NoDispatchRule {
                 table: table.to_owned(),
                 chain: chain.clone(),
                 modulus: *from,
             })?;
-        batch.replace_rule(table, chain, rule, &expressions);
+        rules.push((chain, rule));
+    }
+    let begin = base + change.modulus.len() as u32;
+    let mut batch = Batch::new(begin);
+    for (add, list) in [(false, &change.delete), (true, &change.add)] {
+        // `element_change` lists each set's elements together: one run, one message.
+        for run in list.chunk_by(|a, b| a.0 == b.0) {
+            let elements: Vec<Element> = run.iter().map(|(_, e)| *e).collect();
+            batch.elements(add, table, &run[0].0, &elements);
+        }
+    }
+    for (chain, (rule, expressions)) in &rules {
+        batch.replace_rule(table, chain, rule, expressions);
     }
     let (buf, what, first) = batch.finish();
-    // The whole batch is one datagram, which must fit in the socket's send buffer (208 KiB
-    // by default): a Service gaining thousands of endpoints at once needs more. Forcing the
-    // size needs CAP_NET_ADMIN, which programming nftables needs anyway.
-    if buf.len() > 128 << 10 {
+    if what.is_empty() {
+        return Ok(());
+    }
+    // The whole batch is one datagram, which must fit in the socket's send buffer: a Service
+    // gaining thousands of endpoints at once needs more than the default. Forcing the size
+    // needs CAP_NET_ADMIN, which programming nftables needs anyway.
+    let room = rustix::net::sockopt::socket_send_buffer_size(socket).unwrap_or(0);
+    if buf.len() + 1024 > room {
         rustix::net::sockopt::set_socket_send_buffer_size_force(socket, 2 * buf.len())
             .map_err(std::io::Error::from)?;
     }
     rustix::net::send(socket, &buf, SendFlags::empty()).map_err(std::io::Error::from)?;
-    let mut acked = 0;
-    while acked < what.len() {
-        for (kind, payload) in receive(socket)? {
-            if kind != NLMSG_ERROR {
+    let last = first + what.len() as u32 - 1;
+    let unanswered = |e: NetlinkError| NetlinkError::Unanswered(e.to_string());
+    loop {
+        for answer in answers.next().map_err(unanswered)? {
+            if answer.kind != NLMSG_ERROR || !(begin..=last).contains(&answer.seq) {
                 continue;
             }
-            let (code, seq) = error_answer(&payload)?;
+            let (code, seq) = error_answer(&answer.payload).map_err(unanswered)?;
             if code != 0 {
-                let what = seq
-                    .checked_sub(first)
-                    .and_then(|i| what.get(i as usize))
-                    .cloned()
-                    .unwrap_or_else(|| format!("message {seq}"));
+                let what = match seq.checked_sub(first) {
+                    Some(i) => what[i as usize].clone(),
+                    None => "the batch".to_owned(),
+                };
                 return Err(NetlinkError::Refused {
                     what,
                     source: std::io::Error::from_raw_os_error(-code),
                 });
             }
-            acked += 1;
+            if seq == last {
+                return Ok(());
+            }
         }
     }
-    Ok(())
 }
 
 /// A netlink socket for nf_tables in the calling thread's network namespace; it stays in
@@ -302,7 +334,7 @@ struct DumpedRule {
 }
 
 fn dump_rules(
-    socket: &OwnedFd,
+    answers: &mut Answers<'_>,
     table: &str,
     chain: &str,
     seq: u32,
@@ -318,18 +350,31 @@ fn dump_rules(
     attr(&mut buf, NFTA_RULE_TABLE, &strz(table));
     attr(&mut buf, NFTA_RULE_CHAIN, &strz(chain));
     finish(&mut buf, start);
-    rustix::net::send(socket, &buf, SendFlags::empty()).map_err(std::io::Error::from)?;
+    rustix::net::send(answers.socket, &buf, SendFlags::empty()).map_err(std::io::Error::from)?;
+    let listing = || format!("listing chain {table}/{chain}");
     let mut rules = Vec::new();
     loop {
-        for (kind, payload) in receive(socket)? {
-            match kind {
+        for answer in answers.next()? {
+            if answer.seq != seq {
+                continue;
+            }
+            if answer.flags & NLM_F_DUMP_INTR != 0 {
+                return Err(std::io::Error::other(format!(
+                    "{}: the ruleset changed while it was read",
+                    listing()
+                ))
+                .into());
+            }
+            match answer.kind {
                 NLMSG_DONE => return Ok(rules),
                 NLMSG_ERROR => {
-                    let (code, _) = error_answer(&payload)?;
-                    return Err(NetlinkError::Refused {
-                        what: format!("listing chain {table}/{chain}"),
-                        source: std::io::Error::from_raw_os_error(-code),
-                    });
+                    let (code, _) = error_answer(&answer.payload)?;
+                    return Err(std::io::Error::other(format!(
+                        "{}: {}",
+                        listing(),
+                        std::io::Error::from_raw_os_error(-code)
+                    ))
+                    .into());
                 }
                 _ => {
                     let mut rule = DumpedRule {
@@ -337,15 +382,19 @@ fn dump_rules(
                         expressions: Vec::new(),
                         userdata: None,
                     };
-                    for (ty, value) in attrs(payload.get(4..).unwrap_or_default()) {
+                    let mut in_chain = false;
+                    for (ty, value) in attrs(answer.payload.get(4..).unwrap_or_default()) {
                         match ty {
+                            NFTA_RULE_CHAIN => in_chain = value == strz(chain),
                             NFTA_RULE_HANDLE => rule.handle = value.to_vec(),
                             NFTA_RULE_EXPRESSIONS => rule.expressions = value.to_vec(),
                             NFTA_RULE_USERDATA => rule.userdata = Some(value.to_vec()),
                             _ => {}
                         }
                     }
-                    rules.push(rule);
+                    if in_chain {
+                        rules.push(rule);
+                    }
                 }
             }
         }
@@ -379,22 +428,51 @@ fn patch_modulus(expressions: &[u8], from: u32, to: u32) -> Option<Vec<u8>> {
     found.then_some(patched)
 }
 
-/// Reads one datagram of answers: (message type, payload after the netlink header).
-fn receive(socket: &OwnedFd) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
-    let mut buf = vec![0u8; 1 << 16];
-    let (n, _) = rustix::net::recv(socket, &mut buf[..], RecvFlags::empty())
-        .map_err(std::io::Error::from)?;
+/// One message from the kernel.
+struct Answer {
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    /// What follows the netlink header.
+    payload: Vec<u8>,
+}
+
+/// The kernel's answers on a socket, one datagram at a time, read into one buffer.
+struct Answers<'a> {
+    socket: &'a OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl<'a> Answers<'a> {
+    fn new(socket: &'a OwnedFd) -> Self {
+        Self {
+            socket,
+            buf: vec![0; 1 << 16],
+        }
+    }
+
+    /// The messages of the next datagram.
+    fn next(&mut self) -> Result<Vec<Answer>, NetlinkError> {
+        let (n, _) = rustix::net::recv(self.socket, &mut self.buf[..], RecvFlags::empty())
+            .map_err(std::io::Error::from)?;
+        parse_answers(&self.buf[..n.min(self.buf.len())])
+    }
+}
+
+/// The messages in one datagram.
+fn parse_answers(mut rest: &[u8]) -> Result<Vec<Answer>, NetlinkError> {
     let mut out = Vec::new();
-    let mut rest = &buf[..n];
     while rest.len() >= 16 {
         let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
         if len < 16 || len > rest.len() {
-            return Err(NetlinkError::Malformed(
-                "a message longer than its datagram",
-            ));
+            return Err(std::io::Error::other("a netlink message longer than its datagram").into());
         }
-        let kind = u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes"));
-        out.push((kind, rest[16..len].to_vec()));
+        out.push(Answer {
+            kind: u16::from_ne_bytes([rest[4], rest[5]]),
+            flags: u16::from_ne_bytes([rest[6], rest[7]]),
+            seq: u32::from_ne_bytes(rest[8..12].try_into().expect("4 bytes")),
+            payload: rest[16..len].to_vec(),
+        });
         rest = &rest[align(len).min(rest.len())..];
     }
     Ok(out)
@@ -403,7 +481,7 @@ fn receive(socket: &OwnedFd) -> Result<Vec<(u16, Vec<u8>)>, NetlinkError> {
 /// An error answer's code (0 for an acknowledgement) and the sequence number it answers.
 fn error_answer(payload: &[u8]) -> Result<(i32, u32), NetlinkError> {
     if payload.len() < 4 + 16 {
-        return Err(NetlinkError::Malformed("a short error message"));
+        return Err(std::io::Error::other("a netlink error message too short to read").into());
     }
     let code = i32::from_ne_bytes(payload[0..4].try_into().expect("4 bytes"));
     let seq = u32::from_ne_bytes(payload[12..16].try_into().expect("4 bytes"));
@@ -468,7 +546,7 @@ fn nest(buf: &mut Vec<u8>, ty: u16, inner: impl FnOnce(&mut Vec<u8>)) {
     buf.extend([0, 0]);
     buf.extend((ty | NLA_F_NESTED).to_ne_bytes());
     inner(buf);
-    let len = (buf.len() - start) as u16;
+    let len = u16::try_from(buf.len() - start).expect("a nested attribute under 64 KiB");
     buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
 }
 
@@ -502,7 +580,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_is_framed_by_markers_and_every_message_asks_for_an_answer() {
+    fn a_batch_is_framed_by_markers_and_only_its_last_message_asks_for_an_answer() {
         let mut batch = Batch::new(7);
         let slot = Element::Slot {
             slot: 0,
@@ -515,24 +593,46 @@ mod tests {
         let (buf, what, first) = batch.finish();
         assert_eq!(first, 8);
         assert_eq!(what.len(), 2);
-        let mut kinds = Vec::new();
-        let mut rest = &buf[..];
-        while !rest.is_empty() {
-            let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
-            let flags = u16::from_ne_bytes(rest[6..8].try_into().unwrap());
-            kinds.push((kind, flags & NLM_F_ACK != 0));
-            rest = &rest[len..];
-        }
+        let kinds: Vec<(u16, bool, u32)> = parse_answers(&buf)
+            .unwrap()
+            .iter()
+            .map(|m| (m.kind, m.flags & NLM_F_ACK != 0, m.seq))
+            .collect();
         assert_eq!(
             kinds,
             [
-                (NFNL_MSG_BATCH_BEGIN, false),
-                ((10 << 8) | NFT_MSG_DELSETELEM, true),
-                ((10 << 8) | NFT_MSG_NEWSETELEM, true),
-                (NFNL_MSG_BATCH_END, false),
+                (NFNL_MSG_BATCH_BEGIN, false, 7),
+                ((10 << 8) | NFT_MSG_DELSETELEM, false, 8),
+                ((10 << 8) | NFT_MSG_NEWSETELEM, true, 9),
+                (NFNL_MSG_BATCH_END, false, 10),
             ]
         );
+    }
+
+    #[test]
+    fn thousands_of_elements_are_split_into_messages_that_fit() {
+        let pairs: Vec<Element> = (0..2500u32)
+            .map(|i| Element::Pair(i.into(), i.into()))
+            .collect();
+        let mut batch = Batch::new(1);
+        batch.elements(true, "t", "hairpin", &pairs);
+        let (buf, what, _) = batch.finish();
+        assert_eq!(what.len(), 3);
+        let messages = parse_answers(&buf).unwrap();
+        assert!(messages.iter().all(|m| m.payload.len() < 1 << 16));
+    }
+
+    #[test]
+    fn a_datagram_holds_several_answers_and_a_cut_one_is_an_error() {
+        let mut buf = Vec::new();
+        for seq in [3, 4] {
+            let start = header(&mut buf, NLMSG_ERROR, 0, seq, 0);
+            buf.extend([0u8; 16]);
+            finish(&mut buf, start);
+        }
+        let answers = parse_answers(&buf).unwrap();
+        assert_eq!(answers.iter().map(|a| a.seq).collect::<Vec<_>>(), [3, 4]);
+        assert!(parse_answers(&buf[..buf.len() - 4]).is_err());
     }
 
     #[test]

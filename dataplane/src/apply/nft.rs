@@ -30,6 +30,9 @@ impl NftApplier {
     /// Runs the transaction `input` (from [`crate::render::nft::render`]) and sets
     /// `route_localnet` so NodePorts can answer on 127.0.0.1.
     pub fn apply(&self, input: &str) -> Result<(), ApplyError> {
+        // A kept netlink socket holds its namespace alive; a full sync (after a failure, or
+        // of a namespace made again) starts afresh.
+        self.socket.lock().expect("socket cache").take();
         self.apply_change(input)?;
         self.netns.enable_localhost_nodeports()
     }
@@ -75,6 +78,7 @@ impl NftApplier {
 
     /// Deletes our table, if it exists.
     pub fn cleanup(&self) -> Result<(), ApplyError> {
+        self.socket.lock().expect("socket cache").take();
         let input = format!("table ip {t}\ndelete table ip {t}\n", t = self.table);
         self.netns.run("nft", &["-f", "-"], Some(&input))?;
         Ok(())
