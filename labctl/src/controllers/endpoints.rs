@@ -481,6 +481,41 @@ mod tests {
     }
 
     #[test]
+    fn new_ports_get_new_slices_and_each_port_group_keeps_its_own() {
+        let first = place(&[], &[(ports(), (0..3).map(ep).collect())]);
+        let slices = existing(&first);
+        // The target port changes: the old slice no longer fits and goes, after the new
+        // one is written (the plan lists writes; deletions happen last).
+        let other = vec![json!({"name": "", "port": 9090, "protocol": "TCP"})];
+        let moved = place(&slices, &[(other.clone(), (0..3).map(ep).collect())]);
+        assert_eq!(moved.slices.len(), 1);
+        assert_eq!(moved.slices[0].0, None);
+        assert_eq!(moved.delete, ["s0"]);
+        // Two groups (Pods that resolve a named port differently) keep their slices apart.
+        let groups = [(ports(), vec![ep(0), ep(1)]), (other.clone(), vec![ep(2)])];
+        let split = place(&slices, &groups);
+        assert_eq!(split.slices[0].0.as_deref(), Some("s0"));
+        assert_eq!(split.slices[0].2, [ep(0), ep(1)]);
+        assert_eq!(
+            (split.slices[1].0.as_deref(), &split.slices[1].1),
+            (None, &other)
+        );
+        assert!(split.delete.is_empty());
+    }
+
+    #[test]
+    fn endpoints_without_a_pod_are_known_by_address() {
+        // The `kubernetes` Service's endpoint is the API server's address, not a Pod.
+        let api = |ip: &str| json!({"addresses": [ip], "conditions": {"ready": true}});
+        let first = place(&[], &[(ports(), vec![api("172.18.0.2")])]);
+        let again = place(&existing(&first), &[(ports(), vec![api("172.18.0.2")])]);
+        assert_eq!(
+            again.slices,
+            [(Some("s0".to_owned()), ports(), vec![api("172.18.0.2")])]
+        );
+    }
+
+    #[test]
     fn emptied_slices_go_but_a_service_keeps_one() {
         let first = place(&[], &[(ports(), (0..150).map(ep).collect())]);
         let slices = existing(&first);
