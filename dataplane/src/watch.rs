@@ -24,7 +24,7 @@ use crate::apply::ApplyError;
 use crate::apply::iptables::IptablesApplier;
 use crate::apply::nft::NftApplier;
 use crate::compile::compile;
-use crate::model::{ModelError, NodeConfig, Snapshot};
+use crate::model::{ModelError, NodeConfig, Snapshot, SnapshotCache};
 use crate::proxy::{ProxyError, UserspaceProxy, routes};
 use crate::render::nft::{self, Layout, Unsupported};
 
@@ -258,12 +258,13 @@ pub async fn run<B: Backend>(
         () = &mut shutdown => return Ok(()),
     }
     let mut last_write: Option<Instant> = None;
+    let mut cache = SnapshotCache::default();
     loop {
         let started = Instant::now();
         // Losses up to here are in this sync's snapshot (the reflectors update their stores
         // before they report an event).
         let losses_seen = lost.0.load(Ordering::SeqCst);
-        let result = sync_once(&services, &slices, &node, &mut backend).await;
+        let result = sync_once(&services, &slices, &node, &mut cache, &mut backend).await;
         // A failure counts as a write, so that it is retried after the minimum interval.
         if !matches!(result, Ok(Synced::Unchanged)) {
             last_write = Some(started);
@@ -308,6 +309,7 @@ async fn sync_once<B: Backend>(
     services: &Store<Service>,
     slices: &Store<EndpointSlice>,
     node: &NodeConfig,
+    cache: &mut SnapshotCache,
     backend: &mut B,
 ) -> Result<Synced, SyncError> {
     let started = Instant::now();
@@ -315,8 +317,7 @@ async fn sync_once<B: Backend>(
     // takes a snapshot after each slice change, on the same few cores.
     let services = services.state();
     let slices = slices.state();
-    let snapshot =
-        Snapshot::from_objects(services.iter().map(|s| &**s), slices.iter().map(|s| &**s))?;
+    let snapshot = cache.build(services.iter().map(|s| &**s), slices.iter().map(|s| &**s))?;
     tracing::debug!(took = ?started.elapsed(), "snapshot");
     let span = tracing::info_span!("sync", services = snapshot.services.len());
     tracing::Instrument::instrument(backend.sync(&snapshot, node), span).await

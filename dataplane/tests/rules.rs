@@ -689,6 +689,59 @@ fn nft_sync_sends_only_the_changed_services_and_agrees_with_whole_tables() {
 }
 
 #[test]
+fn a_snapshot_cache_reuses_the_entries_of_services_whose_objects_did_not_change() {
+    use dataplane::model::SnapshotCache;
+    let versioned = |name: &str, ip: &str, eps: &[Ep], rv: &str| {
+        let (mut svc, mut slice) = named(name, ip, eps);
+        svc.metadata.resource_version = Some(format!("{rv}0"));
+        slice.metadata.resource_version = Some(rv.to_owned());
+        (svc, slice)
+    };
+    let build = |cache: &mut SnapshotCache, objects: &[(Service, EndpointSlice)]| {
+        let services = objects.iter().map(|(s, _)| s);
+        let slices = objects.iter().map(|(_, e)| e);
+        let cached = cache.build(services.clone(), slices.clone()).unwrap();
+        assert_eq!(cached, Snapshot::from_objects(services, slices).unwrap());
+        cached
+    };
+    let a = ready("10.244.1.10", "lab-worker");
+    let b = ready("10.244.2.20", "lab-worker2");
+    let mut cache = SnapshotCache::default();
+    let first = build(
+        &mut cache,
+        &[
+            versioned("one", "10.96.0.1", &[a], "1"),
+            versioned("two", "10.96.0.2", &[a], "2"),
+        ],
+    );
+    // Service two's slice changes (a new resourceVersion); one's objects do not.
+    let second = build(
+        &mut cache,
+        &[
+            versioned("one", "10.96.0.1", &[a], "1"),
+            versioned("two", "10.96.0.2", &[a, b], "3"),
+        ],
+    );
+    let entry = |s: &Snapshot, i: usize| s.services.values().nth(i).unwrap().clone();
+    assert!(std::sync::Arc::ptr_eq(
+        &entry(&first, 0),
+        &entry(&second, 0)
+    ));
+    assert!(!std::sync::Arc::ptr_eq(
+        &entry(&first, 1),
+        &entry(&second, 1)
+    ));
+    assert_eq!(entry(&second, 1).endpoints.len(), 2);
+    // Objects without versions are never reused; gone services leave the snapshot.
+    let third = build(&mut cache, &[named("one", "10.96.0.1", &[a])]);
+    assert!(!std::sync::Arc::ptr_eq(
+        &entry(&second, 0),
+        &entry(&third, 0)
+    ));
+    assert_eq!(third.services.len(), 1);
+}
+
+#[test]
 fn nft_sync_of_one_service_among_many_mentions_only_that_service() {
     use dataplane::render::nft::{Layout, NftSync};
     let objects: Vec<(Service, EndpointSlice)> = (0..500)
