@@ -46,8 +46,10 @@ impl NftApplier {
     }
 
     /// Sends `change` (from [`crate::render::nft::NftSync::update_change`]) to the kernel as
-    /// one netlink transaction, without `nft`: a few hundred microseconds whatever the size
-    /// of the table, where `nft` reads the table back first.
+    /// one netlink transaction, without `nft`, which reads the whole table back first. Moving
+    /// endpoints costs about a millisecond whatever the size of the table; a changed
+    /// modulus replaces a rule, after which the kernel checks the whole table at commit
+    /// (about 20 ms at 10,000 services).
     pub fn apply_elements(&self, change: &ElementChange) -> Result<(), ApplyError> {
         if change.is_empty() {
             return Ok(());
