@@ -147,6 +147,21 @@ impl LabNode {
         objects
     }
 
+    /// Asserts that the table partial syncs left is what one whole sync of `endpoints`
+    /// writes (which it then holds).
+    fn assert_whole_sync_would_match(
+        &self,
+        applier: &NftApplier,
+        layout: Layout,
+        endpoints: &[&str],
+    ) {
+        let partial = self.nft_canonical(layout.table());
+        applier
+            .apply(&nft::render(&objects(endpoints), &node(), layout).unwrap())
+            .unwrap();
+        assert_eq!(partial, self.nft_canonical(layout.table()));
+    }
+
     fn nat_listing(&self, chain: &str) -> String {
         let out = Command::new("ip")
             .args([
@@ -469,37 +484,7 @@ fn nftables_journey(layout: Layout, nodeport: &str) {
     // deletes endpoint chains, which takes `nft`.
     let expected = if layout == Layout::Fast { 3 } else { 0 };
     assert_eq!(via_netlink, expected);
-    // After partial syncs the kernel holds what one whole sync would have written (the
-    // listing shows objects in creation order, so its blocks are compared as a set).
-    let listing = || {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.node,
-                "nft",
-                "list",
-                "table",
-                "ip",
-                layout.table(),
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let body = text
-            .trim_end()
-            .strip_suffix('}')
-            .expect("a table")
-            .trim_end();
-        let mut blocks: Vec<String> = body.split("\n\n").map(str::to_owned).collect();
-        blocks.sort();
-        blocks
-    };
-    let partial = listing();
-    applier
-        .apply(&nft::render(&objects(&last), &node(), layout).unwrap())
-        .unwrap();
-    assert_eq!(partial, listing());
+    lab.assert_whole_sync_would_match(&applier, layout, &last);
 
     applier.cleanup().unwrap();
     let out = Command::new("ip")
@@ -533,11 +518,7 @@ fn thousands_of_endpoints_arriving_at_once_go_over_netlink_in_one_change() {
     let elements = change.elements.as_ref().expect("only endpoints change");
     assert_eq!((elements.add.len(), elements.modulus.len()), (6000, 1));
     applier.apply_elements(elements).expect("netlink change");
-    let partial = lab.nft_canonical(layout.table());
-    applier
-        .apply(&nft::render(&objects(&endpoints), &node(), layout).unwrap())
-        .unwrap();
-    assert_eq!(partial, lab.nft_canonical(layout.table()));
+    lab.assert_whole_sync_would_match(&applier, layout, &endpoints);
     applier.cleanup().unwrap();
 }
 
@@ -590,11 +571,7 @@ fn a_refused_netlink_change_leaves_the_table_as_it_was() {
     applier
         .apply_elements(change.elements.as_ref().expect("only endpoints change"))
         .unwrap();
-    let partial = lab.nft_canonical(layout.table());
-    applier
-        .apply(&nft::render(&objects(&["10.244.1.3"]), &node(), layout).unwrap())
-        .unwrap();
-    assert_eq!(partial, lab.nft_canonical(layout.table()));
+    lab.assert_whole_sync_would_match(&applier, layout, &["10.244.1.3"]);
 }
 
 #[test]

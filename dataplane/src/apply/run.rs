@@ -26,6 +26,9 @@ impl Netns {
         args: &[&str],
         stdin: Option<&str>,
     ) -> Result<std::process::Output, ApplyError> {
+        if self.0.is_none() {
+            return spawn(tool, args, stdin);
+        }
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let stdin = stdin.map(str::to_owned);
         self.within(tool, move || {
