@@ -77,11 +77,6 @@ pub fn nft_endpoint_chain(base: &str, ip: std::net::Ipv4Addr, port: u16) -> Stri
     nft_name("endpoint", &format!("{base}__{ip}/{port}"))
 }
 
-/// The map of endpoint addresses that chain `chain` of our fast nftables layout picks from.
-pub fn nft_endpoint_map(chain: &str) -> String {
-    format!("{chain}-endpoints")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -125,24 +125,21 @@ impl Backend for NftBackend {
         let full = whole || last_full.is_none();
         let rendered = started.elapsed();
         let applier = self.applier.clone();
-        // Endpoint moves go straight to the kernel as elements; anything else, and a full
-        // sync, is an `nft -f` transaction.
+        // Endpoint moves go straight to the kernel as elements; a full sync writes the whole
+        // table (see `NftApplier::apply_table`); anything else is an `nft -f` transaction.
         let work = match &change.elements {
-            Some(elements) if !full && elements.is_empty() => None,
-            Some(_) if !full => Some(Apply::Elements(change)),
-            _ => {
-                let input = if full && !whole {
-                    self.table.table().full()
-                } else {
-                    change.text()
-                };
+            _ if full => Some(Apply::Table(Box::new(self.table.table()))),
+            Some(elements) if elements.is_empty() => None,
+            Some(_) => Some(Apply::Elements(change)),
+            None => {
+                let input = change.text();
                 (!input.is_empty()).then_some(Apply::Text(input))
             }
         };
         let written = work.is_some();
         if let Some(work) = work {
             let via = tokio::task::spawn_blocking(move || match work {
-                Apply::Text(input) if full => applier.apply(&input).map(|()| "nft"),
+                Apply::Table(table) => applier.apply_table(&table).map(|()| "table"),
                 Apply::Text(input) => applier.apply_change(&input).map(|()| "nft"),
                 Apply::Elements(change) => match applier
                     .apply_elements(change.elements.as_ref().expect("an element change"))
@@ -169,6 +166,7 @@ impl Backend for NftBackend {
 
 /// What an nftables sync sends.
 enum Apply {
+    Table(Box<nft::NftTable>),
     Text(String),
     /// An update whose `elements` are set.
     Elements(nft::NftUpdate),

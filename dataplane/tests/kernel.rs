@@ -147,17 +147,17 @@ impl LabNode {
         objects
     }
 
-    /// Asserts that the table partial syncs left is what one whole sync of `endpoints`
+    /// Asserts that the table partial syncs left is what one whole sync of `snapshot`
     /// writes (which it then holds).
     fn assert_whole_sync_would_match(
         &self,
         applier: &NftApplier,
         layout: Layout,
-        endpoints: &[&str],
+        snapshot: &Snapshot,
     ) {
         let partial = self.nft_canonical(layout.table());
         applier
-            .apply(&nft::render(&objects(endpoints), &node(), layout).unwrap())
+            .apply(&nft::render(snapshot, &node(), layout).unwrap())
             .unwrap();
         assert_eq!(partial, self.nft_canonical(layout.table()));
     }
@@ -484,7 +484,7 @@ fn nftables_journey(layout: Layout, nodeport: &str) {
     // deletes endpoint chains, which takes `nft`.
     let expected = if layout == Layout::Fast { 3 } else { 0 };
     assert_eq!(via_netlink, expected);
-    lab.assert_whole_sync_would_match(&applier, layout, &last);
+    lab.assert_whole_sync_would_match(&applier, layout, &objects(&last));
 
     applier.cleanup().unwrap();
     let out = Command::new("ip")
@@ -518,7 +518,131 @@ fn thousands_of_endpoints_arriving_at_once_go_over_netlink_in_one_change() {
     let elements = change.elements.as_ref().expect("only endpoints change");
     assert_eq!((elements.add.len(), elements.modulus.len()), (6000, 1));
     applier.apply_elements(elements).expect("netlink change");
-    lab.assert_whole_sync_would_match(&applier, layout, &endpoints);
+    lab.assert_whole_sync_would_match(&applier, layout, &objects(&endpoints));
+    applier.cleanup().unwrap();
+}
+
+#[test]
+fn a_first_full_sync_sends_its_elements_over_netlink_and_writes_what_nft_would() {
+    if unavailable() {
+        return;
+    }
+    let lab = LabNode::new(2);
+    let layout = Layout::Fast;
+    let applier = NftApplier::new(lab.netns(), layout.table());
+    let endpoints = ["10.244.1.2", "10.244.1.3"];
+    let table = nft::table(&objects(&endpoints), &node(), layout).unwrap();
+    let (rest, elements) = table.without_elements().expect("elements read back");
+    assert_eq!(
+        elements.add.len(),
+        4,
+        "two endpoint slots, two hairpin pairs"
+    );
+    assert!(!rest.full().contains("10.244.1.2"), "{}", rest.full());
+    // No table yet: the elements go over netlink, and traffic reaches both Pods.
+    applier.apply_table(&table).unwrap();
+    let cluster = spread(&lab.node, &format!("{CLUSTER_IP}:80"), 24);
+    assert_eq!(
+        cluster.keys().collect::<Vec<_>>(),
+        ["pod-0", "pod-1"],
+        "{cluster:?}"
+    );
+    lab.assert_whole_sync_would_match(&applier, layout, &objects(&endpoints));
+    // The table exists now: a full sync replaces it in one `nft` transaction.
+    let one = nft::table(&objects(&endpoints[..1]), &node(), layout).unwrap();
+    applier.apply_table(&one).unwrap();
+    lab.assert_whole_sync_would_match(&applier, layout, &objects(&endpoints[..1]));
+    applier.cleanup().unwrap();
+}
+
+/// Services `(name, protocol)` on port 53, each with one endpoint; `a` is at 10.96.0.1 with
+/// endpoint 10.244.1.2, `b` at 10.96.0.2 with 10.244.1.3, and so on.
+fn protocols(services: &[(&str, &str)]) -> Snapshot {
+    let (svcs, slices): (Vec<Service>, Vec<EndpointSlice>) = services
+        .iter()
+        .map(|(name, proto)| {
+            let i = usize::from(name.as_bytes()[0] - b'a');
+            let meta = |n: String| ObjectMeta {
+                name: Some(n),
+                namespace: Some("default".into()),
+                labels: Some(BTreeMap::from([(
+                    "kubernetes.io/service-name".into(),
+                    (*name).into(),
+                )])),
+                ..Default::default()
+            };
+            let svc = Service {
+                metadata: meta((*name).into()),
+                spec: Some(ServiceSpec {
+                    cluster_ip: Some(format!("10.96.0.{}", i + 1)),
+                    ports: Some(vec![ServicePort {
+                        port: 53,
+                        protocol: Some((*proto).into()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                status: None,
+            };
+            let slice = EndpointSlice {
+                metadata: meta(format!("{name}-x")),
+                address_type: "IPv4".into(),
+                ports: Some(vec![EndpointPort {
+                    port: Some(5353),
+                    protocol: Some((*proto).into()),
+                    ..Default::default()
+                }]),
+                endpoints: vec![Endpoint {
+                    addresses: vec![format!("10.244.1.{}", i + 2)],
+                    node_name: Some("lab-worker".into()),
+                    ..Default::default()
+                }],
+            };
+            (svc, slice)
+        })
+        .unzip();
+    Snapshot::from_objects(&svcs, &slices).unwrap()
+}
+
+#[test]
+fn services_of_each_protocol_join_the_shared_endpoint_maps_one_by_one() {
+    if unavailable() {
+        return;
+    }
+    let lab = LabNode::new(0);
+    let layout = Layout::Fast;
+    let applier = NftApplier::new(lab.netns(), layout.table());
+    let mut sync = nft::NftSync::new(layout);
+    let steps: [&[(&str, &str)]; 4] = [
+        &[("a", "TCP")],
+        &[("a", "TCP"), ("b", "UDP")],
+        &[("a", "TCP"), ("b", "UDP"), ("c", "SCTP"), ("d", "TCP")],
+        &[("a", "TCP"), ("c", "SCTP"), ("d", "TCP")],
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        let change = sync.update_change(&protocols(step), &node()).unwrap();
+        // `nft` reads the maps' declarations back from the kernel and checks each new rule
+        // against them: a rule of one protocol reading a map of another's is refused.
+        if i == 0 {
+            applier.apply(&change.text()).unwrap();
+        } else {
+            applier
+                .apply_change(&change.text())
+                .unwrap_or_else(|e| panic!("step {i}: {e}"));
+        }
+        if i == 2 {
+            let listing = lab.nft_canonical(layout.table()).join("\n");
+            for map in ["tcp-endpoints-0", "udp-endpoints-0", "sctp-endpoints-0"] {
+                assert!(listing.contains(map), "no {map} in {listing}");
+            }
+            // Services that came in name order hold the ids a whole sync gives them.
+            lab.assert_whole_sync_would_match(&applier, layout, &protocols(step));
+        }
+    }
+    // b's elements went; its emptied map stays until the next whole sync.
+    let listing = lab.nft_canonical(layout.table()).join("\n");
+    assert!(!listing.contains("10.244.1.3"), "{listing}");
+    assert!(listing.contains("udp-endpoints-0"), "{listing}");
     applier.cleanup().unwrap();
 }
 
@@ -571,7 +695,7 @@ fn a_refused_netlink_change_leaves_the_table_as_it_was() {
     applier
         .apply_elements(change.elements.as_ref().expect("only endpoints change"))
         .unwrap();
-    lab.assert_whole_sync_would_match(&applier, layout, &["10.244.1.3"]);
+    lab.assert_whole_sync_would_match(&applier, layout, &objects(&["10.244.1.3"]));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The compiled rules for the tutorial's objects: golden iptables-restore text (re-bless with
 //! `UPDATE_GOLDEN=1`), what the rules mean (packet traces), and their consistency.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
@@ -493,7 +493,7 @@ fn nftables_refuses_what_it_cannot_express() {
 
 #[test]
 fn nft_partial_sync_touches_only_what_changed() {
-    use dataplane::render::nft::{Layout, diff, table, table_after};
+    use dataplane::render::nft::{Layout, NftSync, diff};
     let other = {
         let mut s = hello_world("ClusterIP", |spec, _| {
             spec.cluster_ip = Some("10.96.0.20".into())
@@ -516,26 +516,27 @@ fn nft_partial_sync_touches_only_what_changed() {
         )
         .unwrap()
     };
-    let before = table(&snap(TWO), &node(), Layout::Fast).unwrap();
-    let after = table_after(&snap(&TWO[..1]), &node(), Layout::Fast, Some(&before)).unwrap();
-    let change = diff(&before, &after);
+    let mut sync = NftSync::new(Layout::Fast);
+    sync.update(&snap(TWO), &node()).unwrap();
+    let change = sync.update(&snap(&TWO[..1]), &node()).unwrap();
+    let after = sync.table();
     // The endpoint left in slot 1 moves down to slot 0, as `mod 1` only draws 0.
     assert_eq!(
         change,
-        "delete element ip services-lab svc-DZ6LTOHRG6HQWHYE-endpoints { 0 }\n\
-         delete element ip services-lab svc-DZ6LTOHRG6HQWHYE-endpoints { 1 }\n\
-         add element ip services-lab svc-DZ6LTOHRG6HQWHYE-endpoints { 0 : 10.244.2.192 . 8080 }\n\
+        "delete element ip services-lab tcp-endpoints-0 { 0 }\n\
+         delete element ip services-lab tcp-endpoints-0 { 1 }\n\
+         add element ip services-lab tcp-endpoints-0 { 0 : 10.244.2.192 . 8080 }\n\
          delete element ip services-lab hairpin { 10.244.1.200 . 10.244.1.200 }\n\
          flush chain ip services-lab svc-DZ6LTOHRG6HQWHYE\n\
          add rule ip services-lab svc-DZ6LTOHRG6HQWHYE ip daddr 10.111.34.177 tcp dport 8080 ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x00004000\n\
-         add rule ip services-lab svc-DZ6LTOHRG6HQWHYE meta l4proto tcp dnat ip addr . port to numgen random mod 1 map @svc-DZ6LTOHRG6HQWHYE-endpoints\n"
+         add rule ip services-lab svc-DZ6LTOHRG6HQWHYE meta l4proto tcp dnat ip addr . port to numgen random mod 1 map @tcp-endpoints-0\n"
     );
     assert_eq!(diff(&after, &after), "");
 }
 
 #[test]
 fn nft_fast_layout_changes_a_few_elements_when_one_of_a_thousand_endpoints_goes() {
-    use dataplane::render::nft::{Layout, diff, table, table_after};
+    use dataplane::render::nft::{Layout, NftSync};
     let many: Vec<Ep> = (0..1000)
         .map(|i| {
             let ip: &'static str =
@@ -546,12 +547,14 @@ fn nft_fast_layout_changes_a_few_elements_when_one_of_a_thousand_endpoints_goes(
     let snap = |eps: &[Ep]| {
         Snapshot::from_objects(&[hello_world("ClusterIP", |_, _| {})], &[slice(eps)]).unwrap()
     };
-    let before = table(&snap(&many), &node(), Layout::Fast).unwrap();
+    let mut sync = NftSync::new(Layout::Fast);
+    sync.update(&snap(&many), &node()).unwrap();
+    let before = sync.table();
     let mut fewer = many.clone();
     let gone = fewer.remove(500);
-    let after = table_after(&snap(&fewer), &node(), Layout::Fast, Some(&before)).unwrap();
-    let change = diff(&before, &after);
-    let map = "svc-DZ6LTOHRG6HQWHYE-endpoints";
+    let change = sync.update(&snap(&fewer), &node()).unwrap();
+    let after = sync.table();
+    let map = "tcp-endpoints-0";
     let slot_of = |t: &dataplane::render::nft::NftTable, ep: &str| {
         let (_, _, elements) = t.maps.iter().find(|(n, _, _)| n == map).unwrap();
         elements
@@ -580,7 +583,7 @@ fn nft_fast_layout_changes_a_few_elements_when_one_of_a_thousand_endpoints_goes(
         ]
     );
     assert!(
-        change.contains("numgen random mod 999 map @svc-DZ6LTOHRG6HQWHYE-endpoints"),
+        change.contains("numgen random mod 999 map @tcp-endpoints-0"),
         "{change}"
     );
     assert!(
@@ -600,7 +603,8 @@ fn nft_fast_layout_changes_a_few_elements_when_one_of_a_thousand_endpoints_goes(
         );
     }
     // One endpoint coming back takes the last slot.
-    let again = table_after(&snap(&many), &node(), Layout::Fast, Some(&after)).unwrap();
+    sync.update(&snap(&many), &node()).unwrap();
+    let again = sync.table();
     assert_eq!(slot_of(&again, gone.0).as_deref(), Some("999"));
 }
 
@@ -619,9 +623,51 @@ fn named(name: &str, ip: &str, endpoints: &[Ep]) -> (Service, EndpointSlice) {
     (svc, s)
 }
 
+/// `t` with each dispatch rule's draw written as the endpoints it draws, sorted, and the
+/// endpoint maps left out: two tables that send the same traffic to the same endpoints read
+/// the same, whatever their ids and slots. Panics if a rule draws a key its map lacks.
+fn canonical(t: &dataplane::render::nft::NftTable) -> String {
+    use dataplane::render::nft::Dispatch;
+    use std::fmt::Write;
+    let endpoint_map = dataplane::render::nft::is_endpoint_map;
+    let elements: HashMap<(&str, u32), &str> = t
+        .maps
+        .iter()
+        .filter(|(n, _, _)| endpoint_map(n))
+        .flat_map(|(n, _, items)| {
+            items
+                .iter()
+                .map(move |(k, v)| ((n.as_str(), k.parse().unwrap()), v.as_str()))
+        })
+        .collect();
+    let mut out = String::new();
+    for (name, _, items) in t.maps.iter().filter(|(n, _, _)| !endpoint_map(n)) {
+        writeln!(out, "map {name} {items:?}").unwrap();
+    }
+    for set in &t.sets {
+        writeln!(out, "set {set:?}").unwrap();
+    }
+    for (name, base, rules) in &t.chains {
+        for rule in rules {
+            let rule = match Dispatch::parse(rule) {
+                Some(d) => {
+                    let mut eps: Vec<&str> =
+                        d.keys().map(|k| elements[&(d.map.as_str(), k)]).collect();
+                    eps.sort_unstable();
+                    let head = rule.split(" numgen ").next().unwrap();
+                    format!("{head} draws {eps:?}")
+                }
+                None => rule.clone(),
+            };
+            writeln!(out, "{name} {base:?} {rule}").unwrap();
+        }
+    }
+    out
+}
+
 #[test]
 fn nft_sync_sends_only_the_changed_services_and_agrees_with_whole_tables() {
-    use dataplane::render::nft::{Layout, NftSync, diff, table_after};
+    use dataplane::render::nft::{Layout, NftSync, diff, table};
     let a = ("10.244.1.10", "lab-worker");
     let b = ("10.244.2.20", "lab-worker2");
     let c = ("10.244.1.30", "lab-worker");
@@ -661,8 +707,12 @@ fn nft_sync_sends_only_the_changed_services_and_agrees_with_whole_tables() {
             )
             .unwrap();
             let change = sync.update(&snap, &node()).unwrap();
-            let whole = table_after(&snap, &node(), layout, previous.as_ref()).unwrap();
-            assert_eq!(sync.table(), whole, "{layout:?} step {i}");
+            let whole = sync.table();
+            assert_eq!(
+                canonical(&whole),
+                canonical(&table(&snap, &node(), layout).unwrap()),
+                "{layout:?} step {i}"
+            );
             match &previous {
                 None => assert_eq!(
                     change,
@@ -769,11 +819,22 @@ fn nft_sync_of_one_service_among_many_mentions_only_that_service() {
     let change = sync.update(&snap(&changed), &node()).unwrap();
     let chain = dataplane::names::svc_chain("default/svc-123", dataplane::model::Protocol::Tcp)
         .replace("KUBE-SVC-", "svc-");
+    // svc-123 is the 29th service in name order: id 28, keys from 28 << 16.
+    assert!(
+        sync.table()
+            .chains
+            .iter()
+            .any(|(name, _, rules)| *name == chain
+                && rules
+                    .iter()
+                    .any(|r| r.ends_with("mod 1 offset 1835008 map @tcp-endpoints-0"))),
+        "{chain} draws key 1835008"
+    );
     assert_eq!(
         change.lines().collect::<Vec<_>>(),
         [
-            format!("delete element ip services-lab {chain}-endpoints {{ 0 }}"),
-            format!("add element ip services-lab {chain}-endpoints {{ 0 : 10.244.9.9 . 8080 }}"),
+            "delete element ip services-lab tcp-endpoints-0 { 1835008 }".to_owned(),
+            "add element ip services-lab tcp-endpoints-0 { 1835008 : 10.244.9.9 . 8080 }".into(),
             "delete element ip services-lab hairpin { 10.244.1.133 . 10.244.1.133 }".into(),
             "add element ip services-lab hairpin { 10.244.9.9 . 10.244.9.9 }".into(),
         ]

@@ -118,7 +118,7 @@ fn the_tutorial_passes_in_kernel_mode_with_nftables() {
     let mut listings: Vec<String> = [
         "map ip services-lab service-ips",
         "chain ip services-lab svc-DZ6LTOHRG6HQWHYE",
-        "map ip services-lab svc-DZ6LTOHRG6HQWHYE-endpoints",
+        "map ip services-lab tcp-endpoints-0",
         "map ip services-lab service-nodeports",
         "chain ip services-lab ext-DZ6LTOHRG6HQWHYE",
     ]

@@ -101,10 +101,25 @@ fn rss_kib(pid: i32) -> Result<u64> {
 enum Listing {
     /// Every rule (the whole nftables table, or the nat table).
     All,
-    /// Only the Service's endpoints: its nftables endpoint map (which exists once it has
-    /// endpoints) or its `KUBE-SVC-` chain, so that polling back to back takes less of the CPU
+    /// Only the Service's endpoints: the keys its nftables chain draws from the shared
+    /// endpoint map (the chain exists once it has endpoints) or its `KUBE-SVC-` chain, so that polling back to back takes less of the CPU
     /// the lab is measured on.
     HelloWorldEndpoints,
+}
+
+/// What `program` with `args` prints in namespace `node_ns`.
+fn run(node_ns: &str, program: &'static str, args: Vec<String>) -> Result<String> {
+    // Spawned from a thread inside the node's namespace (not `ip netns exec`, whose mount
+    // namespace copy would add to what is measured).
+    let out =
+        labctl::network::in_namespace(node_ns, move || Command::new(program).args(args).output())
+            .with_context(|| format!("running {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} in {node_ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The Pod IPs a node's rules DNAT to, read back from the kernel.
@@ -116,16 +131,24 @@ fn programmed(node_ns: &str, dataplane: &str, listing: Listing) -> Result<HashSe
             "nft",
             vec!["list".into(), "table".into(), "ip".into(), NFT_TABLE.into()],
         ),
-        ("nftables", Listing::HelloWorldEndpoints) => (
-            "nft",
-            vec![
-                "list".into(),
-                "map".into(),
-                "ip".into(),
-                NFT_TABLE.into(),
-                dataplane::names::nft_endpoint_map(&format!("svc-{hash}")),
-            ],
-        ),
+        ("nftables", Listing::HelloWorldEndpoints) => {
+            // The chain's dispatch names the shared map and the keys it draws.
+            let list = |what: &str, name: &str| {
+                let args: Vec<String> = ["list", what, "ip", NFT_TABLE, name]
+                    .map(String::from)
+                    .into();
+                run(node_ns, "nft", args)
+            };
+            let chain = list("chain", &format!("svc-{hash}"))?;
+            let dispatch = dataplane::render::nft::Dispatch::find(&chain)
+                .with_context(|| format!("svc-{hash} in {node_ns} has no dispatch rule"))?;
+            let map = list("map", &dispatch.map)?;
+            return Ok(dispatch
+                .drawn(&map)
+                .iter()
+                .filter_map(|v| v.split(" . ").next()?.parse().ok())
+                .collect());
+        }
         (_, Listing::All) => ("iptables-save", vec!["-t".into(), "nat".into()]),
         (_, Listing::HelloWorldEndpoints) => (
             "iptables",
@@ -137,17 +160,7 @@ fn programmed(node_ns: &str, dataplane: &str, listing: Listing) -> Result<HashSe
             ],
         ),
     };
-    // Spawned from a thread inside the node's namespace (not `ip netns exec`, whose mount
-    // namespace copy would add to what is measured).
-    let out =
-        labctl::network::in_namespace(node_ns, move || Command::new(program).args(args).output())
-            .with_context(|| format!("running {program}"))?;
-    ensure!(
-        out.status.success(),
-        "{program} in {node_ns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = run(node_ns, program, args)?;
     let addr = |d: &str| d.split(':').next()?.parse().ok();
     Ok(match (program, listing) {
         // The fast layout's endpoint maps hold `<pod ip> . <port>` elements.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use dataplane::model::Protocol;
 use dataplane::names;
+use dataplane::render::nft::Dispatch;
 use serde_json::Value;
 
 use crate::console::{self, Console};
@@ -878,17 +879,25 @@ impl<'a> Tutorial<'a> {
             )?;
         }
         let chain = self.list_nft(&format!("chain svc-{hash}"))?;
-        let map = names::nft_endpoint_map(&format!("svc-{hash}"));
-        let endpoints = self.list_nft(&format!("map {map}"))?;
         let pods = self.pods()?;
+        let found = Dispatch::find(&chain);
+        let map = found.as_ref().map_or("tcp-endpoints-0", |d| d.map.as_str());
+        let endpoints = self.list_nft(&format!("map {map}"))?;
+        let drawn = found
+            .as_ref()
+            .map(|d| d.drawn(&endpoints))
+            .unwrap_or_default();
         let missing: Vec<String> = pods
             .iter()
             .map(|p| format!("{} . 8080", p.ip))
-            .filter(|e| !endpoints.contains(e.as_str()))
+            .filter(|e| !drawn.contains(e))
             .collect();
-        let dispatch = format!("numgen random mod {} map @{map}", pods.len());
+        let dispatch = format!("numgen random mod {} ... map @{map}", pods.len());
         self.check(
-            missing.is_empty() && chain.contains(&dispatch),
+            missing.is_empty()
+                && found
+                    .as_ref()
+                    .is_some_and(|d| d.modulus as usize == pods.len()),
             &format!(
                 "svc-{hash} picks one of the {} Ready Pods at random (numgen)",
                 pods.len()

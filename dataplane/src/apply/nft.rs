@@ -1,12 +1,16 @@
 //! Applying nftables rules: the rendered transaction through one `nft -f`, which replaces our
 //! table atomically, or a partial sync made only of endpoint elements as netlink messages
-//! ([`super::nfnetlink`]); other tables are never touched.
+//! ([`super::nfnetlink`]); a first full sync writes the table through `nft` and its elements
+//! over netlink ([`NftApplier::apply_table`]). Other tables are never touched.
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 use super::{ApplyError, Netns, nfnetlink};
-use crate::render::nft::ElementChange;
+use crate::render::nft::{ElementChange, NftTable};
+
+/// Elements per netlink batch when a first sync sends them (see [`NftApplier::apply_table`]).
+const ELEMENTS_PER_BATCH: usize = 50_000;
 
 /// Programs one nftables table into one network namespace.
 #[derive(Debug, Clone)]
@@ -35,6 +39,47 @@ impl NftApplier {
         self.socket.lock().expect("socket cache").take();
         self.apply_change(input)?;
         self.netns.enable_localhost_nodeports()
+    }
+
+    /// Writes the whole `table` (from [`crate::render::nft::NftSync::table`] or
+    /// [`crate::render::nft::table`]) and sets `route_localnet`, as [`NftApplier::apply`]
+    /// of its text does. Where our table does not exist yet, the table without its endpoint
+    /// and hairpin elements goes through `nft` and those elements follow as netlink batches:
+    /// `nft` spends seconds parsing hundreds of thousands of elements that the kernel adds
+    /// in a fraction of that, and until they arrive a service matches no endpoint, as before
+    /// the table existed. A table that exists is replaced in one `nft` transaction, so no
+    /// packet ever sees it half written.
+    pub fn apply_table(&self, table: &NftTable) -> Result<(), ApplyError> {
+        let split = match self.exists()? {
+            true => None,
+            false => table.without_elements(),
+        };
+        let Some((rest, elements)) = split else {
+            return self.apply(&table.full());
+        };
+        self.apply(&rest.full())?;
+        // Each batch is one kernel transaction held in memory until it commits; a first
+        // sync needs no single transaction, so batches stay a few megabytes.
+        for add in elements.add.chunks(ELEMENTS_PER_BATCH) {
+            let part = ElementChange {
+                table: elements.table,
+                add: add.to_vec(),
+                ..ElementChange::default()
+            };
+            if let Err(e) = self.apply_elements(&part) {
+                // Whatever arrived, the next sync starts from a table `nft` writes whole.
+                let _ = self.cleanup();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether our table exists (`nft list tables` reads the names only).
+    fn exists(&self) -> Result<bool, ApplyError> {
+        let out = self.netns.run("nft", &["list", "tables", "ip"], None)?;
+        let wanted = format!("table ip {}", self.table);
+        Ok(out.lines().any(|l| l.trim() == wanted))
     }
 
     /// Runs the transaction `input` (from [`crate::render::nft::diff`] or

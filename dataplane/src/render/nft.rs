@@ -8,13 +8,22 @@
 //!   chain names, `numgen` dispatch to one chain per endpoint, `reject-chain`). As there,
 //!   NodePorts are not served on 127.0.0.1.
 //! - [`Layout::Fast`], table `ip services-lab`: one chain per service port that DNATs through
-//!   a named `numgen`-indexed map of `addr . port` (`<chain>-endpoints`), so there are no
-//!   per-endpoint chains; hairpin traffic (a Pod reaching itself through its Service) is
-//!   masqueraded through one set of `pod . pod` pairs; NodePorts also answer on 127.0.0.1, as
-//!   in iptables mode. Rendered after an earlier table ([`table_after`]), every endpoint that
-//!   stays keeps its slot in the map, whatever the number of endpoints: one arriving is one
-//!   element added; one leaving is at most three element commands (its slot and the highest
-//!   deleted, the highest one's endpoint added in its slot); and the chain's `mod N` changes.
+//!   a `numgen`-indexed map of `addr . port`, so there are no per-endpoint chains; hairpin
+//!   traffic (a Pod reaching itself through its Service) is masqueraded through one set of
+//!   `pod . pod` pairs; NodePorts also answer on 127.0.0.1, as in iptables mode.
+//!
+//!   The endpoint maps are shared: each dispatch chain has an id, and its endpoints are the
+//!   keys `id << 16 | slot` of map `<protocol>-endpoints-<id / 32>` (`numgen random mod N
+//!   offset <id << 16>`). Each protocol has its own maps: `nft` refuses to add a rule for one
+//!   protocol that reads a map declared with another's port. One map per chain would make a
+//!   full sync quadratic in the kernel, which looks a new named set up among all the table's
+//!   sets; one map for all would too, as the kernel checks each added element against every
+//!   rule that reads the map.
+//!
+//!   Kept up to date by [`NftSync`], every endpoint that stays keeps its slot, whatever the
+//!   number of endpoints: one arriving is one element added; one leaving is at most three
+//!   element commands (its slot and the highest deleted, the highest one's endpoint added in
+//!   its slot); and the chain's `mod N` changes.
 //!
 //! Session affinity and loadBalancerSourceRanges are not rendered for nftables yet: a
 //! service that uses them is an error rather than rules that mean something else.
@@ -70,38 +79,146 @@ pub fn render(
     Ok(table(snapshot, node, layout)?.full())
 }
 
-/// The layout's table for `snapshot` on `node`, as data (see [`diff`]).
+/// The layout's table for `snapshot` on `node`, as data (see [`diff`]); endpoint map ids
+/// are given in service order.
 pub fn table(
     snapshot: &Snapshot,
     node: &NodeConfig,
     layout: Layout,
 ) -> Result<NftTable, Unsupported> {
-    table_after(snapshot, node, layout, None)
-}
-
-/// [`table`], rendered as a change from `previous` (the table the kernel holds): endpoints
-/// keep their slots in the endpoint maps of the fast layout, so [`diff`] stays small.
-pub fn table_after(
-    snapshot: &Snapshot,
-    node: &NodeConfig,
-    layout: Layout,
-    previous: Option<&NftTable>,
-) -> Result<NftTable, Unsupported> {
-    let previous_maps: HashMap<&str, &MapElements> = previous
-        .map(|p| {
-            p.maps
-                .iter()
-                .map(|(n, _, items)| (n.as_str(), items))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut ids = Ids::default();
     let fragments = snapshot
         .services
         .values()
         .filter_map(|entry| ServicePlan::new(entry, node))
-        .map(|plan| fragment(&plan, node, layout, |map| previous_maps.get(map).copied()))
+        .map(|plan| {
+            fragment(&plan, node, layout, &mut |_| {
+                Ok((ids.take(&plan.spn)?, None))
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(assemble(node, layout, fragments.iter()))
+}
+
+/// Dispatch chains that share one endpoint map (see the module docs).
+const CHAINS_PER_MAP: u32 = 32;
+/// Key bits of a slot: a chain draws from keys `id << SLOT_BITS ..`.
+const SLOT_BITS: u32 = 16;
+/// The most endpoints one dispatch chain can draw from.
+pub const MAX_ENDPOINTS: usize = 1 << SLOT_BITS;
+/// The declaration of the shared endpoint maps of `proto`: `numgen` value to `addr . port`.
+fn endpoint_map_type(proto: &str) -> &'static str {
+    match proto {
+        "udp" => "typeof numgen random mod 1 : ip daddr . udp dport",
+        "sctp" => "typeof numgen random mod 1 : ip daddr . sctp dport",
+        _ => "typeof numgen random mod 1 : ip daddr . tcp dport",
+    }
+}
+
+/// The endpoint map that dispatch chain `id` of protocol `proto` draws from.
+fn endpoint_map(proto: &str, id: u32) -> String {
+    format!("{proto}-endpoints-{}", id / CHAINS_PER_MAP)
+}
+
+/// Whether map `name` is one of the shared endpoint maps.
+pub fn is_endpoint_map(name: &str) -> bool {
+    name.contains("-endpoints-")
+}
+
+/// The first key of dispatch chain `id`.
+fn endpoint_base(id: u32) -> u32 {
+    id << SLOT_BITS
+}
+
+/// The ids of dispatch chains: freed ones are reused first, so the endpoint maps stay few.
+#[derive(Debug, Clone, Default)]
+struct Ids {
+    free: BTreeSet<u32>,
+    next: u32,
+}
+
+impl Ids {
+    fn take(&mut self, service: &str) -> Result<u32, Unsupported> {
+        if let Some(id) = self.free.pop_first() {
+            return Ok(id);
+        }
+        if self.next >= 1 << (32 - SLOT_BITS) {
+            return Err(Unsupported {
+                service: service.to_owned(),
+                feature: "more than 65,536 dispatch chains (service ports, and their Local variants)",
+            });
+        }
+        self.next += 1;
+        Ok(self.next - 1)
+    }
+
+    fn give(&mut self, id: u32) {
+        self.free.insert(id);
+    }
+}
+
+/// A rule that draws from an endpoint map, read back: `numgen random mod N [offset O] map @M`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispatch {
+    /// `N`, the number of endpoints.
+    pub modulus: u32,
+    /// `O`, the chain's first key.
+    pub offset: u32,
+    /// `M`, the map.
+    pub map: String,
+}
+
+impl Dispatch {
+    /// The dispatch in `rule` (as written here or as `nft list` prints it), if it has one.
+    pub fn parse(rule: &str) -> Option<Self> {
+        let (_, tail) = rule.split_once(" numgen random mod ")?;
+        let (modulus, rest) = tail.split_once(' ')?;
+        let (offset, rest) = match rest.strip_prefix("offset ") {
+            Some(rest) => rest.split_once(' ')?,
+            None => ("0", rest),
+        };
+        let map = rest.strip_prefix("map @")?;
+        let map = map.split_whitespace().next()?;
+        Some(Dispatch {
+            modulus: modulus.parse().ok()?,
+            offset: offset.parse().ok()?,
+            map: map.to_owned(),
+        })
+    }
+
+    /// The keys the rule draws.
+    pub fn keys(&self) -> std::ops::Range<u32> {
+        self.offset..self.offset + self.modulus
+    }
+
+    /// The first dispatch among the lines of `listing` (`nft list chain ...`).
+    pub fn find(listing: &str) -> Option<Self> {
+        listing.lines().find_map(Self::parse)
+    }
+
+    /// The values this rule draws from `map_listing` (`nft list map ...` of its map).
+    pub fn drawn(&self, map_listing: &str) -> Vec<String> {
+        let keys = self.keys();
+        listed_elements(map_listing)
+            .into_iter()
+            .filter(|(k, _)| keys.contains(k))
+            .map(|(_, v)| v)
+            .collect()
+    }
+}
+
+/// The `key : value` elements of a map with integer keys, as `nft list map` prints it.
+pub fn listed_elements(listing: &str) -> Vec<(u32, String)> {
+    let Some((_, rest)) = listing.split_once("elements = {") else {
+        return Vec::new();
+    };
+    let body = rest.split('}').next().unwrap_or_default();
+    body.split(',')
+        .filter_map(|e| {
+            let (k, v) = e.split_once(" : ")?;
+            Some((k.trim().parse().ok()?, v.trim().to_owned()))
+        })
+        .collect()
 }
 
 /// One service port's share of a table: its elements in the shared maps and sets, its own
@@ -115,8 +232,19 @@ struct Fragment {
     no_endpoint_nodeports: MapElements,
     /// `pod . pod` pairs of the fast layout's hairpin set.
     hairpin: Vec<String>,
-    endpoint_maps: Vec<(String, &'static str, MapElements)>,
+    /// The fast layout's dispatch chains and their elements in the shared endpoint maps.
+    endpoint_maps: Vec<EndpointMap>,
     chains: Vec<(String, Option<&'static str>, Vec<String>)>,
+}
+
+/// One dispatch chain's share of an endpoint map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EndpointMap {
+    chain: String,
+    proto: &'static str,
+    id: u32,
+    /// `key : addr . port`, keys from the chain's base up.
+    elements: MapElements,
 }
 
 const IP_PROTO_PORT: &str = "type ipv4_addr . inet_proto . inet_service : verdict";
@@ -173,9 +301,20 @@ fn fragments_only<'a>(
         let items = fragments.clone().flat_map(pick).cloned().collect();
         t.maps.push((name.into(), decl, items));
     }
+    let mut endpoint_maps: Vec<&EndpointMap> = Vec::new();
     for f in fragments {
-        t.maps.extend(f.endpoint_maps.iter().cloned());
+        endpoint_maps.extend(&f.endpoint_maps);
         t.chains.extend(f.chains.iter().cloned());
+    }
+    endpoint_maps.sort_unstable_by_key(|m| (m.proto, m.id));
+    for m in endpoint_maps {
+        let name = endpoint_map(m.proto, m.id);
+        match t.maps.last_mut() {
+            Some((last, _, items)) if *last == name => items.extend(m.elements.iter().cloned()),
+            _ => t
+                .maps
+                .push((name, endpoint_map_type(m.proto), m.elements.clone())),
+        }
     }
     t
 }
@@ -278,13 +417,17 @@ fn fixed_chains(
     chains
 }
 
-/// `plan`'s fragment; `previous_map` gives the elements an endpoint map held before, so
-/// that endpoints keep their slots.
+/// Gives a dispatch chain's id and, when it had one before, the elements it held.
+type EndpointIds<'f, 'p> =
+    dyn FnMut(&str) -> Result<(u32, Option<&'p MapElements>), Unsupported> + 'f;
+
+/// `plan`'s fragment; `endpoint_id` gives a dispatch chain's id and the elements it held
+/// before, so that endpoints keep their slots.
 fn fragment<'p>(
     plan: &ServicePlan,
     node: &NodeConfig,
     layout: Layout,
-    previous_map: impl Fn(&str) -> Option<&'p MapElements>,
+    endpoint_id: &mut EndpointIds<'_, 'p>,
 ) -> Result<Fragment, Unsupported> {
     let svc = &plan.entry.port;
     if svc.affinity_seconds.is_some() {
@@ -357,9 +500,8 @@ fn fragment<'p>(
     let cidr = node.cluster_cidr.map(|c| c.to_string());
     let mut dispatch = |chain: &str, endpoints: &[&Endpoint]| {
         if layout == Layout::KubeProxy {
-            return kube_proxy_dispatch(plan, endpoints);
+            return Ok(kube_proxy_dispatch(plan, endpoints));
         }
-        let map = names::nft_endpoint_map(chain);
         // A duplicate would take a slot of its own and leave a gap that `mod N` draws.
         let mut seen = HashSet::new();
         let wanted: Vec<String> = endpoints
@@ -367,14 +509,31 @@ fn fragment<'p>(
             .filter(|ep| seen.insert((ep.ip, ep.port)))
             .map(|ep| format!("{} . {}", ep.ip, ep.port))
             .collect();
-        let elements = slots(previous_map(&map), &wanted);
+        if wanted.len() > MAX_ENDPOINTS {
+            return Err(Unsupported {
+                service: plan.spn.clone(),
+                feature: "more than 65,536 endpoints in one service port",
+            });
+        }
+        let (id, previous) = endpoint_id(chain)?;
+        let base = endpoint_base(id);
+        let elements = slots(previous, base, &wanted);
+        let offset = match base {
+            0 => String::new(),
+            b => format!(" offset {b}"),
+        };
         let rule = format!(
-            "meta l4proto {proto} dnat ip addr . port to numgen random mod {} map @{map}",
-            elements.len()
+            "meta l4proto {proto} dnat ip addr . port to numgen random mod {}{offset} map @{}",
+            elements.len(),
+            endpoint_map(proto, id)
         );
-        f.endpoint_maps
-            .push((map, endpoint_map_type(proto), elements));
-        rule
+        f.endpoint_maps.push(EndpointMap {
+            chain: chain.to_owned(),
+            proto,
+            id,
+            elements,
+        });
+        Ok(rule)
     };
     let masq_rule = |cidr: &str| {
         format!(
@@ -390,7 +549,7 @@ fn fragment<'p>(
         {
             rules.push(masq_rule(cidr));
         }
-        rules.push(dispatch(&names.cluster, &plan.cluster_eps));
+        rules.push(dispatch(&names.cluster, &plan.cluster_eps)?);
         chains.push((names.cluster.clone(), None, rules));
     }
     if plan.uses_local {
@@ -400,7 +559,7 @@ fn fragment<'p>(
         {
             rules.push(masq_rule(cidr));
         }
-        rules.push(dispatch(&names.local, &plan.local_eps));
+        rules.push(dispatch(&names.local, &plan.local_eps)?);
         chains.push((names.local.clone(), None, rules));
     }
     if plan.has_endpoints && plan.external {
@@ -455,6 +614,10 @@ pub struct NftSync {
     services: BTreeMap<(String, Protocol), (Arc<ServiceEntry>, Fragment)>,
     /// How many fragments hold each hairpin pair (two services may share a Pod).
     hairpin: HashMap<String, usize>,
+    ids: Ids,
+    /// The endpoint maps written since the last whole table, with their declarations:
+    /// partial syncs empty them but do not delete them.
+    endpoint_maps: BTreeMap<String, &'static str>,
 }
 
 impl NftSync {
@@ -465,6 +628,8 @@ impl NftSync {
             node: None,
             services: BTreeMap::new(),
             hairpin: HashMap::new(),
+            ids: Ids::default(),
+            endpoint_maps: BTreeMap::new(),
         }
     }
 
@@ -480,7 +645,16 @@ impl NftSync {
             .node
             .clone()
             .unwrap_or_else(|| NodeConfig::new("unsynced"));
-        assemble(&node, self.layout, self.services.values().map(|(_, f)| f))
+        let mut t = assemble(&node, self.layout, self.services.values().map(|(_, f)| f));
+        let held: HashSet<String> = t.maps.iter().map(|(n, _, _)| n.clone()).collect();
+        for (name, decl) in self
+            .endpoint_maps
+            .iter()
+            .filter(|(n, _)| !held.contains(*n))
+        {
+            t.maps.push((name.clone(), decl, MapElements::new()));
+        }
+        t
     }
 
     /// Moves the table to `snapshot` on `node` and returns the transaction that takes the
@@ -505,12 +679,20 @@ impl NftSync {
             let mut fresh = Self::new(self.layout);
             fresh.node = Some(node.clone());
             fresh.update_change(snapshot, node)?;
+            fresh.endpoint_maps = fresh
+                .table()
+                .maps
+                .into_iter()
+                .filter(|(n, _, _)| is_endpoint_map(n))
+                .map(|(n, d, _)| (n, d))
+                .collect();
             *self = fresh;
             return Ok(NftUpdate {
                 change: Change::Whole(self.table().full()),
                 elements: None,
             });
         }
+        let ids_before = self.ids.clone();
         // Both maps are sorted by key: one walk over the two pairs each service with its
         // previous entry and finds the services that are gone, without a lookup per service.
         let mut gone: Vec<&(String, Protocol)> = Vec::new();
@@ -526,16 +708,26 @@ impl NftSync {
             if previous.is_some_and(|(e, _)| Arc::ptr_eq(e, entry) || e == entry) {
                 continue;
             }
-            let previous_map = |map: &str| {
-                previous.and_then(|(_, f)| {
-                    f.endpoint_maps
-                        .iter()
-                        .find(|(n, _, _)| n == map)
-                        .map(|(_, _, items)| items)
-                })
-            };
             let fragment = match ServicePlan::new(entry, node) {
-                Some(plan) => fragment(&plan, node, self.layout, previous_map)?,
+                Some(plan) => {
+                    let ids = &mut self.ids;
+                    let mut endpoint_id = |chain: &str| {
+                        let kept = previous
+                            .and_then(|(_, f)| f.endpoint_maps.iter().find(|m| m.chain == chain));
+                        match kept {
+                            Some(m) => Ok((m.id, Some(&m.elements))),
+                            None => Ok((ids.take(&plan.spn)?, None)),
+                        }
+                    };
+                    match fragment(&plan, node, self.layout, &mut endpoint_id) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            // Ids taken by this update go back, so an error changes nothing.
+                            self.ids = ids_before;
+                            return Err(e);
+                        }
+                    }
+                }
                 None => Fragment::default(),
             };
             changed.push((key.clone(), entry.clone(), fragment));
@@ -555,10 +747,33 @@ impl NftSync {
         for key in gone {
             before.extend(self.services.remove(&key).map(|(_, f)| f));
         }
+        let in_use: HashSet<u32> = changed
+            .iter()
+            .flat_map(|(_, _, f)| f.endpoint_maps.iter().map(|m| m.id))
+            .collect();
         for (key, entry, f) in changed {
             before.extend(self.services.insert(key, (entry, f)).map(|(_, old)| old));
         }
+        // Ids are given back only now, so none is reused within one change.
+        for m in before.iter().flat_map(|f| &f.endpoint_maps) {
+            if !in_use.contains(&m.id) {
+                self.ids.give(m.id);
+            }
+        }
         let mut old = fragments_only(self.layout, before.iter());
+        // An endpoint map the kernel holds is not declared again.
+        for (name, decl, _) in &new.maps {
+            if self.endpoint_maps.contains_key(name) && !old.maps.iter().any(|(n, _, _)| n == name)
+            {
+                old.maps.push((name.clone(), decl, MapElements::new()));
+            }
+        }
+        self.endpoint_maps.extend(
+            new.maps
+                .iter()
+                .filter(|(n, _, _)| is_endpoint_map(n))
+                .map(|(n, d, _)| (n.clone(), *d)),
+        );
         // A hairpin pair comes or goes with its last holder; a re-rendered service mostly
         // gives back the pairs it had, so the net change per pair is counted first.
         if self.layout == Layout::Fast {
@@ -627,26 +842,20 @@ impl NftUpdate {
     }
 }
 
-/// The declaration of an endpoint map for `proto`: numgen slot to `addr . port`.
-fn endpoint_map_type(proto: &str) -> &'static str {
-    match proto {
-        "udp" => "typeof numgen random mod 1 : ip daddr . udp dport",
-        "sctp" => "typeof numgen random mod 1 : ip daddr . sctp dport",
-        _ => "typeof numgen random mod 1 : ip daddr . tcp dport",
-    }
-}
-
-/// The elements (`slot : addr . port`) of an endpoint map holding `wanted` (no duplicates),
-/// slots `0..n`.
+/// A dispatch chain's elements (`base + slot : addr . port`) holding `wanted` (no
+/// duplicates), slots `0..n`.
 /// Endpoints in `previous` keep their slots; new ones fill the slots of those that left, and
 /// when fewer remain, the ones in the highest slots move down into the gaps.
-fn slots(previous: Option<&MapElements>, wanted: &[String]) -> MapElements {
+fn slots(previous: Option<&MapElements>, base: u32, wanted: &[String]) -> MapElements {
     let n = wanted.len();
     let wanted_set: HashSet<&str> = wanted.iter().map(String::as_str).collect();
     let mut by_slot: BTreeMap<usize, &str> = previous
         .into_iter()
         .flatten()
-        .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str())))
+        .filter_map(|(k, v)| {
+            let key: u32 = k.parse().ok()?;
+            Some((key.checked_sub(base)? as usize, v.as_str()))
+        })
         .filter(|(_, v)| wanted_set.contains(v))
         .collect();
     let kept: HashSet<&str> = by_slot.values().copied().collect();
@@ -669,7 +878,7 @@ fn slots(previous: Option<&MapElements>, wanted: &[String]) -> MapElements {
     }
     by_slot
         .into_iter()
-        .map(|(slot, ep)| (slot.to_string(), ep.to_owned()))
+        .map(|(slot, ep)| ((base as usize + slot).to_string(), ep.to_owned()))
         .collect()
 }
 
@@ -731,7 +940,8 @@ impl NftTable {
 
 /// The transaction that turns table `old` into `new`, touching only what differs (kube-proxy's
 /// partial sync): changed chains are flushed and refilled, map and set elements added or
-/// deleted one by one, and chains nothing refers to any more deleted last.
+/// deleted one by one, and chains nothing refers to any more deleted last. Maps are never
+/// deleted: `old` and `new` may be parts of tables whose other parts use them.
 pub fn diff(old: &NftTable, new: &NftTable) -> String {
     let t = new.name;
     let mut out = String::new();
@@ -777,6 +987,18 @@ pub fn diff(old: &NftTable, new: &NftTable) -> String {
             }
         }
     }
+    // A map the changed services no longer use may hold other services' endpoints: only
+    // their elements go (an emptied endpoint map stays until the next full sync).
+    let new_maps: HashSet<&str> = new.maps.iter().map(|(n, _, _)| n.as_str()).collect();
+    for (name, _, items) in old
+        .maps
+        .iter()
+        .filter(|(n, _, _)| !new_maps.contains(n.as_str()))
+    {
+        for (k, _) in items {
+            let _ = writeln!(out, "delete element ip {t} {name} {{ {k} }}");
+        }
+    }
     for ((name, _, old_items), (_, _, new_items)) in old.sets.iter().zip(&new.sets) {
         let before: HashSet<&String> = old_items.iter().collect();
         let after: HashSet<&String> = new_items.iter().collect();
@@ -808,15 +1030,6 @@ pub fn diff(old: &NftTable, new: &NftTable) -> String {
     }
     for name in &gone {
         let _ = writeln!(out, "delete chain ip {t} {name}");
-    }
-    // Maps go last, once no rule refers to them.
-    let new_maps: HashSet<&str> = new.maps.iter().map(|(n, _, _)| n.as_str()).collect();
-    for (name, _, _) in old
-        .maps
-        .iter()
-        .filter(|(n, _, _)| !new_maps.contains(n.as_str()))
-    {
-        let _ = writeln!(out, "delete map ip {t} {name}");
     }
     out
 }
@@ -899,12 +1112,44 @@ mod tests {
     }
 
     #[test]
+    fn a_dispatch_reads_back_from_a_listing_with_the_endpoints_it_draws() {
+        let chain = "table ip services-lab {\n\tchain svc-A {\n\t\tip daddr 10.96.0.1 tcp dport 80 x\n\t\tmeta l4proto tcp dnat ip to numgen random mod 2 offset 65536 map @tcp-endpoints-0\n\t}\n}\n";
+        let d = Dispatch::find(chain).expect("a dispatch");
+        assert_eq!(
+            d,
+            Dispatch {
+                modulus: 2,
+                offset: 65536,
+                map: "tcp-endpoints-0".into()
+            }
+        );
+        let map = "\tmap tcp-endpoints-0 {\n\t\ttypeof numgen random mod 1 : ip daddr . tcp dport\n\t\telements = { 0 : 10.244.1.2 . 80, 65536 : 10.244.1.3 . 80,\n\t\t\t     65537 : 10.244.1.4 . 80, 65538 : 10.244.1.5 . 80 }\n\t}\n";
+        assert_eq!(d.drawn(map), ["10.244.1.3 . 80", "10.244.1.4 . 80"]);
+        assert_eq!(
+            Dispatch::parse("meta l4proto tcp dnat ip to numgen random mod 3 map @tcp-endpoints-1"),
+            Some(Dispatch {
+                modulus: 3,
+                offset: 0,
+                map: "tcp-endpoints-1".into()
+            })
+        );
+        assert_eq!(
+            Dispatch::parse("numgen random mod 2 vmap { 0 : goto a }"),
+            None
+        );
+    }
+
+    #[test]
     fn slots_without_a_previous_map_follow_the_given_order() {
         assert_eq!(
-            slots(None, &owned(&["a", "b", "c"])),
+            slots(None, 0, &owned(&["a", "b", "c"])),
             pairs(&[("0", "a"), ("1", "b"), ("2", "c")])
         );
-        assert_eq!(slots(None, &[]), MapElements::new());
+        assert_eq!(
+            slots(None, 65536, &owned(&["a", "b"])),
+            pairs(&[("65536", "a"), ("65537", "b")])
+        );
+        assert_eq!(slots(None, 0, &[]), MapElements::new());
     }
 
     #[test]
@@ -912,22 +1157,22 @@ mod tests {
         let previous = pairs(&[("0", "a"), ("1", "b"), ("2", "c"), ("3", "d")]);
         // b left and e came: e takes b's slot.
         assert_eq!(
-            slots(Some(&previous), &owned(&["e", "d", "c", "a"])),
+            slots(Some(&previous), 0, &owned(&["e", "d", "c", "a"])),
             pairs(&[("0", "a"), ("1", "e"), ("2", "c"), ("3", "d")])
         );
         // b left: d, in the highest slot, moves down into it.
         assert_eq!(
-            slots(Some(&previous), &owned(&["a", "c", "d"])),
+            slots(Some(&previous), 0, &owned(&["a", "c", "d"])),
             pairs(&[("0", "a"), ("1", "d"), ("2", "c")])
         );
         // a and b left, e came: e fills slot 0, d moves to slot 1.
         assert_eq!(
-            slots(Some(&previous), &owned(&["c", "d", "e"])),
+            slots(Some(&previous), 0, &owned(&["c", "d", "e"])),
             pairs(&[("0", "e"), ("1", "d"), ("2", "c")])
         );
         // Two came: they take the slots after the last.
         assert_eq!(
-            slots(Some(&previous), &owned(&["a", "b", "c", "d", "e", "f"])),
+            slots(Some(&previous), 0, &owned(&["a", "b", "c", "d", "e", "f"])),
             pairs(&[
                 ("0", "a"),
                 ("1", "b"),

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use super::{MapElements, NftTable};
+use super::{Dispatch, MapElements, NftTable};
 
 /// One element of an endpoint map or of the hairpin set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,23 +89,25 @@ pub(super) fn element_change(old: &NftTable, new: &NftTable) -> Option<ElementCh
         if *old_items == items {
             continue;
         }
-        if !name.ends_with("-endpoints") {
+        if !super::is_endpoint_map(name) {
             return None;
         }
-        // Endpoint maps hold slots 0..n in order (see `slots`), so slot i of one is compared
-        // with slot i of the other.
-        for i in 0..old_items.len().max(items.len()) {
-            match (old_items.get(i), items.get(i)) {
-                (Some(a), Some(b)) if a == b => {}
-                (Some(a), Some(b)) if a.0 != b.0 => return None,
-                (a, b) => {
-                    if let Some((k, v)) = a {
-                        change.delete.push((name.clone(), slot(k, v)?));
-                    }
-                    if let Some((k, v)) = b {
-                        change.add.push((name.clone(), slot(k, v)?));
-                    }
-                }
+        let before: BTreeMap<&str, &str> = old_items
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let after: BTreeMap<&str, &str> = items
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for (k, v) in &before {
+            if after.get(k) != Some(v) {
+                change.delete.push((name.clone(), slot(k, v)?));
+            }
+        }
+        for (k, v) in &after {
+            if before.get(k) != Some(v) {
+                change.add.push((name.clone(), slot(k, v)?));
             }
         }
     }
@@ -127,17 +129,60 @@ pub(super) fn element_change(old: &NftTable, new: &NftTable) -> Option<ElementCh
     Some(change)
 }
 
+impl NftTable {
+    /// The table without the elements of its endpoint maps and hairpin set, and those
+    /// elements as an addition: a full sync into a namespace without our table writes the
+    /// rest through `nft` and sends these as netlink messages, which costs a fraction of
+    /// `nft` parsing them. `None` if an element does not read as one.
+    pub fn without_elements(&self) -> Option<(NftTable, ElementChange)> {
+        let mut add = Vec::new();
+        let mut rest = NftTable {
+            maps: Vec::with_capacity(self.maps.len()),
+            sets: Vec::with_capacity(self.sets.len()),
+            chains: self.chains.clone(),
+            ..*self
+        };
+        for (name, decl, items) in &self.maps {
+            if !super::is_endpoint_map(name) {
+                rest.maps.push((name.clone(), decl, items.clone()));
+                continue;
+            }
+            for (k, v) in items {
+                add.push((name.clone(), slot(k, v)?));
+            }
+            rest.maps.push((name.clone(), decl, MapElements::new()));
+        }
+        for (name, decl, items) in &self.sets {
+            if name != "hairpin" {
+                rest.sets.push((name.clone(), decl, items.clone()));
+                continue;
+            }
+            for item in items {
+                add.push((name.clone(), pair(item)?));
+            }
+            rest.sets.push((name.clone(), decl, Vec::new()));
+        }
+        let change = ElementChange {
+            table: self.name,
+            add,
+            ..ElementChange::default()
+        };
+        Some((rest, change))
+    }
+}
+
 /// The moduli of two dispatch rules that differ only in them.
 fn modulus_change(a: &str, b: &str) -> Option<(u32, u32)> {
     const MOD: &str = " numgen random mod ";
     let (a_head, a_tail) = a.split_once(MOD)?;
     let (b_head, b_tail) = b.split_once(MOD)?;
-    let (a_n, a_rest) = a_tail.split_once(' ')?;
-    let (b_n, b_rest) = b_tail.split_once(' ')?;
-    if a_head != b_head || a_rest != b_rest || !a_rest.starts_with("map @") {
+    let (_, a_rest) = a_tail.split_once(' ')?;
+    let (_, b_rest) = b_tail.split_once(' ')?;
+    let (da, db) = (Dispatch::parse(a)?, Dispatch::parse(b)?);
+    if a_head != b_head || a_rest != b_rest {
         return None;
     }
-    Some((a_n.parse().ok()?, b_n.parse().ok()?))
+    Some((da.modulus, db.modulus))
 }
 
 /// `slot` and `addr . port`.
@@ -188,22 +233,22 @@ mod tests {
     }
 
     const TWO: &str =
-        "meta l4proto tcp dnat ip addr . port to numgen random mod 2 map @svc-A-endpoints";
+        "meta l4proto tcp dnat ip addr . port to numgen random mod 2 map @tcp-endpoints-0";
     const ONE: &str =
-        "meta l4proto tcp dnat ip addr . port to numgen random mod 1 map @svc-A-endpoints";
+        "meta l4proto tcp dnat ip addr . port to numgen random mod 1 map @tcp-endpoints-0";
 
     #[test]
     fn a_leaving_endpoint_is_element_deletions_and_a_smaller_modulus() {
         let old = table(
             &[(
-                "svc-A-endpoints",
+                "tcp-endpoints-0",
                 &[("0", "10.244.1.2 . 80"), ("1", "10.244.1.3 . 80")],
             )],
             &["10.244.1.2 . 10.244.1.2"],
             TWO,
         );
         let new = table(
-            &[("svc-A-endpoints", &[("0", "10.244.1.3 . 80")])],
+            &[("tcp-endpoints-0", &[("0", "10.244.1.3 . 80")])],
             &[],
             ONE,
         );
@@ -213,7 +258,7 @@ mod tests {
             change.delete,
             [
                 (
-                    "svc-A-endpoints".to_owned(),
+                    "tcp-endpoints-0".to_owned(),
                     Element::Slot {
                         slot: 0,
                         addr: addr("10.244.1.2"),
@@ -221,7 +266,7 @@ mod tests {
                     }
                 ),
                 (
-                    "svc-A-endpoints".to_owned(),
+                    "tcp-endpoints-0".to_owned(),
                     Element::Slot {
                         slot: 1,
                         addr: addr("10.244.1.3"),
@@ -237,7 +282,7 @@ mod tests {
         assert_eq!(
             change.add,
             [(
-                "svc-A-endpoints".to_owned(),
+                "tcp-endpoints-0".to_owned(),
                 Element::Slot {
                     slot: 0,
                     addr: addr("10.244.1.3"),
@@ -251,7 +296,7 @@ mod tests {
     #[test]
     fn anything_but_elements_and_moduli_is_left_to_nft() {
         let base = table(
-            &[("svc-A-endpoints", &[("0", "10.244.1.2 . 80")])],
+            &[("tcp-endpoints-0", &[("0", "10.244.1.2 . 80")])],
             &[],
             ONE,
         );
