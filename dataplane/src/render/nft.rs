@@ -968,23 +968,12 @@ pub fn diff(old: &NftTable, new: &NftTable) -> String {
                 &no_elements
             }
         };
-        let before: BTreeMap<&str, &str> = old_items
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let after: BTreeMap<&str, &str> = new_items
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        for (k, v) in &before {
-            if after.get(k) != Some(v) {
-                let _ = writeln!(out, "delete element ip {t} {name} {{ {k} }}");
-            }
+        let (deleted, added) = element_diff(old_items, new_items);
+        for (k, _) in deleted {
+            let _ = writeln!(out, "delete element ip {t} {name} {{ {k} }}");
         }
-        for (k, v) in &after {
-            if before.get(k) != Some(v) {
-                let _ = writeln!(out, "add element ip {t} {name} {{ {k} : {v} }}");
-            }
+        for (k, v) in added {
+            let _ = writeln!(out, "add element ip {t} {name} {{ {k} : {v} }}");
         }
     }
     // A map the changed services no longer use may hold other services' endpoints: only
@@ -1032,6 +1021,28 @@ pub fn diff(old: &NftTable, new: &NftTable) -> String {
         let _ = writeln!(out, "delete chain ip {t} {name}");
     }
     out
+}
+
+/// A map element as (key, value).
+type Pair<'a> = (&'a str, &'a str);
+
+/// The elements of map `old` that `new` lacks or holds with another value, and those of `new`
+/// that `old` lacks or holds with another value, each in key order.
+fn element_diff<'a>(old: &'a MapElements, new: &'a MapElements) -> (Vec<Pair<'a>>, Vec<Pair<'a>>) {
+    let by_key = |items: &'a MapElements| -> BTreeMap<&'a str, &'a str> {
+        items
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    };
+    let (before, after) = (by_key(old), by_key(new));
+    let changed = |from: &BTreeMap<&'a str, &'a str>, to: &BTreeMap<&'a str, &'a str>| {
+        from.iter()
+            .filter(|(k, v)| to.get(*k) != Some(*v))
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    };
+    (changed(&before, &after), changed(&after, &before))
 }
 
 /// The names of one service port's chains in a layout.

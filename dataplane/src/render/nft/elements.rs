@@ -92,23 +92,12 @@ pub(super) fn element_change(old: &NftTable, new: &NftTable) -> Option<ElementCh
         if !super::is_endpoint_map(name) {
             return None;
         }
-        let before: BTreeMap<&str, &str> = old_items
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let after: BTreeMap<&str, &str> = items
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        for (k, v) in &before {
-            if after.get(k) != Some(v) {
-                change.delete.push((name.clone(), slot(k, v)?));
-            }
+        let (deleted, added) = super::element_diff(old_items, items);
+        for (k, v) in deleted {
+            change.delete.push((name.clone(), slot(k, v)?));
         }
-        for (k, v) in &after {
-            if before.get(k) != Some(v) {
-                change.add.push((name.clone(), slot(k, v)?));
-            }
+        for (k, v) in added {
+            change.add.push((name.clone(), slot(k, v)?));
         }
     }
 
