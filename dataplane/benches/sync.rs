@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dataplane::apply::Netns;
-use dataplane::apply::nft::NftApplier;
+use dataplane::apply::nft::{NftApplier, TableWrite};
 use dataplane::compile::{compile, default_cluster_cidr};
 use dataplane::model::{
     Endpoint, NodeConfig, Protocol, ServiceEntry, ServicePort, Snapshot, TrafficPolicy,
@@ -272,8 +272,13 @@ fn measure(kind: Kind, n: usize, m: usize, timeout: Duration) -> Figures {
     let started = Instant::now();
     // The fast layout's sync loop writes a first sync from the table as data (see below):
     // its whole text is rendered here only to be measured, outside the timing.
-    let fast =
-        (kind == Kind::NftFast).then(|| nft::table(&snap, &node, nft::Layout::Fast).unwrap());
+    let mut fast_sync = (kind == Kind::NftFast).then(|| nft::NftSync::new(nft::Layout::Fast));
+    let fast = fast_sync.as_mut().map(|sync| {
+        let first = sync.update_change(&snap, &node).unwrap();
+        first
+            .into_whole()
+            .expect("a first update is the whole table")
+    });
     let text = match kind {
         Kind::Iptables => iptables::render(&compile(&snap, &node)),
         Kind::NftKubeProxy => nft::render(&snap, &node, nft::Layout::KubeProxy).unwrap(),
@@ -300,10 +305,11 @@ fn measure(kind: Kind, n: usize, m: usize, timeout: Duration) -> Figures {
     let apply = match &fast {
         Some(table) => {
             let started = Instant::now();
-            applier
-                .apply_table(table)
-                .map(|()| started.elapsed())
-                .map_err(|e| e.to_string())
+            match applier.apply_table(table) {
+                Ok(TableWrite::NftAndNetlink) => Ok(started.elapsed()),
+                Ok(how) => Err(format!("written as {how:?}, not as a first sync")),
+                Err(e) => Err(e.to_string()),
+            }
         }
         None => lab.exec(tool, args, &text, timeout),
     };
@@ -325,10 +331,12 @@ fn measure(kind: Kind, n: usize, m: usize, timeout: Duration) -> Figures {
         .remove(1);
     // The sync loop keeps its table in step with the snapshots; the timed update re-renders
     // only the service that changed (the first update, not timed, renders everything).
-    let mut sync = (kind != Kind::Iptables).then(|| {
-        let mut sync = nft::NftSync::new(layout);
-        sync.update(&snap, &node).unwrap();
-        sync
+    let mut sync = fast_sync.or_else(|| {
+        (kind != Kind::Iptables).then(|| {
+            let mut sync = nft::NftSync::new(layout);
+            sync.update(&snap, &node).unwrap();
+            sync
+        })
     });
     let mut update = |what: &str, changed: &Snapshot| {
         let started = Instant::now();
@@ -377,11 +385,11 @@ fn measure(kind: Kind, n: usize, m: usize, timeout: Duration) -> Figures {
         (None, None)
     };
     // A periodic full sync finds the table there and replaces it in one transaction.
-    let resync = match (&sync, &fast, &apply) {
+    let resync = match (&mut sync, &fast, &apply) {
         (Some(sync), Some(_), Ok(_)) => {
             let started = Instant::now();
-            match applier.apply_table(&sync.table()) {
-                Ok(()) => {
+            match applier.apply_table(&sync.whole()) {
+                Ok(_) => {
                     let took = started.elapsed().as_secs_f64();
                     eprintln!(
                         "  {} {n}x{m}: full sync over the existing table: {took:.2} s",

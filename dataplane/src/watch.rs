@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 use crate::apply::ApplyError;
 use crate::apply::iptables::IptablesApplier;
-use crate::apply::nft::NftApplier;
+use crate::apply::nft::{NftApplier, TableWrite};
 use crate::compile::compile;
 use crate::model::{ModelError, NodeConfig, Snapshot, SnapshotCache};
 use crate::proxy::{ProxyError, UserspaceProxy, routes};
@@ -128,7 +128,13 @@ impl Backend for NftBackend {
         // Endpoint moves go straight to the kernel as elements; a full sync writes the whole
         // table (see `NftApplier::apply_table`); anything else is an `nft -f` transaction.
         let work = match &change.elements {
-            _ if full => Some(Apply::Table(Box::new(self.table.table()))),
+            _ if full => {
+                let table = match change.into_whole() {
+                    Some(table) => table,
+                    None => self.table.whole(),
+                };
+                Some(Apply::Table(Box::new(table)))
+            }
             Some(elements) if elements.is_empty() => None,
             Some(_) => Some(Apply::Elements(change)),
             None => {
@@ -139,7 +145,10 @@ impl Backend for NftBackend {
         let written = work.is_some();
         if let Some(work) = work {
             let via = tokio::task::spawn_blocking(move || match work {
-                Apply::Table(table) => applier.apply_table(&table).map(|()| "table"),
+                Apply::Table(table) => applier.apply_table(&table).map(|how| match how {
+                    TableWrite::Nft => "nft",
+                    TableWrite::NftAndNetlink => "nft+netlink",
+                }),
                 Apply::Text(input) => applier.apply_change(&input).map(|()| "nft"),
                 Apply::Elements(change) => match applier
                     .apply_elements(change.elements.as_ref().expect("an element change"))

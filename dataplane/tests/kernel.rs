@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use dataplane::apply::Netns;
 use dataplane::apply::iptables::IptablesApplier;
-use dataplane::apply::nft::NftApplier;
+use dataplane::apply::nft::{NftApplier, TableWrite};
 use dataplane::compile::{compile, default_cluster_cidr};
 use dataplane::model::{NodeConfig, Snapshot};
 use dataplane::render::nft::{self, Layout};
@@ -540,7 +540,10 @@ fn a_first_full_sync_sends_its_elements_over_netlink_and_writes_what_nft_would()
     );
     assert!(!rest.full().contains("10.244.1.2"), "{}", rest.full());
     // No table yet: the elements go over netlink, and traffic reaches both Pods.
-    applier.apply_table(&table).unwrap();
+    assert_eq!(
+        applier.apply_table(&table).unwrap(),
+        TableWrite::NftAndNetlink
+    );
     let cluster = spread(&lab.node, &format!("{CLUSTER_IP}:80"), 24);
     assert_eq!(
         cluster.keys().collect::<Vec<_>>(),
@@ -550,7 +553,7 @@ fn a_first_full_sync_sends_its_elements_over_netlink_and_writes_what_nft_would()
     lab.assert_whole_sync_would_match(&applier, layout, &objects(&endpoints));
     // The table exists now: a full sync replaces it in one `nft` transaction.
     let one = nft::table(&objects(&endpoints[..1]), &node(), layout).unwrap();
-    applier.apply_table(&one).unwrap();
+    assert_eq!(applier.apply_table(&one).unwrap(), TableWrite::Nft);
     lab.assert_whole_sync_would_match(&applier, layout, &objects(&endpoints[..1]));
     applier.cleanup().unwrap();
 }

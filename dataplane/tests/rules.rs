@@ -954,3 +954,64 @@ fn explain_shows_the_filter_rule_that_refuses_and_the_fall_through() {
     assert_eq!(e.paths.len(), 1);
     assert_eq!(e.paths[0].outcome, Outcome::Untouched);
 }
+
+#[test]
+fn nft_sync_gives_back_the_ids_of_a_failed_update_and_a_full_sync_drops_emptied_maps() {
+    use dataplane::render::nft::{Layout, NftSync};
+    let a = ready("10.244.1.10", "lab-worker");
+    let snap = |objects: &[(Service, EndpointSlice)]| {
+        Snapshot::from_objects(
+            objects.iter().map(|(s, _)| s),
+            objects.iter().map(|(_, e)| e),
+        )
+        .unwrap()
+    };
+    let dispatch = |sync: &NftSync, chain_of: &str| -> String {
+        let chain = dataplane::names::svc_chain(&format!("default/{chain_of}"), Protocol::Tcp)
+            .replace("KUBE-SVC-", "svc-");
+        let table = sync.table();
+        let (_, _, rules) = table.chains.iter().find(|(n, _, _)| *n == chain).unwrap();
+        rules.last().unwrap().clone()
+    };
+    let one = named("one", "10.96.0.1", &[a]);
+    let two = named("two", "10.96.0.2", &[a]);
+    let mut sticky = named("zeta", "10.96.0.3", &[a]);
+    sticky.0.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
+    let mut sync = NftSync::new(Layout::Fast);
+    sync.update(&snap(std::slice::from_ref(&one)), &node())
+        .unwrap();
+    // "two" takes id 1 before "zeta" (after it in name order) fails: the update changes
+    // nothing, id 1 included.
+    sync.update(&snap(&[one.clone(), two.clone(), sticky]), &node())
+        .unwrap_err();
+    sync.update(&snap(&[one.clone(), two.clone()]), &node())
+        .unwrap();
+    assert!(
+        dispatch(&sync, "two").ends_with("mod 1 offset 65536 map @tcp-endpoints-0"),
+        "{}",
+        dispatch(&sync, "two")
+    );
+
+    // A UDP service's map is emptied when it goes, and dropped by the next full sync.
+    let mut udp = named("dns", "10.96.0.10", &[a]);
+    udp.0.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].protocol = Some("UDP".into());
+    udp.1.ports.as_mut().unwrap()[0].protocol = Some("UDP".into());
+    sync.update(&snap(&[one.clone(), two.clone(), udp]), &node())
+        .unwrap();
+    let change = sync.update(&snap(&[one, two]), &node()).unwrap();
+    assert!(
+        change.contains("delete element ip services-lab udp-endpoints-0 { 131072 }"),
+        "{change}"
+    );
+    assert!(!change.contains("delete map"), "{change}");
+    let maps = |t: &dataplane::render::nft::NftTable| -> Vec<String> {
+        t.maps
+            .iter()
+            .map(|(n, _, _)| n.clone())
+            .filter(|n| n.contains("-endpoints-"))
+            .collect()
+    };
+    assert_eq!(maps(&sync.table()), ["tcp-endpoints-0", "udp-endpoints-0"]);
+    assert_eq!(maps(&sync.whole()), ["tcp-endpoints-0"]);
+    assert_eq!(maps(&sync.table()), ["tcp-endpoints-0"]);
+}

@@ -12,6 +12,16 @@ use crate::render::nft::{ElementChange, NftTable};
 /// Elements per netlink batch when a first sync sends them (see [`NftApplier::apply_table`]).
 const ELEMENTS_PER_BATCH: usize = 50_000;
 
+/// How [`NftApplier::apply_table`] wrote a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableWrite {
+    /// One `nft -f` transaction of the whole text.
+    Nft,
+    /// The table without its endpoint and hairpin elements through `nft`, then those
+    /// elements as netlink batches.
+    NftAndNetlink,
+}
+
 /// Programs one nftables table into one network namespace.
 #[derive(Debug, Clone)]
 pub struct NftApplier {
@@ -48,14 +58,15 @@ impl NftApplier {
     /// `nft` spends seconds parsing hundreds of thousands of elements that the kernel adds
     /// in a fraction of that, and until they arrive a service matches no endpoint, as before
     /// the table existed. A table that exists is replaced in one `nft` transaction, so no
-    /// packet ever sees it half written.
-    pub fn apply_table(&self, table: &NftTable) -> Result<(), ApplyError> {
+    /// packet ever sees it half written. Says which way it went.
+    pub fn apply_table(&self, table: &NftTable) -> Result<TableWrite, ApplyError> {
         let split = match self.exists()? {
             true => None,
             false => table.without_elements(),
         };
         let Some((rest, elements)) = split else {
-            return self.apply(&table.full());
+            self.apply(&table.full())?;
+            return Ok(TableWrite::Nft);
         };
         self.apply(&rest.full())?;
         // Each batch is one kernel transaction held in memory until it commits; a first
@@ -67,12 +78,14 @@ impl NftApplier {
                 ..ElementChange::default()
             };
             if let Err(e) = self.apply_elements(&part) {
-                // Whatever arrived, the next sync starts from a table `nft` writes whole.
-                let _ = self.cleanup();
-                return Err(e);
+                // Netlink may fail where `nft` works (a send buffer that cannot be grown in
+                // a user namespace, say): the whole text replaces whatever arrived.
+                tracing::warn!(error = %e, "netlink elements failed; writing the table through nft");
+                self.apply(&table.full())?;
+                return Ok(TableWrite::Nft);
             }
         }
-        Ok(())
+        Ok(TableWrite::NftAndNetlink)
     }
 
     /// Whether our table exists (`nft list tables` reads the names only).

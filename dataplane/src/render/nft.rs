@@ -187,8 +187,14 @@ impl Dispatch {
     }
 
     /// The keys the rule draws.
-    pub fn keys(&self) -> std::ops::Range<u32> {
-        self.offset..self.offset + self.modulus
+    pub fn keys(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.modulus).filter_map(|i| self.offset.checked_add(i))
+    }
+
+    /// Whether the rule draws `key`.
+    pub fn draws(&self, key: u32) -> bool {
+        key.checked_sub(self.offset)
+            .is_some_and(|i| i < self.modulus)
     }
 
     /// The first dispatch among the lines of `listing` (`nft list chain ...`).
@@ -198,10 +204,9 @@ impl Dispatch {
 
     /// The values this rule draws from `map_listing` (`nft list map ...` of its map).
     pub fn drawn(&self, map_listing: &str) -> Vec<String> {
-        let keys = self.keys();
         listed_elements(map_listing)
             .into_iter()
-            .filter(|(k, _)| keys.contains(k))
+            .filter(|(k, _)| self.draws(*k))
             .map(|(_, v)| v)
             .collect()
     }
@@ -639,7 +644,49 @@ impl NftSync {
         self.node.as_ref()
     }
 
-    /// The whole table as it stands after the last update.
+    /// Takes every service of `snapshot` into an empty table.
+    fn fill(&mut self, snapshot: &Snapshot, node: &NodeConfig) -> Result<(), Unsupported> {
+        for (key, entry) in &snapshot.services {
+            let fragment = match ServicePlan::new(entry, node) {
+                Some(plan) => {
+                    let ids = &mut self.ids;
+                    fragment(&plan, node, self.layout, &mut |_| {
+                        Ok((ids.take(&plan.spn)?, None))
+                    })?
+                }
+                None => Fragment::default(),
+            };
+            for pair in &fragment.hairpin {
+                *self.hairpin.entry(pair.clone()).or_default() += 1;
+            }
+            for m in &fragment.endpoint_maps {
+                self.endpoint_maps
+                    .insert(endpoint_map(m.proto, m.id), endpoint_map_type(m.proto));
+            }
+            self.services.insert(key.clone(), (entry.clone(), fragment));
+        }
+        Ok(())
+    }
+
+    /// The whole table for a full sync, which drops the endpoint maps that partial syncs
+    /// emptied: from here on only the maps in use count as written.
+    pub fn whole(&mut self) -> NftTable {
+        let node = self
+            .node
+            .clone()
+            .unwrap_or_else(|| NodeConfig::new("unsynced"));
+        let t = assemble(&node, self.layout, self.services.values().map(|(_, f)| f));
+        self.endpoint_maps = t
+            .maps
+            .iter()
+            .filter(|(n, _, _)| is_endpoint_map(n))
+            .map(|(n, d, _)| (n.clone(), *d))
+            .collect();
+        t
+    }
+
+    /// The whole table as it stands after the last update (with any endpoint map a partial
+    /// sync emptied, as the kernel holds it).
     pub fn table(&self) -> NftTable {
         let node = self
             .node
@@ -678,21 +725,15 @@ impl NftSync {
         if self.node.as_ref() != Some(node) {
             let mut fresh = Self::new(self.layout);
             fresh.node = Some(node.clone());
-            fresh.update_change(snapshot, node)?;
-            fresh.endpoint_maps = fresh
-                .table()
-                .maps
-                .into_iter()
-                .filter(|(n, _, _)| is_endpoint_map(n))
-                .map(|(n, d, _)| (n, d))
-                .collect();
+            fresh.fill(snapshot, node)?;
             *self = fresh;
             return Ok(NftUpdate {
-                change: Change::Whole(self.table().full()),
+                change: Change::Whole(Box::new(self.table())),
                 elements: None,
             });
         }
-        let ids_before = self.ids.clone();
+        // Ids this update takes, given back if it fails.
+        let mut taken = Vec::new();
         // Both maps are sorted by key: one walk over the two pairs each service with its
         // previous entry and finds the services that are gone, without a lookup per service.
         let mut gone: Vec<&(String, Protocol)> = Vec::new();
@@ -711,19 +752,26 @@ impl NftSync {
             let fragment = match ServicePlan::new(entry, node) {
                 Some(plan) => {
                     let ids = &mut self.ids;
+                    let taken = &mut taken;
                     let mut endpoint_id = |chain: &str| {
                         let kept = previous
                             .and_then(|(_, f)| f.endpoint_maps.iter().find(|m| m.chain == chain));
                         match kept {
                             Some(m) => Ok((m.id, Some(&m.elements))),
-                            None => Ok((ids.take(&plan.spn)?, None)),
+                            None => {
+                                let id = ids.take(&plan.spn)?;
+                                taken.push(id);
+                                Ok((id, None))
+                            }
                         }
                     };
                     match fragment(&plan, node, self.layout, &mut endpoint_id) {
                         Ok(f) => f,
                         Err(e) => {
-                            // Ids taken by this update go back, so an error changes nothing.
-                            self.ids = ids_before;
+                            // The ids go back, so an error changes nothing.
+                            for id in taken {
+                                self.ids.give(*id);
+                            }
                             return Err(e);
                         }
                     }
@@ -826,17 +874,26 @@ pub struct NftUpdate {
 enum Change {
     #[default]
     Nothing,
-    Whole(String),
+    /// The whole table (rendered only if asked for: a full sync may write it otherwise).
+    Whole(Box<NftTable>),
     /// The changed services' fragments before and after.
     Diff(Box<(NftTable, NftTable)>),
 }
 
 impl NftUpdate {
+    /// The whole table, when the update is one (the first, or after the node changed).
+    pub fn into_whole(self) -> Option<NftTable> {
+        match self.change {
+            Change::Whole(table) => Some(*table),
+            _ => None,
+        }
+    }
+
     /// The `nft -f` transaction (empty when nothing changed).
     pub fn text(&self) -> String {
         match &self.change {
             Change::Nothing => String::new(),
-            Change::Whole(text) => text.clone(),
+            Change::Whole(table) => table.full(),
             Change::Diff(tables) => diff(&tables.0, &tables.1),
         }
     }
