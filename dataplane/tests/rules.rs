@@ -529,7 +529,8 @@ fn nft_partial_sync_touches_only_what_changed() {
          delete element ip services-lab hairpin { 10.244.1.200 . 10.244.1.200 }\n\
          flush chain ip services-lab svc-DZ6LTOHRG6HQWHYE\n\
          add rule ip services-lab svc-DZ6LTOHRG6HQWHYE ip daddr 10.111.34.177 tcp dport 8080 ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x00004000\n\
-         add rule ip services-lab svc-DZ6LTOHRG6HQWHYE meta l4proto tcp dnat ip addr . port to numgen random mod 1 map @tcp-endpoints-0\n"
+         add rule ip services-lab svc-DZ6LTOHRG6HQWHYE ct mark set numgen random mod 1\n\
+         add rule ip services-lab svc-DZ6LTOHRG6HQWHYE meta l4proto tcp dnat ip addr . port to ct mark map @tcp-endpoints-0\n"
     );
     assert_eq!(diff(&after, &after), "");
 }
@@ -583,7 +584,7 @@ fn nft_fast_layout_changes_a_few_elements_when_one_of_a_thousand_endpoints_goes(
         ]
     );
     assert!(
-        change.contains("numgen random mod 999 map @tcp-endpoints-0"),
+        change.contains("ct mark set numgen random mod 999\n"),
         "{change}"
     );
     assert!(
@@ -623,9 +624,9 @@ fn named(name: &str, ip: &str, endpoints: &[Ep]) -> (Service, EndpointSlice) {
     (svc, s)
 }
 
-/// `t` with each dispatch rule's draw written as the endpoints it draws, sorted, and the
-/// endpoint maps left out: two tables that send the same traffic to the same endpoints read
-/// the same, whatever their ids and slots. Panics if a rule draws a key its map lacks.
+/// `t` with each draw rule written as the endpoints it draws, sorted, each lookup without
+/// its map, and the endpoint maps left out: two tables that send the same traffic to the same
+/// endpoints read the same, whatever their ids and slots. Panics if a rule draws a key its map lacks.
 fn canonical(t: &dataplane::render::nft::NftTable) -> String {
     use dataplane::render::nft::Dispatch;
     use std::fmt::Write;
@@ -648,16 +649,20 @@ fn canonical(t: &dataplane::render::nft::NftTable) -> String {
         writeln!(out, "set {set:?}").unwrap();
     }
     for (name, base, rules) in &t.chains {
+        let dispatch = Dispatch::parse(rules.iter().map(String::as_str));
         for rule in rules {
-            let rule = match Dispatch::parse(rule) {
-                Some(d) => {
+            let rule = match (&dispatch, Dispatch::draw(rule)) {
+                (Some(d), Some(_)) => {
                     let mut eps: Vec<&str> =
                         d.keys().map(|k| elements[&(d.map.as_str(), k)]).collect();
                     eps.sort_unstable();
-                    let head = rule.split(" numgen ").next().unwrap();
-                    format!("{head} draws {eps:?}")
+                    format!("draws {eps:?}")
                 }
-                None => rule.clone(),
+                // The lookup's map depends on the chain's id.
+                _ => match rule.split_once(" to ct mark map @") {
+                    Some((head, _)) => format!("{head} to the drawn endpoint"),
+                    None => rule.clone(),
+                },
             };
             writeln!(out, "{name} {base:?} {rule}").unwrap();
         }
@@ -825,9 +830,11 @@ fn nft_sync_of_one_service_among_many_mentions_only_that_service() {
             .chains
             .iter()
             .any(|(name, _, rules)| *name == chain
-                && rules
-                    .iter()
-                    .any(|r| r.ends_with("mod 1 offset 1835008 map @tcp-endpoints-0"))),
+                && rules.ends_with(&[
+                    "ct mark set numgen random mod 1 offset 1835008".to_owned(),
+                    "meta l4proto tcp dnat ip addr . port to ct mark map @tcp-endpoints-0"
+                        .to_owned()
+                ])),
         "{chain} draws key 1835008"
     );
     assert_eq!(
@@ -971,7 +978,7 @@ fn nft_sync_gives_back_the_ids_of_a_failed_update_and_a_full_sync_drops_emptied_
             .replace("KUBE-SVC-", "svc-");
         let table = sync.table();
         let (_, _, rules) = table.chains.iter().find(|(n, _, _)| *n == chain).unwrap();
-        rules.last().unwrap().clone()
+        rules[rules.len() - 2..].join("\n")
     };
     let one = named("one", "10.96.0.1", &[a]);
     let two = named("two", "10.96.0.2", &[a]);
@@ -987,7 +994,9 @@ fn nft_sync_gives_back_the_ids_of_a_failed_update_and_a_full_sync_drops_emptied_
     sync.update(&snap(&[one.clone(), two.clone()]), &node())
         .unwrap();
     assert!(
-        dispatch(&sync, "two").ends_with("mod 1 offset 65536 map @tcp-endpoints-0"),
+        dispatch(&sync, "two").ends_with(
+            "mod 1 offset 65536\nmeta l4proto tcp dnat ip addr . port to ct mark map @tcp-endpoints-0"
+        ),
         "{}",
         dispatch(&sync, "two")
     );

@@ -851,7 +851,7 @@ impl<'a> Tutorial<'a> {
     ) -> Result<()> {
         let hash = names::service_hash("default/hello-world", Protocol::Tcp);
         self.console.note(&format!(
-            "nftables dataplane: table ip {NFT_TABLE} holds one map of service addresses (KUBE-SERVICES' job) and a chain per service port that picks an endpoint with numgen from its map of Pod addresses (KUBE-SVC-'s and KUBE-SEP-'s)"
+            "nftables dataplane: table ip {NFT_TABLE} holds one map of service addresses (KUBE-SERVICES' job) and a chain per service port that draws a key with numgen and DNATs to the Pod address the key maps to (KUBE-SVC-'s and KUBE-SEP-'s)"
         ));
         let ips = self.list_nft("map service-ips")?;
         let entry = format!("{cluster_ip} . tcp . {port} : goto svc-{hash}");
@@ -892,7 +892,10 @@ impl<'a> Tutorial<'a> {
             .map(|p| format!("{} . 8080", p.ip))
             .filter(|e| !drawn.contains(e))
             .collect();
-        let dispatch = format!("numgen random mod {} ... map @{map}", pods.len());
+        let dispatch = format!(
+            "ct mark set numgen random mod {} ... then dnat ... to ct mark map @{map}",
+            pods.len()
+        );
         self.check(
             missing.is_empty()
                 && found
@@ -904,7 +907,7 @@ impl<'a> Tutorial<'a> {
             ),
             || {
                 if missing.is_empty() {
-                    format!("the chain has no rule with {dispatch:?}")
+                    format!("the chain has no rules like {dispatch:?}")
                 } else {
                     format!("{map} lacks {missing:?}")
                 }

@@ -7,18 +7,22 @@
 //! - [`Layout::KubeProxy`], table `ip kube-proxy`: kube-proxy's nftables mode (its map names,
 //!   chain names, `numgen` dispatch to one chain per endpoint, `reject-chain`). As there,
 //!   NodePorts are not served on 127.0.0.1.
-//! - [`Layout::Fast`], table `ip services-lab`: one chain per service port that DNATs through
-//!   a `numgen`-indexed map of `addr . port`, so there are no per-endpoint chains; hairpin
-//!   traffic (a Pod reaching itself through its Service) is masqueraded through one set of
-//!   `pod . pod` pairs; NodePorts also answer on 127.0.0.1, as in iptables mode.
+//! - [`Layout::Fast`], table `ip services-lab`: one chain per service port that draws a key
+//!   with `numgen` and DNATs through a map of `key : addr . port`, so there are no
+//!   per-endpoint chains; hairpin traffic (a Pod reaching itself through its Service) is
+//!   masqueraded through one set of `pod . pod` pairs; NodePorts also answer on 127.0.0.1, as
+//!   in iptables mode.
 //!
 //!   The endpoint maps are shared: each dispatch chain has an id, and its endpoints are the
-//!   keys `id << 16 | slot` of map `<protocol>-endpoints-<id / 32>` (`numgen random mod N
-//!   offset <id << 16>`). Each protocol has its own maps: `nft` refuses to add a rule for one
-//!   protocol that reads a map declared with another's port. One map per chain would make a
-//!   full sync quadratic in the kernel, which looks a new named set up among all the table's
-//!   sets; one map for all would too, as the kernel checks each added element against every
-//!   rule that reads the map.
+//!   keys `id << 16 | slot` of map `<protocol>-endpoints-<id / 32>`: `ct mark set numgen
+//!   random mod N offset <id << 16>` draws one into the connection's conntrack mark and
+//!   `dnat ip addr . port to ct mark map @...` looks it up. A rule with `dnat` makes the
+//!   kernel validate the whole table when it is added, one that only sets the mark does not,
+//!   so a changed `mod N` is a cheap rule replacement. Each protocol has its own maps: `nft`
+//!   refuses to add a rule for one protocol that reads a map declared with another's port.
+//!   One map per chain would make a full sync quadratic in the kernel, which looks a new
+//!   named set up among all the table's sets; one map for all would too, as the kernel checks
+//!   each added element against every rule that reads the map.
 //!
 //!   Kept up to date by [`NftSync`], every endpoint that stays keeps its slot, whatever the
 //!   number of endpoints: one arriving is one element added; one leaving is at most three
@@ -106,12 +110,13 @@ const CHAINS_PER_MAP: u32 = 32;
 const SLOT_BITS: u32 = 16;
 /// The most endpoints one dispatch chain can draw from.
 pub const MAX_ENDPOINTS: usize = 1 << SLOT_BITS;
-/// The declaration of the shared endpoint maps of `proto`: `numgen` value to `addr . port`.
+/// The declaration of the shared endpoint maps of `proto`: the drawn key (`ct mark`) to
+/// `addr . port`.
 fn endpoint_map_type(proto: &str) -> &'static str {
     match proto {
-        "udp" => "typeof numgen random mod 1 : ip daddr . udp dport",
-        "sctp" => "typeof numgen random mod 1 : ip daddr . sctp dport",
-        _ => "typeof numgen random mod 1 : ip daddr . tcp dport",
+        "udp" => "typeof ct mark : ip daddr . udp dport",
+        "sctp" => "typeof ct mark : ip daddr . sctp dport",
+        _ => "typeof ct mark : ip daddr . tcp dport",
     }
 }
 
@@ -157,7 +162,8 @@ impl Ids {
     }
 }
 
-/// A rule that draws from an endpoint map, read back: `numgen random mod N [offset O] map @M`.
+/// A chain's dispatch, read back from its two rules: `ct mark set numgen random mod N
+/// [offset O]` draws a key, `... dnat ip addr . port to ct mark map @M` looks it up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dispatch {
     /// `N`, the number of endpoints.
@@ -169,21 +175,40 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
-    /// The dispatch in `rule` (as written here or as `nft list` prints it), if it has one.
-    pub fn parse(rule: &str) -> Option<Self> {
-        let (_, tail) = rule.split_once(" numgen random mod ")?;
-        let (modulus, rest) = tail.split_once(' ')?;
-        let (offset, rest) = match rest.strip_prefix("offset ") {
-            Some(rest) => rest.split_once(' ')?,
-            None => ("0", rest),
+    /// The dispatch in a chain's `rules` (as written here or as `nft list` prints them), if
+    /// it has one.
+    pub fn parse<'a>(rules: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        let mut draw = None;
+        for rule in rules {
+            if let Some(d) = Self::draw(rule) {
+                draw = Some(d);
+            } else if let (Some((modulus, offset)), Some(map)) = (draw, Self::map_of(rule)) {
+                return Some(Dispatch {
+                    modulus,
+                    offset,
+                    map: map.to_owned(),
+                });
+            }
+        }
+        None
+    }
+
+    /// `N` and `O` of a rule that draws a key: `ct mark set numgen random mod N [offset O]`.
+    pub fn draw(rule: &str) -> Option<(u32, u32)> {
+        let tail = rule.trim().strip_prefix("ct mark set numgen random mod ")?;
+        let mut words = tail.split_whitespace();
+        let modulus = words.next()?.parse().ok()?;
+        let offset = match words.next() {
+            Some("offset") => words.next()?.parse().ok()?,
+            _ => 0,
         };
-        let map = rest.strip_prefix("map @")?;
-        let map = map.split_whitespace().next()?;
-        Some(Dispatch {
-            modulus: modulus.parse().ok()?,
-            offset: offset.parse().ok()?,
-            map: map.to_owned(),
-        })
+        Some((modulus, offset))
+    }
+
+    /// The map a rule looks the drawn key up in: `... to ct mark map @M`.
+    fn map_of(rule: &str) -> Option<&str> {
+        let (_, map) = rule.split_once(" to ct mark map @")?;
+        map.split_whitespace().next()
     }
 
     /// The keys the rule draws.
@@ -199,7 +224,7 @@ impl Dispatch {
 
     /// The first dispatch among the lines of `listing` (`nft list chain ...`).
     pub fn find(listing: &str) -> Option<Self> {
-        listing.lines().find_map(Self::parse)
+        Self::parse(listing.lines())
     }
 
     /// The values this rule draws from `map_listing` (`nft list map ...` of its map).
@@ -221,7 +246,13 @@ pub fn listed_elements(listing: &str) -> Vec<(u32, String)> {
     body.split(',')
         .filter_map(|e| {
             let (k, v) = e.split_once(" : ")?;
-            Some((k.trim().parse().ok()?, v.trim().to_owned()))
+            // `nft` lists `ct mark` keys in hexadecimal.
+            let k = k.trim();
+            let key = match k.strip_prefix("0x") {
+                Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+                None => k.parse().ok()?,
+            };
+            Some((key, v.trim().to_owned()))
         })
         .collect()
 }
@@ -505,7 +536,7 @@ fn fragment<'p>(
     let cidr = node.cluster_cidr.map(|c| c.to_string());
     let mut dispatch = |chain: &str, endpoints: &[&Endpoint]| {
         if layout == Layout::KubeProxy {
-            return Ok(kube_proxy_dispatch(plan, endpoints));
+            return Ok(vec![kube_proxy_dispatch(plan, endpoints)]);
         }
         // A duplicate would take a slot of its own and leave a gap that `mod N` draws.
         let mut seen = HashSet::new();
@@ -527,9 +558,12 @@ fn fragment<'p>(
             0 => String::new(),
             b => format!(" offset {b}"),
         };
-        let rule = format!(
-            "meta l4proto {proto} dnat ip addr . port to numgen random mod {}{offset} map @{}",
-            elements.len(),
+        // The draw is a rule of its own so that a changed `mod N` replaces a rule the kernel
+        // need not check: a rule with `dnat` makes it validate the whole table at commit
+        // (about 20 ms at 10,000 services), one that sets a conntrack mark does not.
+        let draw = format!("ct mark set numgen random mod {}{offset}", elements.len());
+        let dnat = format!(
+            "meta l4proto {proto} dnat ip addr . port to ct mark map @{}",
             endpoint_map(proto, id)
         );
         f.endpoint_maps.push(EndpointMap {
@@ -538,7 +572,7 @@ fn fragment<'p>(
             id,
             elements,
         });
-        Ok(rule)
+        Ok(vec![draw, dnat])
     };
     let masq_rule = |cidr: &str| {
         format!(
@@ -554,7 +588,7 @@ fn fragment<'p>(
         {
             rules.push(masq_rule(cidr));
         }
-        rules.push(dispatch(&names.cluster, &plan.cluster_eps)?);
+        rules.extend(dispatch(&names.cluster, &plan.cluster_eps)?);
         chains.push((names.cluster.clone(), None, rules));
     }
     if plan.uses_local {
@@ -564,7 +598,7 @@ fn fragment<'p>(
         {
             rules.push(masq_rule(cidr));
         }
-        rules.push(dispatch(&names.local, &plan.local_eps)?);
+        rules.extend(dispatch(&names.local, &plan.local_eps)?);
         chains.push((names.local.clone(), None, rules));
     }
     if plan.has_endpoints && plan.external {
@@ -1181,7 +1215,7 @@ mod tests {
 
     #[test]
     fn a_dispatch_reads_back_from_a_listing_with_the_endpoints_it_draws() {
-        let chain = "table ip services-lab {\n\tchain svc-A {\n\t\tip daddr 10.96.0.1 tcp dport 80 x\n\t\tmeta l4proto tcp dnat ip to numgen random mod 2 offset 65536 map @tcp-endpoints-0\n\t}\n}\n";
+        let chain = "table ip services-lab {\n\tchain svc-A {\n\t\tip daddr 10.96.0.1 tcp dport 80 x\n\t\tct mark set numgen random mod 2 offset 65536\n\t\tmeta l4proto tcp dnat ip to ct mark map @tcp-endpoints-0\n\t}\n}\n";
         let d = Dispatch::find(chain).expect("a dispatch");
         assert_eq!(
             d,
@@ -1191,10 +1225,13 @@ mod tests {
                 map: "tcp-endpoints-0".into()
             }
         );
-        let map = "\tmap tcp-endpoints-0 {\n\t\ttypeof numgen random mod 1 : ip daddr . tcp dport\n\t\telements = { 0 : 10.244.1.2 . 80, 65536 : 10.244.1.3 . 80,\n\t\t\t     65537 : 10.244.1.4 . 80, 65538 : 10.244.1.5 . 80 }\n\t}\n";
+        let map = "\tmap tcp-endpoints-0 {\n\t\ttypeof ct mark : ip daddr . tcp dport\n\t\telements = { 0x00000000 : 10.244.1.2 . 80, 0x00010000 : 10.244.1.3 . 80,\n\t\t\t     0x00010001 : 10.244.1.4 . 80, 0x00010002 : 10.244.1.5 . 80 }\n\t}\n";
         assert_eq!(d.drawn(map), ["10.244.1.3 . 80", "10.244.1.4 . 80"]);
         assert_eq!(
-            Dispatch::parse("meta l4proto tcp dnat ip to numgen random mod 3 map @tcp-endpoints-1"),
+            Dispatch::parse([
+                "ct mark set numgen random mod 3",
+                "meta l4proto tcp dnat ip addr . port to ct mark map @tcp-endpoints-1"
+            ]),
             Some(Dispatch {
                 modulus: 3,
                 offset: 0,
@@ -1202,8 +1239,13 @@ mod tests {
             })
         );
         assert_eq!(
-            Dispatch::parse("numgen random mod 2 vmap { 0 : goto a }"),
+            Dispatch::parse(["numgen random mod 2 vmap { 0 : goto a }"]),
             None
+        );
+        assert_eq!(
+            Dispatch::parse(["meta l4proto tcp dnat ip to ct mark map @tcp-endpoints-1"]),
+            None,
+            "a lookup without a draw before it"
         );
     }
 

@@ -34,7 +34,7 @@ pub struct ElementChange {
     pub delete: Vec<(String, Element)>,
     /// Elements added, by map or set name.
     pub add: Vec<(String, Element)>,
-    /// Chains whose dispatch rule (`numgen random mod N map @...`) changes its modulus:
+    /// Chains whose draw rule (`ct mark set numgen random mod N`) changes its modulus:
     /// chain, modulus before, modulus after.
     pub modulus: Vec<(String, u32, u32)>,
 }
@@ -160,18 +160,10 @@ impl NftTable {
     }
 }
 
-/// The moduli of two dispatch rules that differ only in them.
+/// The moduli of two draw rules that differ only in them.
 fn modulus_change(a: &str, b: &str) -> Option<(u32, u32)> {
-    const MOD: &str = " numgen random mod ";
-    let (a_head, a_tail) = a.split_once(MOD)?;
-    let (b_head, b_tail) = b.split_once(MOD)?;
-    let (_, a_rest) = a_tail.split_once(' ')?;
-    let (_, b_rest) = b_tail.split_once(' ')?;
-    let (da, db) = (Dispatch::parse(a)?, Dispatch::parse(b)?);
-    if a_head != b_head || a_rest != b_rest {
-        return None;
-    }
-    Some((da.modulus, db.modulus))
+    let ((a_mod, a_offset), (b_mod, b_offset)) = (Dispatch::draw(a)?, Dispatch::draw(b)?);
+    (a_offset == b_offset).then_some((a_mod, b_mod))
 }
 
 /// `slot` and `addr . port`.
@@ -221,10 +213,8 @@ mod tests {
         }
     }
 
-    const TWO: &str =
-        "meta l4proto tcp dnat ip addr . port to numgen random mod 2 map @tcp-endpoints-0";
-    const ONE: &str =
-        "meta l4proto tcp dnat ip addr . port to numgen random mod 1 map @tcp-endpoints-0";
+    const TWO: &str = "ct mark set numgen random mod 2";
+    const ONE: &str = "ct mark set numgen random mod 1";
 
     #[test]
     fn a_leaving_endpoint_is_element_deletions_and_a_smaller_modulus() {
