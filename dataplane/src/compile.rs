@@ -293,6 +293,19 @@ impl<'a> ServicePlan<'a> {
         })
     }
 
+    /// The addresses of the endpoints a used policy chain can reach, unsorted, repeats
+    /// included.
+    pub fn reachable_ips(&self) -> Vec<std::net::Ipv4Addr> {
+        let mut ips = Vec::new();
+        if self.uses_cluster {
+            ips.extend(self.cluster_eps.iter().map(|e| e.ip));
+        }
+        if self.uses_local {
+            ips.extend(self.local_eps.iter().map(|e| e.ip));
+        }
+        ips
+    }
+
     /// Every endpoint a used policy chain can reach, in `ip:port` order.
     pub fn reachable(&self) -> Vec<&'a Endpoint> {
         let mut reachable: Vec<&Endpoint> = Vec::new();

@@ -824,7 +824,8 @@ fn nft_sync_of_one_service_among_many_mentions_only_that_service() {
     let change = sync.update(&snap(&changed), &node()).unwrap();
     let chain = dataplane::names::svc_chain("default/svc-123", dataplane::model::Protocol::Tcp)
         .replace("KUBE-SVC-", "svc-");
-    // svc-123 is the 29th service in name order: id 28, keys from 28 << 16.
+    // svc-123 is the 29th service in name order: id 28, keys from 28 << 16, in the map of
+    // chains 24 to 31.
     assert!(
         sync.table()
             .chains
@@ -832,7 +833,7 @@ fn nft_sync_of_one_service_among_many_mentions_only_that_service() {
             .any(|(name, _, rules)| *name == chain
                 && rules.ends_with(&[
                     "ct mark set numgen random mod 1 offset 1835008".to_owned(),
-                    "meta l4proto tcp dnat ip addr . port to ct mark map @tcp-endpoints-0"
+                    "meta l4proto tcp dnat ip addr . port to ct mark map @tcp-endpoints-3"
                         .to_owned()
                 ])),
         "{chain} draws key 1835008"
@@ -840,8 +841,8 @@ fn nft_sync_of_one_service_among_many_mentions_only_that_service() {
     assert_eq!(
         change.lines().collect::<Vec<_>>(),
         [
-            "delete element ip services-lab tcp-endpoints-0 { 1835008 }".to_owned(),
-            "add element ip services-lab tcp-endpoints-0 { 1835008 : 10.244.9.9 . 8080 }".into(),
+            "delete element ip services-lab tcp-endpoints-3 { 1835008 }".to_owned(),
+            "add element ip services-lab tcp-endpoints-3 { 1835008 : 10.244.9.9 . 8080 }".into(),
             "delete element ip services-lab hairpin { 10.244.1.133 . 10.244.1.133 }".into(),
             "add element ip services-lab hairpin { 10.244.9.9 . 10.244.9.9 }".into(),
         ]

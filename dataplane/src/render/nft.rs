@@ -14,7 +14,7 @@
 //!   in iptables mode.
 //!
 //!   The endpoint maps are shared: each dispatch chain has an id, and its endpoints are the
-//!   keys `id << 16 | slot` of map `<protocol>-endpoints-<id / 32>`: `ct mark set numgen
+//!   keys `id << 16 | slot` of map `<protocol>-endpoints-<id / 8>`: `ct mark set numgen
 //!   random mod N offset <id << 16>` draws one into the connection's conntrack mark and
 //!   `dnat ip addr . port to ct mark map @...` looks it up. A rule with `dnat` makes the
 //!   kernel validate the whole table when it is added, one that only sets the mark does not,
@@ -32,10 +32,12 @@
 //! Session affinity and loadBalancerSourceRanges are not rendered for nftables yet: a
 //! service that uses them is an error rather than rules that mean something else.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::compile::ServicePlan;
 use crate::model::{Endpoint, NodeConfig, Protocol, ServiceEntry, Snapshot};
@@ -105,7 +107,7 @@ pub fn table(
 }
 
 /// Dispatch chains that share one endpoint map (see the module docs).
-const CHAINS_PER_MAP: u32 = 32;
+const CHAINS_PER_MAP: u32 = 8;
 /// Key bits of a slot: a chain draws from keys `id << SLOT_BITS ..`.
 const SLOT_BITS: u32 = 16;
 /// The most endpoints one dispatch chain can draw from.
@@ -296,7 +298,9 @@ fn assemble<'a>(
     let mut t = fragments_only(layout, fragments.clone());
     t.chains.splice(0..0, fixed_chains(node, layout));
     if layout == Layout::Fast {
-        let pairs: BTreeSet<&String> = fragments.flat_map(|f| &f.hairpin).collect();
+        let mut pairs: Vec<&String> = fragments.flat_map(|f| &f.hairpin).collect();
+        pairs.sort_unstable();
+        pairs.dedup();
         t.sets.push((
             "hairpin".into(),
             HAIRPIN,
@@ -521,11 +525,12 @@ fn fragment<'p>(
         }
     }
     if layout == Layout::Fast {
-        f.hairpin = plan
-            .reachable()
-            .iter()
-            .map(|e| format!("{} . {}", e.ip, e.ip))
-            .collect();
+        // Pairs are per address, whatever the ports: sorted and deduplicated as numbers,
+        // not as text, since a first sync makes hundreds of thousands.
+        let mut ips: Vec<Ipv4Addr> = plan.reachable_ips();
+        ips.sort_unstable();
+        ips.dedup();
+        f.hairpin = ips.iter().map(|ip| format!("{ip} . {ip}")).collect();
     }
 
     let mark = node.masquerade_mark();
@@ -539,7 +544,7 @@ fn fragment<'p>(
             return Ok(vec![kube_proxy_dispatch(plan, endpoints)]);
         }
         // A duplicate would take a slot of its own and leave a gap that `mod N` draws.
-        let mut seen = HashSet::new();
+        let mut seen = FxHashSet::default();
         let wanted: Vec<String> = endpoints
             .iter()
             .filter(|ep| seen.insert((ep.ip, ep.port)))
@@ -553,7 +558,7 @@ fn fragment<'p>(
         }
         let (id, previous) = endpoint_id(chain)?;
         let base = endpoint_base(id);
-        let elements = slots(previous, base, &wanted);
+        let elements = slots(previous, base, wanted);
         let offset = match base {
             0 => String::new(),
             b => format!(" offset {b}"),
@@ -652,7 +657,7 @@ pub struct NftSync {
     node: Option<NodeConfig>,
     services: BTreeMap<(String, Protocol), (Arc<ServiceEntry>, Fragment)>,
     /// How many fragments hold each hairpin pair (two services may share a Pod).
-    hairpin: HashMap<String, usize>,
+    hairpin: FxHashMap<String, usize>,
     ids: Ids,
     /// The endpoint maps written since the last whole table, with their declarations:
     /// partial syncs empty them but do not delete them.
@@ -666,7 +671,7 @@ impl NftSync {
             layout,
             node: None,
             services: BTreeMap::new(),
-            hairpin: HashMap::new(),
+            hairpin: FxHashMap::default(),
             ids: Ids::default(),
             endpoint_maps: BTreeMap::new(),
         }
@@ -820,7 +825,7 @@ impl NftSync {
         }
         // The new side is read from the changed fragments before they move into the table.
         let mut new = fragments_only(self.layout, changed.iter().map(|(_, _, f)| f));
-        let mut delta: HashMap<String, isize> = HashMap::new();
+        let mut delta: FxHashMap<String, isize> = FxHashMap::default();
         for pair in changed.iter().flat_map(|(_, _, f)| &f.hairpin) {
             *delta.entry(pair.clone()).or_default() += 1;
         }
@@ -937,12 +942,14 @@ impl NftUpdate {
 /// duplicates), slots `0..n`.
 /// Endpoints in `previous` keep their slots; new ones fill the slots of those that left, and
 /// when fewer remain, the ones in the highest slots move down into the gaps.
-fn slots(previous: Option<&MapElements>, base: u32, wanted: &[String]) -> MapElements {
+fn slots(previous: Option<&MapElements>, base: u32, wanted: Vec<String>) -> MapElements {
+    let Some(previous) = previous else {
+        return (base..).map(|key| key.to_string()).zip(wanted).collect();
+    };
     let n = wanted.len();
     let wanted_set: HashSet<&str> = wanted.iter().map(String::as_str).collect();
     let mut by_slot: BTreeMap<usize, &str> = previous
-        .into_iter()
-        .flatten()
+        .iter()
         .filter_map(|(k, v)| {
             let key: u32 = k.parse().ok()?;
             Some((key.checked_sub(base)? as usize, v.as_str()))
@@ -1252,14 +1259,14 @@ mod tests {
     #[test]
     fn slots_without_a_previous_map_follow_the_given_order() {
         assert_eq!(
-            slots(None, 0, &owned(&["a", "b", "c"])),
+            slots(None, 0, owned(&["a", "b", "c"])),
             pairs(&[("0", "a"), ("1", "b"), ("2", "c")])
         );
         assert_eq!(
-            slots(None, 65536, &owned(&["a", "b"])),
+            slots(None, 65536, owned(&["a", "b"])),
             pairs(&[("65536", "a"), ("65537", "b")])
         );
-        assert_eq!(slots(None, 0, &[]), MapElements::new());
+        assert_eq!(slots(None, 0, vec![]), MapElements::new());
     }
 
     #[test]
@@ -1267,22 +1274,22 @@ mod tests {
         let previous = pairs(&[("0", "a"), ("1", "b"), ("2", "c"), ("3", "d")]);
         // b left and e came: e takes b's slot.
         assert_eq!(
-            slots(Some(&previous), 0, &owned(&["e", "d", "c", "a"])),
+            slots(Some(&previous), 0, owned(&["e", "d", "c", "a"])),
             pairs(&[("0", "a"), ("1", "e"), ("2", "c"), ("3", "d")])
         );
         // b left: d, in the highest slot, moves down into it.
         assert_eq!(
-            slots(Some(&previous), 0, &owned(&["a", "c", "d"])),
+            slots(Some(&previous), 0, owned(&["a", "c", "d"])),
             pairs(&[("0", "a"), ("1", "d"), ("2", "c")])
         );
         // a and b left, e came: e fills slot 0, d moves to slot 1.
         assert_eq!(
-            slots(Some(&previous), 0, &owned(&["c", "d", "e"])),
+            slots(Some(&previous), 0, owned(&["c", "d", "e"])),
             pairs(&[("0", "e"), ("1", "d"), ("2", "c")])
         );
         // Two came: they take the slots after the last.
         assert_eq!(
-            slots(Some(&previous), 0, &owned(&["a", "b", "c", "d", "e", "f"])),
+            slots(Some(&previous), 0, owned(&["a", "b", "c", "d", "e", "f"])),
             pairs(&[
                 ("0", "a"),
                 ("1", "b"),
