@@ -7,6 +7,8 @@
 //! iproute2, iptables and nftables; without them it says why and prints `{"skipped": ...}`.
 //! `SYNC_BENCH_SIZES` (e.g. `1000x10,10000x10,5000x50`) picks the sizes and
 //! `SYNC_BENCH_LAYOUTS` (e.g. `nft-fast,iptables`; default all three) the layouts.
+//! Endpoints run `SYNC_BENCH_PODS_PER_NODE` (default 110, kubelet's default maxPods) to a
+//! node, the first ones on the node whose rules are measured.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -30,8 +32,9 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// `n` ClusterIP services with `m` endpoints each; service `i` is 10.96.x.y:80.
-fn snapshot(n: usize, m: usize) -> Snapshot {
+/// `n` ClusterIP services with `m` endpoints each; service `i` is 10.96.x.y:80. Endpoints
+/// run `per_node` to a node, the first ones on the node the rules are for.
+fn snapshot(n: usize, m: usize, per_node: usize) -> Snapshot {
     let mut snapshot = Snapshot::default();
     for i in 0..n {
         let port = ServicePort {
@@ -68,7 +71,10 @@ fn snapshot(n: usize, m: usize) -> Snapshot {
                     ready: true,
                     serving: true,
                     terminating: false,
-                    node: Some("bench-node".into()),
+                    node: Some(match idx as usize / per_node.max(1) {
+                        0 => "bench-node".into(),
+                        k => format!("bench-node-{k}"),
+                    }),
                 }
             })
             .collect();
@@ -266,8 +272,8 @@ struct Figures {
     text_mb: f64,
 }
 
-fn measure(kind: Kind, n: usize, m: usize, timeout: Duration) -> Figures {
-    let snap = with_real_endpoint(snapshot(n, m));
+fn measure(kind: Kind, n: usize, m: usize, per_node: usize, timeout: Duration) -> Figures {
+    let snap = with_real_endpoint(snapshot(n, m, per_node));
     let node = node();
     let started = Instant::now();
     // The fast layout's sync loop writes a first sync from the table as data (see below):
@@ -421,7 +427,7 @@ fn measure(kind: Kind, n: usize, m: usize, timeout: Duration) -> Figures {
 /// A lab whose rules hold `n` services in `kind`'s layout, and the address of the last one,
 /// which reaches the lab's Pod.
 fn first_connection_lab(kind: Kind, n: usize) -> (Lab, String) {
-    let snap = with_real_endpoint(snapshot(n, 1));
+    let snap = with_real_endpoint(snapshot(n, 1, 1));
     let node = node();
     let lab = Lab::new(&format!("fc-{}-{n}", kind.name()));
     let (tool, args, text): (&str, &[&str], String) = match kind {
@@ -502,6 +508,8 @@ fn main() {
         return;
     }
     let timeout = Duration::from_secs(env_or("SYNC_BENCH_TIMEOUT", 120));
+    // kubelet's default maxPods: 250,000 endpoints need at least 2,273 nodes.
+    let per_node = env_or("SYNC_BENCH_PODS_PER_NODE", 110);
     let sizes: Vec<(usize, usize)> = std::env::var("SYNC_BENCH_SIZES")
         .unwrap_or_else(|_| "1000x10,10000x10,5000x50".into())
         .split(',')
@@ -522,7 +530,7 @@ fn main() {
     let mut results: BTreeMap<(Kind, usize, usize), Figures> = BTreeMap::new();
     for &(n, m) in &sizes {
         for &kind in &kinds {
-            let f = measure(kind, n, m, timeout);
+            let f = measure(kind, n, m, per_node, timeout);
             let opt = |v: Option<f64>, p: usize| v.map_or("-".to_owned(), |v| format!("{v:.p$}"));
             println!(
                 "{:<16} {:>9} {:>10.3} {:>10} {:>12} {:>12} {:>9.1}",

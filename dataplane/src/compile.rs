@@ -293,12 +293,15 @@ impl<'a> ServicePlan<'a> {
         })
     }
 
-    /// The addresses of the endpoints a used policy chain can reach, unsorted, repeats
-    /// included.
-    pub fn reachable_ips(&self) -> Vec<std::net::Ipv4Addr> {
+    /// The addresses of the endpoints a used policy chain can reach that may run on node
+    /// `node_name` (theirs, or not known), unsorted, repeats included: only those can be the
+    /// client of their own connection here, since a Pod's traffic to a Service is DNATed on
+    /// the Pod's node.
+    pub fn hairpin_ips(&self, node_name: &str) -> Vec<std::net::Ipv4Addr> {
         let mut ips = Vec::new();
+        let here = |e: &&&Endpoint| e.node.as_deref().is_none_or(|n| n == node_name);
         if self.uses_cluster {
-            ips.extend(self.cluster_eps.iter().map(|e| e.ip));
+            ips.extend(self.cluster_eps.iter().filter(here).map(|e| e.ip));
         }
         if self.uses_local {
             ips.extend(self.local_eps.iter().map(|e| e.ip));

@@ -477,6 +477,33 @@ fn nftables_layouts_for_the_tutorial() {
 }
 
 #[test]
+fn the_fast_layouts_hairpin_set_holds_the_pods_that_may_run_on_this_node() {
+    use dataplane::render::nft::{Layout, table};
+    let mut objects = slice(&[
+        ready("10.244.1.200", "lab-worker"),
+        ready("10.244.2.192", "lab-worker2"),
+        ready("10.244.3.7", "lab-worker3"),
+    ]);
+    // An endpoint whose node is not known may be here.
+    objects.endpoints.as_mut_slice()[2].node_name = None;
+    let svc = hello_world("ClusterIP", |_, _| {});
+    let snapshot = Snapshot::from_objects(&[svc], &[objects]).unwrap();
+    let t = table(&snapshot, &node(), Layout::Fast).unwrap();
+    let (_, _, pairs) = t.sets.iter().find(|(n, _, _)| n == "hairpin").unwrap();
+    assert_eq!(
+        pairs,
+        &["10.244.1.200 . 10.244.1.200", "10.244.3.7 . 10.244.3.7"]
+    );
+    // Every endpoint is still drawn, wherever it runs.
+    let (_, _, slots) = t
+        .maps
+        .iter()
+        .find(|(n, _, _)| n == "tcp-endpoints-0")
+        .unwrap();
+    assert_eq!(slots.len(), 3);
+}
+
+#[test]
 fn nftables_refuses_what_it_cannot_express() {
     let svc = hello_world("ClusterIP", |spec, _| {
         spec.session_affinity = Some("ClientIP".into())
@@ -542,7 +569,7 @@ fn nft_fast_layout_changes_a_few_elements_when_one_of_a_thousand_endpoints_goes(
         .map(|i| {
             let ip: &'static str =
                 Box::leak(format!("10.244.{}.{}", 1 + i / 200, 10 + i % 200).into_boxed_str());
-            ready(ip, "lab-worker2")
+            ready(ip, "lab-worker")
         })
         .collect();
     let snap = |eps: &[Ep]| {

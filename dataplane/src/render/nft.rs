@@ -10,8 +10,8 @@
 //! - [`Layout::Fast`], table `ip services-lab`: one chain per service port that draws a key
 //!   with `numgen` and DNATs through a map of `key : addr . port`, so there are no
 //!   per-endpoint chains; hairpin traffic (a Pod reaching itself through its Service) is
-//!   masqueraded through one set of `pod . pod` pairs; NodePorts also answer on 127.0.0.1, as
-//!   in iptables mode.
+//!   masqueraded through one set of `pod . pod` pairs of this node's Pods; NodePorts also
+//!   answer on 127.0.0.1, as in iptables mode.
 //!
 //!   The endpoint maps are shared: each dispatch chain has an id, and its endpoints are the
 //!   keys `id << 16 | slot` of map `<protocol>-endpoints-<id / 8>`: `ct mark set numgen
@@ -525,9 +525,9 @@ fn fragment<'p>(
         }
     }
     if layout == Layout::Fast {
-        // Pairs are per address, whatever the ports: sorted and deduplicated as numbers,
-        // not as text, since a first sync makes hundreds of thousands.
-        let mut ips: Vec<Ipv4Addr> = plan.reachable_ips();
+        // Only this node's Pods can reach themselves through this node's rules. Pairs are
+        // per address, whatever the ports, sorted and deduplicated as numbers.
+        let mut ips: Vec<Ipv4Addr> = plan.hairpin_ips(&node.node_name);
         ips.sort_unstable();
         ips.dedup();
         f.hairpin = ips.iter().map(|ip| format!("{ip} . {ip}")).collect();
