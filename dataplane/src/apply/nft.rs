@@ -106,8 +106,8 @@ impl NftApplier {
     /// Sends `change` (from [`crate::render::nft::NftSync::update_change`]) to the kernel as
     /// one netlink transaction, without `nft`, which reads the whole table back first. Moving
     /// endpoints costs about a millisecond whatever the size of the table; a changed
-    /// modulus replaces a rule, after which the kernel checks the whole table at commit
-    /// (about 20 ms at 10,000 services).
+    /// modulus replaces the chain's draw rule (`ct mark set numgen ...`), which the kernel
+    /// commits without validating the table, so it costs about as much.
     pub fn apply_elements(&self, change: &ElementChange) -> Result<(), ApplyError> {
         if change.is_empty() {
             return Ok(());
