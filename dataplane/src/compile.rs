@@ -293,13 +293,17 @@ impl<'a> ServicePlan<'a> {
         })
     }
 
-    /// The addresses of the endpoints a used policy chain can reach that may run on node
-    /// `node_name` (theirs, or not known), unsorted, repeats included: only those can be the
-    /// client of their own connection here, since a Pod's traffic to a Service is DNATed on
-    /// the Pod's node.
+    /// The addresses of the endpoints a used policy chain can reach that may be their own
+    /// client through node `node_name`'s rules, unsorted, repeats included. A Pod's traffic
+    /// to a cluster, load-balancer or external IP is DNATed on the Pod's own node, so only
+    /// endpoints there (or on no known node) count; but with externalTrafficPolicy Local,
+    /// Pod traffic to this node's NodePort goes to the Cluster chain without masquerade, so a
+    /// Pod on another node may be sent back to itself and every endpoint counts.
     pub fn hairpin_ips(&self, node_name: &str) -> Vec<std::net::Ipv4Addr> {
         let mut ips = Vec::new();
-        let here = |e: &&&Endpoint| e.node.as_deref().is_none_or(|n| n == node_name);
+        let here = |e: &&&Endpoint| {
+            self.external_local || e.node.as_deref().is_none_or(|n| n == node_name)
+        };
         if self.uses_cluster {
             ips.extend(self.cluster_eps.iter().filter(here).map(|e| e.ip));
         }

@@ -148,7 +148,8 @@ enum Mode {
 enum NftLayout {
     /// kube-proxy's nftables layout (table `ip kube-proxy`).
     KubeProxy,
-    /// No per-endpoint chains: a numgen-indexed DNAT map per service (table `ip services-lab`).
+    /// No per-endpoint chains: a key drawn with numgen into the conntrack mark, DNATed
+    /// through shared maps of key to `addr . port` (table `ip services-lab`).
     Fast,
 }
 

@@ -679,7 +679,7 @@ fn a_refused_netlink_change_leaves_the_table_as_it_was() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(before, lab.nft_canonical(layout.table()));
-    // A dispatch rule that is not as expected: nothing is sent.
+    // A draw rule that is not as expected: nothing is sent.
     let chain = dataplane::names::svc_chain("default/hello-world", dataplane::model::Protocol::Tcp)
         .replace("KUBE-SVC-", "svc-");
     let stale = ElementChange {
@@ -689,7 +689,7 @@ fn a_refused_netlink_change_leaves_the_table_as_it_was() {
         ..ElementChange::default()
     };
     let error = applier.apply_elements(&stale).unwrap_err().to_string();
-    assert!(error.contains("no dispatch rule with modulus 7"), "{error}");
+    assert!(error.contains("no draw rule with modulus 7"), "{error}");
     assert_eq!(before, lab.nft_canonical(layout.table()));
     // The kept socket still serves the next change.
     let change = sync

@@ -477,7 +477,7 @@ fn nftables_layouts_for_the_tutorial() {
 }
 
 #[test]
-fn the_fast_layouts_hairpin_set_holds_the_pods_that_may_run_on_this_node() {
+fn the_fast_layouts_hairpin_set_holds_the_pods_that_can_be_sent_back_to_themselves_here() {
     use dataplane::render::nft::{Layout, table};
     let mut objects = slice(&[
         ready("10.244.1.200", "lab-worker"),
@@ -501,6 +501,20 @@ fn the_fast_layouts_hairpin_set_holds_the_pods_that_may_run_on_this_node() {
         .find(|(n, _, _)| n == "tcp-endpoints-0")
         .unwrap();
     assert_eq!(slots.len(), 3);
+
+    // A NodePort with externalTrafficPolicy Local sends Pod traffic to the Cluster chain
+    // unmasqueraded: a Pod on another node can reach this node's NodePort and be sent back
+    // to itself, so every endpoint keeps its pair.
+    let local = hello_world("NodePort", |spec, _| {
+        spec.external_traffic_policy = Some("Local".into())
+    });
+    let snapshot = Snapshot::from_objects(&[local], &[slice(TWO)]).unwrap();
+    let t = table(&snapshot, &node(), Layout::Fast).unwrap();
+    let (_, _, pairs) = t.sets.iter().find(|(n, _, _)| n == "hairpin").unwrap();
+    assert_eq!(
+        pairs,
+        &["10.244.1.200 . 10.244.1.200", "10.244.2.192 . 10.244.2.192"]
+    );
 }
 
 #[test]

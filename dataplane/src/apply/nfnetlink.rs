@@ -1,6 +1,6 @@
 //! nf_tables netlink messages for an [`ElementChange`]: one batch (one kernel transaction)
-//! of set element deletions and additions, plus, for each chain whose dispatch modulus
-//! changes, that rule read back from the kernel and replaced with the new modulus patched in.
+//! of set element deletions and additions, plus, for each chain whose draw modulus changes,
+//! its draw rule read back from the kernel and replaced with the new modulus patched in.
 //!
 //! Building the messages is pure ([`Batch`]); [`send`] talks to the kernel. Only what a
 //! partial sync of endpoints needs is here; everything else goes through `nft -f`.
@@ -71,9 +71,9 @@ pub enum NetlinkError {
         /// The kernel's error number.
         source: std::io::Error,
     },
-    /// Nothing was sent: a chain's dispatch rule was not as the last sync left it.
-    #[error("chain {chain} of table {table} has no dispatch rule with modulus {modulus}")]
-    NoDispatchRule {
+    /// Nothing was sent: a chain's draw rule was not as the last sync left it.
+    #[error("chain {chain} of table {table} has no draw rule with modulus {modulus}")]
+    NoDrawRule {
         /// The table.
         table: String,
         /// The chain.
@@ -180,7 +180,7 @@ impl Batch {
     /// Replaces rule `rule` (as the kernel dumped it) of `table`/`chain` with its expressions
     /// `expressions`.
     fn replace_rule(&mut self, table: &str, chain: &str, rule: &DumpedRule, expressions: &[u8]) {
-        let what = format!("replacing the dispatch rule of {table}/{chain}");
+        let what = format!("replacing the draw rule of {table}/{chain}");
         self.message(NFT_MSG_NEWRULE, NLM_F_REPLACE, what, |buf| {
             attr(buf, NFTA_RULE_TABLE, &strz(table));
             attr(buf, NFTA_RULE_CHAIN, &strz(chain));
@@ -249,7 +249,7 @@ pub fn send(socket: &OwnedFd, change: &ElementChange) -> Result<(), NetlinkError
         let rule = dumped
             .into_iter()
             .find_map(|rule| patch_modulus(&rule.expressions, *from, *to).map(|e| (rule, e)))
-            .ok_or_else(|| NetlinkError::NoDispatchRule {
+            .ok_or_else(|| NetlinkError::NoDrawRule {
                 table: table.to_owned(),
                 chain: chain.clone(),
                 modulus: *from,

@@ -10,15 +10,19 @@
 //! - [`Layout::Fast`], table `ip services-lab`: one chain per service port that draws a key
 //!   with `numgen` and DNATs through a map of `key : addr . port`, so there are no
 //!   per-endpoint chains; hairpin traffic (a Pod reaching itself through its Service) is
-//!   masqueraded through one set of `pod . pod` pairs of this node's Pods; NodePorts also
-//!   answer on 127.0.0.1, as in iptables mode.
+//!   masqueraded through one set of `pod . pod` pairs (of this node's Pods, unless a
+//!   NodePort with externalTrafficPolicy Local can send another node's Pod back to itself);
+//!   NodePorts also answer on 127.0.0.1, as in iptables mode.
 //!
 //!   The endpoint maps are shared: each dispatch chain has an id, and its endpoints are the
 //!   keys `id << 16 | slot` of map `<protocol>-endpoints-<id / 8>`: `ct mark set numgen
 //!   random mod N offset <id << 16>` draws one into the connection's conntrack mark and
 //!   `dnat ip addr . port to ct mark map @...` looks it up. A rule with `dnat` makes the
 //!   kernel validate the whole table when it is added, one that only sets the mark does not,
-//!   so a changed `mod N` is a cheap rule replacement. Each protocol has its own maps: `nft`
+//!   so a changed `mod N` is a cheap rule replacement. The layout thus owns the conntrack
+//!   mark of connections to Services: whatever copies it back to packet marks (policy
+//!   routing, `meta mark set ct mark`) sees the drawn key, so such hosts want
+//!   [`Layout::KubeProxy`]. Each protocol has its own maps: `nft`
 //!   refuses to add a rule for one protocol that reads a map declared with another's port.
 //!   One map per chain would make a full sync quadratic in the kernel, which looks a new
 //!   named set up among all the table's sets; one map for all would too, as the kernel checks
@@ -202,9 +206,11 @@ impl Dispatch {
         let modulus = words.next()?.parse().ok()?;
         let offset = match words.next() {
             Some("offset") => words.next()?.parse().ok()?,
-            _ => 0,
+            Some(_) => return None,
+            None => 0,
         };
-        Some((modulus, offset))
+        // Anything more would be lost by a change that only patches the modulus.
+        words.next().is_none().then_some((modulus, offset))
     }
 
     /// The map a rule looks the drawn key up in: `... to ct mark map @M`.
@@ -525,8 +531,8 @@ fn fragment<'p>(
         }
     }
     if layout == Layout::Fast {
-        // Only this node's Pods can reach themselves through this node's rules. Pairs are
-        // per address, whatever the ports, sorted and deduplicated as numbers.
+        // Only Pods that can be sent back to themselves through this node's rules (see
+        // `hairpin_ips`). Pairs are per address, whatever the ports.
         let mut ips: Vec<Ipv4Addr> = plan.hairpin_ips(&node.node_name);
         ips.sort_unstable();
         ips.dedup();
@@ -1253,6 +1259,19 @@ mod tests {
             Dispatch::parse(["meta l4proto tcp dnat ip to ct mark map @tcp-endpoints-1"]),
             None,
             "a lookup without a draw before it"
+        );
+        // A patch of the modulus alone would lose anything else in the rule.
+        assert_eq!(
+            Dispatch::draw("ct mark set numgen random mod 2 offset 65536"),
+            Some((2, 65536))
+        );
+        assert_eq!(
+            Dispatch::draw("ct mark set numgen random mod 2 counter"),
+            None
+        );
+        assert_eq!(
+            Dispatch::draw("ct mark set numgen random mod 2 offset 65536 counter"),
+            None
         );
     }
 
