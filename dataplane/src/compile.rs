@@ -294,22 +294,23 @@ impl<'a> ServicePlan<'a> {
     }
 
     /// The addresses of the endpoints a used policy chain can reach that may be their own
-    /// client through node `node_name`'s rules, unsorted, repeats included. A Pod's traffic
+    /// client through node `node_name`'s rules, sorted, each once. A Pod's traffic
     /// to a cluster, load-balancer or external IP is DNATed on the Pod's own node, so only
     /// endpoints there (or on no known node) count; but with externalTrafficPolicy Local,
     /// Pod traffic to this node's NodePort goes to the Cluster chain without masquerade, so a
     /// Pod on another node may be sent back to itself and every endpoint counts.
     pub fn hairpin_ips(&self, node_name: &str) -> Vec<std::net::Ipv4Addr> {
         let mut ips = Vec::new();
-        let here = |e: &&&Endpoint| {
-            self.external_local || e.node.as_deref().is_none_or(|n| n == node_name)
-        };
+        let any_node = self.external_local;
+        let here = |e: &&&Endpoint| any_node || e.node.as_deref().is_none_or(|n| n == node_name);
         if self.uses_cluster {
             ips.extend(self.cluster_eps.iter().filter(here).map(|e| e.ip));
         }
         if self.uses_local {
             ips.extend(self.local_eps.iter().map(|e| e.ip));
         }
+        ips.sort_unstable();
+        ips.dedup();
         ips
     }
 

@@ -533,10 +533,11 @@ fn fragment<'p>(
     if layout == Layout::Fast {
         // Only Pods that can be sent back to themselves through this node's rules (see
         // `hairpin_ips`). Pairs are per address, whatever the ports.
-        let mut ips: Vec<Ipv4Addr> = plan.hairpin_ips(&node.node_name);
-        ips.sort_unstable();
-        ips.dedup();
-        f.hairpin = ips.iter().map(|ip| format!("{ip} . {ip}")).collect();
+        f.hairpin = plan
+            .hairpin_ips(&node.node_name)
+            .iter()
+            .map(|ip| format!("{ip} . {ip}"))
+            .collect();
     }
 
     let mark = node.masquerade_mark();
