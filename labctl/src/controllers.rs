@@ -36,6 +36,8 @@ struct Ctx {
     recorder: Recorder,
     /// Pods whose termination has started (uids), so that it starts once.
     stopping: Arc<std::sync::Mutex<HashSet<String>>>,
+    /// What the EndpointSlice controller made at its last reconcile of each Service.
+    endpoint_cache: std::sync::Mutex<endpoints::EndpointCache>,
 }
 
 /// Whether a Pod's Ready condition is true.
@@ -205,7 +207,15 @@ fn tasks_for(router: &Router, event: &Event, out: &mut Vec<Task>) {
                 });
             }
         }
-        Kind::Service => out.push(Task::Service(ns, name)),
+        Kind::Service => {
+            out.push(Task::Service(ns.clone(), name.clone()));
+            out.push(Task::Endpoints(ns, name));
+        }
+        Kind::EndpointSlice => {
+            if let Some((ns, svc)) = endpoints::service_of_slice(obj) {
+                out.push(Task::Endpoints(ns, svc));
+            }
+        }
         Kind::Namespace if obj["metadata"]["deletionTimestamp"].is_string() => {
             out.push(Task::Namespace(name))
         }
@@ -248,6 +258,7 @@ pub fn start(api: Arc<Api>, runtime: Arc<dyn PodRuntime>) -> std::thread::JoinHa
         api,
         runtime,
         stopping: Arc::default(),
+        endpoint_cache: Default::default(),
     };
     std::thread::Builder::new()
         .name("controllers".into())
@@ -282,6 +293,7 @@ fn run(ctx: &Ctx, pods: &pod_index::PodIndex, task: Task) {
         Task::ReplicaSet(ns, name) => replicaset::reconcile(ctx, pods, ns, name),
         Task::Pod(ns, name) => kubelet::reconcile(ctx, pods, ns, name),
         Task::Service(ns, name) | Task::ServiceNow(ns, name) => endpoints::reconcile(ctx, ns, name),
+        Task::Endpoints(ns, name) => endpoints::reconcile_mirror(ctx, ns, name),
         Task::Collect(uid) => gc::collect(ctx, uid),
         Task::Namespace(name) => gc::finish_namespace(ctx, name),
     };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -401,7 +401,7 @@ async fn a_ready_endpoint_never_leaves_the_slices_while_others_come_and_go() {
         .unwrap();
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
     let mut events = watcher(
-        slices,
+        slices.clone(),
         watcher::Config::default().labels("kubernetes.io/service-name=many"),
     )
     .boxed();
@@ -412,7 +412,7 @@ async fn a_ready_endpoint_never_leaves_the_slices_while_others_come_and_go() {
     // Five slices fill up as the Pods get ready; then Pods are deleted and replaced. Every
     // state the watcher sees must hold every endpoint that was ready before and still is
     // (a deleted Pod's endpoint may go).
-    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let mut state = std::collections::BTreeMap::new();
     let mut kept: std::collections::BTreeSet<String> = Default::default();
     let mut gone: std::collections::BTreeSet<String> = Default::default();
@@ -464,5 +464,42 @@ async fn a_ready_endpoint_never_leaves_the_slices_while_others_come_and_go() {
             gone.insert(ip);
             deleted += 1;
         }
+    }
+
+    // The Endpoints object follows the slices (after them, for readers): the same ready
+    // addresses once the replacements are ready and the deleted Pods gone.
+    let endpoints: Api<Endpoints> = Api::namespaced(client, "default");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = slices
+            .list(&ListParams::default().labels("kubernetes.io/service-name=many"))
+            .await
+            .unwrap();
+        let in_slices = ready_ips(
+            &listed
+                .items
+                .into_iter()
+                .map(|s| (s.metadata.name.clone().unwrap(), s))
+                .collect(),
+        );
+        let mirror = endpoints.get("many").await.unwrap();
+        let in_mirror: std::collections::BTreeSet<String> = mirror
+            .subsets
+            .iter()
+            .flatten()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .map(|a| a.ip.clone())
+            .collect();
+        if in_mirror == in_slices && in_slices.len() == replicas {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after 30 s the Endpoints list {} ready addresses and the slices {} ({} differ)",
+            in_mirror.len(),
+            in_slices.len(),
+            in_mirror.symmetric_difference(&in_slices).count()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -1,12 +1,14 @@
 //! A Service's EndpointSlices (up to 100 endpoints each, as the EndpointSlice controller makes
 //! them), its read-only Endpoints mirror, and its LoadBalancer address from the lab's pool.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use labapi::selector::LabelSelector;
 use labapi::{ApiError, Kind};
+use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
 
 use super::{Ctx, endpoint_ready, is_ready, meta};
@@ -15,6 +17,40 @@ use crate::apiserver::Api;
 const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+
+/// One endpoint of a slice, shared between the cache and the slices that hold it.
+type Endpoint = Arc<Value>;
+/// Resolved ports, and the endpoints that have them.
+type Group = (Vec<Value>, Vec<Endpoint>);
+/// Ports resolved on one Pod: (name, port, protocol) for each Service port.
+type ResolvedPorts = Vec<(String, i64, String)>;
+
+/// What the controller made for each Service at its last reconcile. A reconcile runs over
+/// every Pod of the namespace each time one of a Service's Pods changes; with this, a Pod
+/// whose stored object is the one seen last time costs a pointer lookup, not a read of its
+/// labels, status and uid, and the slices' unchanged endpoints are compared by pointer.
+#[derive(Default)]
+pub struct EndpointCache {
+    services: HashMap<(String, String), ServiceMemo>,
+}
+
+#[derive(Default)]
+struct ServiceMemo {
+    /// The stored Service the Pods below were selected with.
+    service: Option<Arc<Value>>,
+    /// Every Pod of the namespace, by the address of its stored object (held here, so the
+    /// address names that object only): the object, and its endpoint when the Service
+    /// selected it.
+    pods: FxHashMap<usize, (Arc<Value>, Option<Endpoint>)>,
+    /// Slice name -> the stored slice and its endpoints (equal by value).
+    slices: HashMap<String, (Arc<Value>, Vec<Endpoint>)>,
+}
+
+/// The Service (namespace, name) that a slice belongs to, by its label.
+pub fn service_of_slice(slice: &Value) -> Option<(String, String)> {
+    let name = slice["metadata"]["labels"][SERVICE_NAME_LABEL].as_str()?;
+    Some((meta(slice, "namespace").to_owned(), name.to_owned()))
+}
 
 /// A Service's selector; `None` for Services without one (their slices are managed elsewhere).
 pub fn selector_of(svc: &Value) -> Option<LabelSelector> {
@@ -51,10 +87,47 @@ fn endpoint(pod: &Value) -> Value {
     })
 }
 
-/// Desired endpoints, grouped by their resolved ports.
-fn desired_groups(svc: &Value, pods: &[Arc<Value>]) -> Vec<(Vec<Value>, Vec<Value>)> {
+/// Whether a Service's endpoints include this Pod: selected, with an address, not finished.
+fn selects(selector: &LabelSelector, pod: &Value) -> bool {
+    selector.matches_object(pod)
+        && pod["status"]["podIP"].is_string()
+        && !matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+/// Desired endpoints of the namespace's `pods` (in name order), grouped by their resolved
+/// ports. The memo's Pods are those of the last reconcile on entry and this one's on return.
+fn desired_groups(
+    svc: &Arc<Value>,
+    selector: &LabelSelector,
+    pods: &[Arc<Value>],
+    memo: &mut ServiceMemo,
+) -> Vec<Group> {
+    let same_service = memo.service.as_ref().is_some_and(|s| Arc::ptr_eq(s, svc));
+    let mut before = std::mem::take(&mut memo.pods);
+    let mut selected = Vec::new();
+    for pod in pods {
+        let address = Arc::as_ptr(pod) as usize;
+        let known = before.remove(&address);
+        let endpoint = match known {
+            Some((_, endpoint)) if same_service => endpoint,
+            known => selects(selector, pod).then(|| {
+                known
+                    .and_then(|(_, endpoint)| endpoint)
+                    .unwrap_or_else(|| Arc::new(endpoint(pod)))
+            }),
+        };
+        if let Some(endpoint) = &endpoint {
+            selected.push((pod, endpoint.clone()));
+        }
+        memo.pods.insert(address, (pod.clone(), endpoint));
+    }
+    memo.service = Some(svc.clone());
+
     let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
-    let resolve = |pod: &Value| -> Option<Vec<(String, i64, String)>> {
+    let resolve = |pod: &Value| -> Option<ResolvedPorts> {
         ports
             .iter()
             .map(|p| {
@@ -64,20 +137,17 @@ fn desired_groups(svc: &Value, pods: &[Arc<Value>]) -> Vec<(Vec<Value>, Vec<Valu
             })
             .collect()
     };
-    // Numeric target ports resolve the same for every Pod: once, not once per Pod, as this
-    // runs for every Pod of a Service each time one of them changes.
-    let shared = ports
-        .iter()
-        .all(|p| !p["targetPort"].is_string())
-        .then(|| resolve(&Value::Null));
-    let mut groups: BTreeMap<Vec<(String, i64, String)>, Vec<Value>> = BTreeMap::new();
-    for pod in pods {
-        let resolved = match &shared {
-            Some(ports) => ports.clone(),
-            None => resolve(pod),
-        };
-        if let Some(resolved) = resolved {
-            groups.entry(resolved).or_default().push(endpoint(pod));
+    let mut groups: BTreeMap<ResolvedPorts, Vec<Endpoint>> = BTreeMap::new();
+    // Numeric target ports resolve the same for every Pod: once, not once per Pod.
+    if ports.iter().all(|p| !p["targetPort"].is_string()) {
+        if let Some(shared) = resolve(&Value::Null).filter(|_| !selected.is_empty()) {
+            groups.insert(shared, selected.into_iter().map(|(_, e)| e).collect());
+        }
+    } else {
+        for (pod, endpoint) in selected {
+            if let Some(resolved) = resolve(pod) {
+                groups.entry(resolved).or_default().push(endpoint);
+            }
         }
     }
     groups
@@ -96,8 +166,23 @@ fn desired_groups(svc: &Value, pods: &[Arc<Value>]) -> Vec<(Vec<Value>, Vec<Valu
 /// one) and existing slices to delete.
 #[derive(Debug, Default, PartialEq)]
 struct Placement {
-    slices: Vec<(Option<String>, Vec<Value>, Vec<Value>)>,
+    slices: Vec<(Option<String>, Vec<Value>, Vec<Endpoint>)>,
     delete: Vec<String>,
+}
+
+/// What an endpoint is known by: its Pod's uid, or its address when it has no Pod.
+fn endpoint_key(e: &Value) -> Cow<'_, str> {
+    match e["targetRef"]["uid"].as_str() {
+        Some(uid) => Cow::Borrowed(uid),
+        None => Cow::Owned(e["addresses"][0].to_string()),
+    }
+}
+
+/// A stored slice as placement sees it.
+struct Existing<'a> {
+    name: &'a str,
+    ports: Option<&'a Vec<Value>>,
+    endpoints: Vec<Endpoint>,
 }
 
 /// Places `groups` (ports, endpoints) into the `existing` slices as Kubernetes' EndpointSlice
@@ -107,30 +192,65 @@ struct Placement {
 /// slice. (Cutting the sorted endpoints into chunks instead shifted every later chunk by one
 /// on each change, one slice write at a time, and between two writes an endpoint was in no
 /// slice, or in two, for every node's dataplane to see and sync.)
-fn place(existing: &[Arc<Value>], groups: &[(Vec<Value>, Vec<Value>)]) -> Placement {
-    let key = |e: &Value| match e["targetRef"]["uid"].as_str() {
-        Some(uid) => uid.to_owned(),
-        None => e["addresses"][0].to_string(),
-    };
+fn place(existing: &[Existing], groups: &[Group]) -> Placement {
     let mut placement = Placement::default();
     let mut used = vec![false; existing.len()];
     for (ports, endpoints) in groups {
-        let mut wanted: HashMap<String, &Value> = endpoints.iter().map(|e| (key(e), e)).collect();
-        let mut slices: Vec<(Option<String>, Vec<Value>)> = Vec::new();
-        for (slice, used) in existing.iter().zip(used.iter_mut()) {
-            if *used || slice["ports"].as_array() != Some(ports) {
-                continue;
-            }
-            *used = true;
-            let kept = slice["endpoints"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| wanted.remove(&key(e)).cloned())
-                .collect();
-            slices.push((Some(meta(slice, "name").to_owned()), kept));
+        let mine: Vec<&Existing> = existing
+            .iter()
+            .zip(used.iter_mut())
+            .filter(|(slice, used)| !**used && slice.ports == Some(ports))
+            .map(|(slice, used)| {
+                *used = true;
+                slice
+            })
+            .collect();
+        // Which desired endpoint each held one still is: the same one by pointer (an
+        // unchanged Pod's), then by key among the rest (a Pod that changed).
+        let mut taken = vec![false; endpoints.len()];
+        let by_pointer: FxHashMap<*const Value, usize> = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (Arc::as_ptr(e), i))
+            .collect();
+        let mut kept: Vec<Vec<Option<usize>>> = Vec::with_capacity(mine.len());
+        for slice in &mine {
+            let same = |e: &Endpoint| by_pointer.get(&Arc::as_ptr(e)).copied();
+            let held = slice
+                .endpoints
+                .iter()
+                .map(|e| same(e).filter(|&i| !std::mem::replace(&mut taken[i], true)));
+            kept.push(held.collect());
         }
-        let mut newcomers = endpoints.iter().filter(|e| wanted.contains_key(&key(e)));
+        let mut by_key: HashMap<Cow<str>, usize> = endpoints
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| !taken[i])
+            .map(|(i, e)| (endpoint_key(e), i))
+            .collect();
+        for (slice, kept) in mine.iter().zip(&mut kept) {
+            for (e, kept) in slice.endpoints.iter().zip(kept.iter_mut()) {
+                if kept.is_none() && !by_key.is_empty() {
+                    *kept = by_key.remove(endpoint_key(e).as_ref());
+                    if let Some(i) = *kept {
+                        taken[i] = true;
+                    }
+                }
+            }
+        }
+        let mut slices: Vec<(Option<String>, Vec<Endpoint>)> = mine
+            .iter()
+            .zip(kept)
+            .map(|(slice, kept)| {
+                let kept = kept.into_iter().flatten().map(|i| endpoints[i].clone());
+                (Some(slice.name.to_owned()), kept.collect())
+            })
+            .collect();
+        let mut newcomers = endpoints
+            .iter()
+            .zip(&taken)
+            .filter(|(_, taken)| !**taken)
+            .map(|(e, _)| e);
         for (_, kept) in &mut slices {
             while kept.len() < MAX_ENDPOINTS_PER_SLICE {
                 let Some(e) = newcomers.next() else { break };
@@ -138,7 +258,7 @@ fn place(existing: &[Arc<Value>], groups: &[(Vec<Value>, Vec<Value>)]) -> Placem
             }
         }
         loop {
-            let chunk: Vec<Value> = newcomers
+            let chunk: Vec<Endpoint> = newcomers
                 .by_ref()
                 .take(MAX_ENDPOINTS_PER_SLICE)
                 .cloned()
@@ -157,7 +277,7 @@ fn place(existing: &[Arc<Value>], groups: &[(Vec<Value>, Vec<Value>)]) -> Placem
     }
     for (slice, used) in existing.iter().zip(&used) {
         if !used {
-            placement.delete.push(meta(slice, "name").to_owned());
+            placement.delete.push(slice.name.to_owned());
         }
     }
     // A Service with no endpoints still has one (empty) slice, as on a real cluster.
@@ -168,12 +288,37 @@ fn place(existing: &[Arc<Value>], groups: &[(Vec<Value>, Vec<Value>)]) -> Placem
     placement
 }
 
-fn endpoints_mirror(svc: &Value, slices: &[(Vec<Value>, Vec<Value>)]) -> Value {
-    let subsets: Vec<Value> = slices
-        .iter()
+/// The Service's Endpoints, as the endpoints controller keeps them for older readers: the
+/// addresses of its slices by port set, in Pod name order, ready ones apart from the rest
+/// (terminating ones left out).
+fn endpoints_mirror(svc: &Value, slices: &[Arc<Value>]) -> Value {
+    let mut groups: BTreeMap<ResolvedPorts, (&Value, Vec<&Value>)> = BTreeMap::new();
+    for slice in slices {
+        let ports = &slice["ports"];
+        let key = ports
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let name = p["name"].as_str().unwrap_or("").to_owned();
+                let protocol = p["protocol"].as_str().unwrap_or("TCP").to_owned();
+                (name, p["port"].as_i64().unwrap_or(0), protocol)
+            })
+            .collect();
+        let endpoints = slice["endpoints"].as_array().into_iter().flatten();
+        groups
+            .entry(key)
+            .or_insert((ports, Vec::new()))
+            .1
+            .extend(endpoints);
+    }
+    let subsets: Vec<Value> = groups
+        .into_values()
         .filter(|(_, eps)| !eps.is_empty())
-        .map(|(ports, eps)| {
-            let address = |e: &Value| json!({"ip": e["addresses"][0], "nodeName": e["nodeName"], "targetRef": e["targetRef"]});
+        .map(|(ports, mut eps)| {
+            let order = |e: &Value| (e["targetRef"]["name"].as_str().unwrap_or("").to_owned(), e["addresses"][0].to_string());
+            eps.sort_by_cached_key(|e| order(e));
+            let address = |e: &&Value| json!({"ip": e["addresses"][0], "nodeName": e["nodeName"], "targetRef": e["targetRef"]});
             let ready: Vec<Value> = eps.iter().filter(|e| e["conditions"]["ready"] == true).map(address).collect();
             let not_ready: Vec<Value> = eps.iter().filter(|e| e["conditions"]["ready"] != true && e["conditions"]["terminating"] != true).map(address).collect();
             let mut subset = json!({"ports": ports});
@@ -213,37 +358,75 @@ fn current_slices(api: &Api, ns: &str, name: &str) -> Vec<Arc<Value>> {
     slices
 }
 
+/// A stored slice as placement sees it: its endpoints are the ones the memo saw it written
+/// with when it is the same stored object, else copies of its own.
+fn existing<'a>(
+    slice: &'a Arc<Value>,
+    memo: &HashMap<String, (Arc<Value>, Vec<Endpoint>)>,
+) -> Existing<'a> {
+    let name = meta(slice, "name");
+    let endpoints = match memo.get(name) {
+        Some((seen, endpoints)) if Arc::ptr_eq(seen, slice) => endpoints.clone(),
+        _ => slice["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| Arc::new(e.clone()))
+            .collect(),
+    };
+    Existing {
+        name,
+        ports: slice["ports"].as_array(),
+        endpoints,
+    }
+}
+
+/// Whether two lists hold equal endpoints, most of them the same ones.
+fn same_endpoints(a: &[Endpoint], b: &[Endpoint]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
+}
+
 fn write_slices(
     ctx: &Ctx,
     svc: &Value,
-    groups: &[(Vec<Value>, Vec<Value>)],
+    groups: &[Group],
+    memo: &mut HashMap<String, (Arc<Value>, Vec<Endpoint>)>,
 ) -> Result<(), ApiError> {
     let (ns, name) = (meta(svc, "namespace"), meta(svc, "name"));
     let store = &ctx.api.store;
-    let existing = current_slices(&ctx.api, ns, name);
+    let stored = current_slices(&ctx.api, ns, name);
+    let existing: Vec<Existing> = stored.iter().map(|s| existing(s, memo)).collect();
     let placement = place(&existing, groups);
+    let mut seen = HashMap::new();
     for (slice_name, ports, endpoints) in &placement.slices {
-        let current = slice_name
-            .as_deref()
-            .and_then(|n| existing.iter().find(|s| meta(s, "name") == n));
+        let current = slice_name.as_deref().and_then(|n| {
+            let i = existing.iter().position(|s| s.name == n)?;
+            Some((&stored[i], &existing[i]))
+        });
+        let as_json = || Value::Array(endpoints.iter().map(|e| Value::clone(e)).collect());
         match (slice_name, current) {
             // Most of a large Service's slices stay as they were when one Pod changes.
-            (_, Some(slice))
-                if slice["ports"].as_array() == Some(ports)
-                    && slice["endpoints"].as_array() == Some(endpoints) => {}
+            (Some(slice_name), Some((slice, held)))
+                if held.ports == Some(ports) && same_endpoints(&held.endpoints, endpoints) =>
+            {
+                seen.insert(slice_name.clone(), (slice.clone(), endpoints.clone()));
+            }
             (Some(slice_name), _) => {
-                store
+                let written = store
                     .modify(
                         Kind::EndpointSlice,
                         ns,
                         slice_name,
                         |s| -> Result<bool, ()> {
                             s["ports"] = json!(ports);
-                            s["endpoints"] = json!(endpoints);
+                            s["endpoints"] = as_json();
                             Ok(true)
                         },
                     )
                     .map_err(|_| ApiError::internal("endpointslice update failed"))?;
+                if let Some(written) = written {
+                    seen.insert(slice_name.clone(), (written, endpoints.clone()));
+                }
             }
             (None, _) => {
                 let slice = json!({
@@ -257,7 +440,7 @@ fn write_slices(
                     },
                     "addressType": "IPv4",
                     "ports": ports,
-                    "endpoints": endpoints,
+                    "endpoints": as_json(),
                 });
                 ctx.api.create_value(Kind::EndpointSlice, slice)?;
             }
@@ -266,6 +449,7 @@ fn write_slices(
     for gone in &placement.delete {
         let _ = store.delete(Kind::EndpointSlice, ns, gone, None);
     }
+    *memo = seen;
     Ok(())
 }
 
@@ -276,6 +460,8 @@ fn write_endpoints(ctx: &Ctx, mirror: Value) -> Result<(), ApiError> {
         meta(&mirror, "name").to_string(),
     );
     match store.get(Kind::Endpoints, &ns, &name) {
+        // Compared before `modify`, which would copy 1,000 addresses to find the same.
+        Some(current) if current.get("subsets") == mirror.get("subsets") => {}
         Some(_) => {
             store
                 .modify(Kind::Endpoints, &ns, &name, |e| -> Result<bool, ()> {
@@ -381,86 +567,116 @@ fn assign_load_balancer(ctx: &Ctx, svc: &Value) -> Result<(), ApiError> {
 pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
     let store = &ctx.api.store;
+    let key = (ns.to_owned(), name.to_owned());
+    let mut cache = ctx.endpoint_cache.lock().unwrap_or_else(|e| e.into_inner());
     let Some(svc) = store.get(Kind::Service, ns, name) else {
-        let _ = store.delete(Kind::Endpoints, ns, name, None);
+        cache.services.remove(&key);
         for s in current_slices(&ctx.api, ns, name) {
             let _ = store.delete(Kind::EndpointSlice, ns, meta(&s, "name"), None);
         }
         return Ok(());
     };
     assign_load_balancer(ctx, &svc)?;
-    let desired = if ns == "default" && name == "kubernetes" {
+    let memo = cache.services.entry(key).or_default();
+    let desired = if is_api_server(ns, name) {
         let cp = ctx.api.cluster.control_plane();
         vec![(
             vec![json!({"name": "https", "port": 6443, "protocol": "TCP"})],
-            vec![
+            vec![Arc::new(
                 json!({"addresses": [cp.internal_ip.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}}),
-            ],
+            )],
         )]
     } else {
         // Services without a selector have slices managed by someone else.
         let Some(selector) = selector_of(&svc) else {
             return Ok(());
         };
-        let mut pods: Vec<Arc<Value>> = store
-            .list(Kind::Pod, Some(ns))
-            .0
-            .into_iter()
-            .filter(|p| selector.matches_object(p))
-            .filter(|p| p["status"]["podIP"].is_string())
-            .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
-            .collect();
-        pods.sort_by(|a, b| meta(a, "name").cmp(meta(b, "name")));
-        desired_groups(&svc, &pods)
+        // In name order, as the store lists them.
+        let pods = store.list(Kind::Pod, Some(ns)).0;
+        desired_groups(&svc, &selector, &pods, memo)
     };
-    // Slices first: the dataplanes wait for them; the Endpoints mirror is for readers.
-    write_slices(ctx, &svc, &desired)?;
+    write_slices(ctx, &svc, &desired, &mut memo.slices)?;
     tracing::debug!(service = name, took = ?started.elapsed(), "slices reconciled");
-    write_endpoints(ctx, endpoints_mirror(&svc, &desired))?;
     Ok(())
+}
+
+/// The `kubernetes` Service, whose endpoint is the API server.
+fn is_api_server(ns: &str, name: &str) -> bool {
+    ns == "default" && name == "kubernetes"
+}
+
+/// Brings a Service's Endpoints in line with its slices. A task of its own, after the
+/// slices': the dataplanes wait for slices, while the Endpoints (1,000 addresses in one
+/// object) are for readers, and a burst of slice changes rewrites them once.
+pub fn reconcile_mirror(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
+    let store = &ctx.api.store;
+    let Some(svc) = store.get(Kind::Service, ns, name) else {
+        let _ = store.delete(Kind::Endpoints, ns, name, None);
+        return Ok(());
+    };
+    // Services without a selector have their Endpoints managed by someone else.
+    if selector_of(&svc).is_none() && !is_api_server(ns, name) {
+        return Ok(());
+    }
+    let slices = current_slices(&ctx.api, ns, name);
+    write_endpoints(ctx, endpoints_mirror(&svc, &slices))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ep(i: usize) -> Value {
-        json!({"addresses": [format!("10.244.1.{i}")], "targetRef": {"uid": format!("uid-{i}")}})
+    fn ep(i: usize) -> Endpoint {
+        Arc::new(
+            json!({"addresses": [format!("10.244.1.{i}")], "targetRef": {"uid": format!("uid-{i}")}}),
+        )
+    }
+
+    /// Slices as placement sees them without a memo.
+    fn seen(slices: &[Arc<Value>]) -> Vec<Existing<'_>> {
+        slices
+            .iter()
+            .map(|s| existing(s, &HashMap::new()))
+            .collect()
+    }
+
+    fn as_json(endpoints: &[Endpoint]) -> Vec<Value> {
+        endpoints.iter().map(|e| Value::clone(e)).collect()
     }
 
     fn ports() -> Vec<Value> {
         vec![json!({"name": "", "port": 8080, "protocol": "TCP"})]
     }
 
-    /// Existing slices named `s0`, `s1`, ... holding the placement's endpoints.
-    fn existing(placement: &Placement) -> Vec<Arc<Value>> {
+    /// Stored slices named `s0`, `s1`, ... holding the placement's endpoints.
+    fn stored(placement: &Placement) -> Vec<Arc<Value>> {
         placement
             .slices
             .iter()
             .enumerate()
             .map(|(i, (_, ports, eps))| {
-                Arc::new(json!({"metadata": {"name": format!("s{i}")}, "ports": ports, "endpoints": eps}))
+                Arc::new(json!({"metadata": {"name": format!("s{i}")}, "ports": ports, "endpoints": as_json(eps)}))
             })
             .collect()
     }
 
     #[test]
     fn a_pod_that_goes_or_comes_rewrites_one_slice() {
-        let all: Vec<Value> = (0..250).map(ep).collect();
+        let all: Vec<Endpoint> = (0..250).map(ep).collect();
         let first = place(&[], &[(ports(), all.clone())]);
         let sizes: Vec<usize> = first.slices.iter().map(|(_, _, e)| e.len()).collect();
         assert_eq!(sizes, [100, 100, 50]);
-        let slices = existing(&first);
+        let slices = stored(&first);
 
         // Endpoint 5 leaves: only the first slice changes; no endpoint moves.
         let mut fewer = all.clone();
         fewer.remove(5);
-        let after = place(&slices, &[(ports(), fewer.clone())]);
+        let after = place(&seen(&slices), &[(ports(), fewer.clone())]);
         let changed: Vec<&str> = after
             .slices
             .iter()
             .zip(&slices)
-            .filter(|((_, _, eps), s)| s["endpoints"].as_array() != Some(eps))
+            .filter(|((_, _, eps), s)| s["endpoints"].as_array() != Some(&as_json(eps)))
             .map(|(_, s)| meta(s, "name"))
             .collect();
         assert_eq!(changed, ["s0"]);
@@ -468,32 +684,32 @@ mod tests {
         assert!(after.delete.is_empty());
 
         // A newcomer fills the gap in the first slice with room.
-        let slices = existing(&after);
+        let slices = stored(&after);
         let mut more = fewer;
         more.push(ep(250));
-        let after = place(&slices, &[(ports(), more)]);
+        let after = place(&seen(&slices), &[(ports(), more)]);
         assert_eq!(after.slices[0].2.len(), 100);
         assert_eq!(after.slices[0].2[99], ep(250));
         assert_eq!(
-            after.slices[1].2,
-            slices[1]["endpoints"].as_array().unwrap().clone()
+            &as_json(&after.slices[1].2),
+            slices[1]["endpoints"].as_array().unwrap()
         );
     }
 
     #[test]
     fn new_ports_get_new_slices_and_each_port_group_keeps_its_own() {
         let first = place(&[], &[(ports(), (0..3).map(ep).collect())]);
-        let slices = existing(&first);
+        let slices = stored(&first);
         // The target port changes: the old slice no longer fits and goes, after the new
         // one is written (the plan lists writes; deletions happen last).
         let other = vec![json!({"name": "", "port": 9090, "protocol": "TCP"})];
-        let moved = place(&slices, &[(other.clone(), (0..3).map(ep).collect())]);
+        let moved = place(&seen(&slices), &[(other.clone(), (0..3).map(ep).collect())]);
         assert_eq!(moved.slices.len(), 1);
         assert_eq!(moved.slices[0].0, None);
         assert_eq!(moved.delete, ["s0"]);
         // Two groups (Pods that resolve a named port differently) keep their slices apart.
         let groups = [(ports(), vec![ep(0), ep(1)]), (other.clone(), vec![ep(2)])];
-        let split = place(&slices, &groups);
+        let split = place(&seen(&slices), &groups);
         assert_eq!(split.slices[0].0.as_deref(), Some("s0"));
         assert_eq!(split.slices[0].2, [ep(0), ep(1)]);
         assert_eq!(
@@ -506,9 +722,12 @@ mod tests {
     #[test]
     fn endpoints_without_a_pod_are_known_by_address() {
         // The `kubernetes` Service's endpoint is the API server's address, not a Pod.
-        let api = |ip: &str| json!({"addresses": [ip], "conditions": {"ready": true}});
+        let api = |ip: &str| Arc::new(json!({"addresses": [ip], "conditions": {"ready": true}}));
         let first = place(&[], &[(ports(), vec![api("172.18.0.2")])]);
-        let again = place(&existing(&first), &[(ports(), vec![api("172.18.0.2")])]);
+        let again = place(
+            &seen(&stored(&first)),
+            &[(ports(), vec![api("172.18.0.2")])],
+        );
         assert_eq!(
             again.slices,
             [(Some("s0".to_owned()), ports(), vec![api("172.18.0.2")])]
@@ -518,12 +737,178 @@ mod tests {
     #[test]
     fn emptied_slices_go_but_a_service_keeps_one() {
         let first = place(&[], &[(ports(), (0..150).map(ep).collect())]);
-        let slices = existing(&first);
-        let after = place(&slices, &[(ports(), (0..50).map(ep).collect())]);
+        let slices = stored(&first);
+        let after = place(&seen(&slices), &[(ports(), (0..50).map(ep).collect())]);
         assert_eq!(after.slices.len(), 1);
         assert_eq!(after.delete, ["s1"]);
-        let none = place(&slices, &[]);
+        let none = place(&seen(&slices), &[]);
         assert_eq!(none.slices, [(Some("s0".to_owned()), vec![], vec![])]);
         assert_eq!(none.delete, ["s1"]);
+    }
+
+    fn selector() -> LabelSelector {
+        LabelSelector::from_map(json!({"app": "web"}).as_object().unwrap())
+    }
+
+    fn pod(name: &str, ip: &str, ready: bool) -> Arc<Value> {
+        Arc::new(json!({
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "labels": {"app": "web"}},
+            "spec": {"nodeName": "lab-worker"},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+        }))
+    }
+
+    #[test]
+    fn an_unchanged_pod_keeps_its_endpoint_and_the_memo_forgets_pods_that_left() {
+        let svc = Arc::new(json!({"spec": {"ports": [{"port": 80, "targetPort": 8080}]}}));
+        let (a, b) = (pod("a", "10.244.1.2", true), pod("b", "10.244.1.3", true));
+        let other = Arc::new(
+            json!({"metadata": {"name": "c", "labels": {"app": "db"}}, "status": {"podIP": "10.244.1.4"}}),
+        );
+        let mut memo = ServiceMemo::default();
+        let first = desired_groups(
+            &svc,
+            &selector(),
+            &[a.clone(), b.clone(), other.clone()],
+            &mut memo,
+        );
+        assert_eq!(
+            first[0].0,
+            [json!({"name": "", "port": 8080, "protocol": "TCP"})]
+        );
+        assert_eq!(
+            first[0].1.len(),
+            2,
+            "the Pod the selector leaves out has no endpoint"
+        );
+        assert_eq!(first[0].1[1]["addresses"], json!(["10.244.1.3"]));
+
+        // b changes (a new stored object) and a stays: a's endpoint is the same one.
+        let b2 = pod("b", "10.244.1.3", false);
+        let second = desired_groups(
+            &svc,
+            &selector(),
+            &[a.clone(), b2.clone(), other.clone()],
+            &mut memo,
+        );
+        assert!(Arc::ptr_eq(&first[0].1[0], &second[0].1[0]));
+        assert!(!Arc::ptr_eq(&first[0].1[1], &second[0].1[1]));
+        assert_eq!(second[0].1[1]["conditions"]["ready"], false);
+
+        // An equal but newly stored Pod gets a new endpoint, equal by value; Pods that left
+        // are forgotten.
+        let a2 = Arc::new(Value::clone(&a));
+        let third = desired_groups(&svc, &selector(), std::slice::from_ref(&a2), &mut memo);
+        assert!(!Arc::ptr_eq(&first[0].1[0], &third[0].1[0]));
+        assert_eq!(first[0].1[0], third[0].1[0]);
+        assert_eq!(memo.pods.len(), 1);
+
+        // A changed Service selects again: the Pod it no longer selects leaves, the other
+        // keeps its endpoint.
+        let narrower = Arc::new(json!({"spec": {"ports": [{"port": 80, "targetPort": 8080}]}}));
+        let selector =
+            LabelSelector::from_map(json!({"app": "web", "tier": "x"}).as_object().unwrap());
+        assert!(
+            desired_groups(&narrower, &selector, std::slice::from_ref(&a2), &mut memo).is_empty()
+        );
+        let fourth = desired_groups(&svc, &self::selector(), &[a2], &mut memo);
+        assert_eq!(fourth[0].1[0], first[0].1[0]);
+    }
+
+    #[test]
+    fn a_slice_the_memo_saw_written_gives_the_endpoints_it_was_written_with() {
+        let endpoints = vec![ep(1), ep(2)];
+        let slice = Arc::new(
+            json!({"metadata": {"name": "s0"}, "ports": ports(), "endpoints": as_json(&endpoints)}),
+        );
+        let mut memo = HashMap::new();
+        let copies = existing(&slice, &memo);
+        assert_eq!((copies.name, copies.ports), ("s0", Some(&ports())));
+        assert!(!Arc::ptr_eq(&copies.endpoints[0], &endpoints[0]));
+        assert!(same_endpoints(&copies.endpoints, &endpoints));
+        memo.insert("s0".to_owned(), (slice.clone(), endpoints.clone()));
+        assert!(Arc::ptr_eq(
+            &existing(&slice, &memo).endpoints[1],
+            &endpoints[1]
+        ));
+        // A memo of another stored object is not trusted: the stored slice is read.
+        let rewritten = Arc::new(Value::clone(&slice));
+        assert!(!Arc::ptr_eq(
+            &existing(&rewritten, &memo).endpoints[1],
+            &endpoints[1]
+        ));
+        assert!(!same_endpoints(&endpoints, &[ep(1), ep(3)]));
+        assert!(!same_endpoints(&endpoints, &endpoints[..1]));
+    }
+
+    #[test]
+    fn an_endpoint_that_changed_keeps_its_place_and_unchanged_ones_are_matched_by_pointer() {
+        let all: Vec<Endpoint> = (0..150).map(ep).collect();
+        let first = place(&[], &[(ports(), all.clone())]);
+        let slices = stored(&first);
+        let memo: HashMap<String, (Arc<Value>, Vec<Endpoint>)> = slices
+            .iter()
+            .zip(&first.slices)
+            .map(|(s, (_, _, eps))| (meta(s, "name").to_owned(), (s.clone(), eps.clone())))
+            .collect();
+        let existing: Vec<Existing> = slices.iter().map(|s| existing(s, &memo)).collect();
+        // Endpoint 120 (in the second slice) is rebuilt: a new Arc with the same uid; 3 leaves.
+        let mut now = all.clone();
+        now[120] = Arc::new(json!({"addresses": ["10.244.9.9"], "targetRef": {"uid": "uid-120"}}));
+        now.remove(3);
+        let after = place(&existing, &[(ports(), now.clone())]);
+        assert_eq!(after.slices[0].2.len(), 99);
+        assert!(same_endpoints(&after.slices[1].2[..20], &all[100..120]));
+        assert!(Arc::ptr_eq(&after.slices[1].2[20], &now[119]));
+        assert_eq!(after.slices[1].2.len(), 50);
+    }
+
+    #[test]
+    fn the_endpoints_mirror_lists_slice_addresses_in_pod_order_without_terminating_ones() {
+        let svc =
+            json!({"metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}}});
+        let address = |name: &str, ip: &str, ready: bool, terminating: bool| {
+            json!({
+                "addresses": [ip], "nodeName": "lab-worker",
+                "conditions": {"ready": ready, "serving": ready, "terminating": terminating},
+                "targetRef": {"kind": "Pod", "name": name},
+            })
+        };
+        let ports = json!([{"name": "", "port": 8080, "protocol": "TCP"}]);
+        let slices = [
+            Arc::new(json!({"ports": ports, "endpoints": [
+                address("web-c", "10.244.1.4", true, false),
+                address("web-a", "10.244.1.2", true, false),
+            ]})),
+            Arc::new(json!({"ports": ports, "endpoints": [
+                address("web-b", "10.244.2.2", false, false),
+                address("web-d", "10.244.2.3", false, true),
+            ]})),
+            Arc::new(json!({"ports": [], "endpoints": []})),
+        ];
+        let mirror = endpoints_mirror(&svc, &slices);
+        let ips = |field: &str| -> Vec<Value> {
+            mirror["subsets"][0][field]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["ip"].clone())
+                .collect()
+        };
+        assert_eq!(mirror["metadata"]["labels"], json!({"app": "web"}));
+        assert_eq!(mirror["subsets"].as_array().unwrap().len(), 1);
+        assert_eq!(mirror["subsets"][0]["ports"], ports);
+        assert_eq!(ips("addresses"), [json!("10.244.1.2"), json!("10.244.1.4")]);
+        assert_eq!(ips("notReadyAddresses"), [json!("10.244.2.2")]);
+        assert_eq!(
+            mirror["subsets"][0]["addresses"][0]["targetRef"]["name"],
+            "web-a"
+        );
+        // No endpoints at all: no subsets, as kube-controller-manager writes them.
+        assert!(
+            endpoints_mirror(&svc, &slices[2..])
+                .get("subsets")
+                .is_none()
+        );
     }
 }

@@ -15,6 +15,8 @@ pub enum Task {
     Service(String, String),
     /// The same, ahead of everything else: one of its endpoints stopped serving.
     ServiceNow(String, String),
+    /// A Service's Endpoints, from its slices.
+    Endpoints(String, String),
     /// Dependents of a deleted owner (by uid).
     Collect(String),
     /// A terminating Namespace.
@@ -25,7 +27,8 @@ impl Task {
     /// Lower runs first. A Service that lost an endpoint goes before all else, so clients
     /// stop being sent to it; Pods start before their owners count them, and Services
     /// recompute their slices once the Pods of a burst are settled: the batching the
-    /// EndpointSlice controller gets from its batch period, without a timer.
+    /// EndpointSlice controller gets from its batch period, without a timer. Endpoints, for
+    /// readers only, follow the slices last.
     fn tier(&self) -> usize {
         match self {
             Task::ServiceNow(..) => 0,
@@ -33,11 +36,12 @@ impl Task {
             Task::ReplicaSet(..) | Task::Collect(_) => 2,
             Task::Deployment(..) => 3,
             Task::Service(..) | Task::Namespace(_) => 4,
+            Task::Endpoints(..) => 5,
         }
     }
 }
 
-const TIERS: usize = 5;
+const TIERS: usize = 6;
 
 /// Tasks in arrival order within their tier; a task already waiting is not queued again.
 #[derive(Default)]
