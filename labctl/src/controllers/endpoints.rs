@@ -26,9 +26,10 @@ type Group = (Vec<Value>, Vec<Endpoint>);
 type ResolvedPorts = Vec<(String, i64, String)>;
 
 /// What the controller made for each Service at its last reconcile. A reconcile runs over
-/// every Pod of the namespace each time one of a Service's Pods changes; with this, a Pod
-/// whose stored object is the one seen last time costs a pointer lookup, not a read of its
-/// labels, status and uid, and the slices' unchanged endpoints are compared by pointer.
+/// every Pod of the namespace each time one of a Service's Pods changes; with this, a
+/// selected Pod whose stored object is the one seen last time costs a pointer lookup, not a
+/// read of its labels, status and uid, and the slices' unchanged endpoints are compared by
+/// pointer. It holds no more than the slices do: the endpoints and their Pods.
 #[derive(Default)]
 pub struct EndpointCache {
     services: HashMap<(String, String), ServiceMemo>,
@@ -38,10 +39,9 @@ pub struct EndpointCache {
 struct ServiceMemo {
     /// The stored Service the Pods below were selected with.
     service: Option<Arc<Value>>,
-    /// Every Pod of the namespace, by the address of its stored object (held here, so the
-    /// address names that object only): the object, and its endpoint when the Service
-    /// selected it.
-    pods: FxHashMap<usize, (Arc<Value>, Option<Endpoint>)>,
+    /// The selected Pods, by the address of their stored object (held here, so the address
+    /// names that object only): the object and the endpoint made of it.
+    pods: FxHashMap<usize, (Arc<Value>, Endpoint)>,
     /// Slice name -> the stored slice and its endpoints (equal by value).
     slices: HashMap<String, (Arc<Value>, Vec<Endpoint>)>,
 }
@@ -98,7 +98,8 @@ fn selects(selector: &LabelSelector, pod: &Value) -> bool {
 }
 
 /// Desired endpoints of the namespace's `pods` (in name order), grouped by their resolved
-/// ports. The memo's Pods are those of the last reconcile on entry and this one's on return.
+/// ports. The memo's Pods are those selected at the last reconcile on entry and this one's
+/// on return; a Pod it holds, unchanged, under the same Service, is selected without a look.
 fn desired_groups(
     svc: &Arc<Value>,
     selector: &LabelSelector,
@@ -110,19 +111,14 @@ fn desired_groups(
     let mut selected = Vec::new();
     for pod in pods {
         let address = Arc::as_ptr(pod) as usize;
-        let known = before.remove(&address);
+        let known = before.remove(&address).map(|(_, endpoint)| endpoint);
         let endpoint = match known {
-            Some((_, endpoint)) if same_service => endpoint,
-            known => selects(selector, pod).then(|| {
-                known
-                    .and_then(|(_, endpoint)| endpoint)
-                    .unwrap_or_else(|| Arc::new(endpoint(pod)))
-            }),
+            Some(endpoint) if same_service => endpoint,
+            _ if !selects(selector, pod) => continue,
+            known => known.unwrap_or_else(|| Arc::new(endpoint(pod))),
         };
-        if let Some(endpoint) = &endpoint {
-            selected.push((pod, endpoint.clone()));
-        }
-        memo.pods.insert(address, (pod.clone(), endpoint));
+        memo.pods.insert(address, (pod.clone(), endpoint.clone()));
+        selected.push((pod, endpoint));
     }
     memo.service = Some(svc.clone());
 
@@ -781,6 +777,7 @@ mod tests {
             2,
             "the Pod the selector leaves out has no endpoint"
         );
+        assert_eq!(memo.pods.len(), 2, "and the memo does not hold it");
         assert_eq!(first[0].1[1]["addresses"], json!(["10.244.1.3"]));
 
         // b changes (a new stored object) and a stays: a's endpoint is the same one.
