@@ -201,19 +201,25 @@ struct Generation {
 }
 
 impl Generation {
-    /// Whether this transaction took `ip` out of an endpoint map (`{ key : ip . port }`)
-    /// without putting it back under another key, as the fast layout does when it fills
-    /// the gap with the last endpoint. nft 1.0.6's monitor does not reliably print the
-    /// elements of sets made after it started, so a transaction that prints nothing about
-    /// `ip` proves nothing; the rules are read back either way.
-    fn takes_out(&self, ip: Ipv4Addr) -> bool {
+    /// Whether this transaction changed an endpoint map's element holding `ip` (`{ key :
+    /// ip . port }` in a map named `<proto>-endpoints-<n>`), by deleting or adding it.
+    fn touches(&self, verb: &str, ip: Ipv4Addr) -> bool {
         let value = format!(": {ip} . ");
-        let has = |verb: &str| {
-            self.changes
-                .iter()
-                .any(|l| l.starts_with(verb) && l.contains(&value))
-        };
-        has("delete element ip ") && !has("add element ip ")
+        self.changes.iter().any(|l| {
+            l.strip_prefix(verb)
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .is_some_and(|map| map.contains("-endpoints-"))
+                && l.contains(&value)
+        })
+    }
+
+    /// Whether this transaction took `ip` out of an endpoint map without putting it back
+    /// under another key (the fast layout fills a gap with the last endpoint: a delete and
+    /// an add of that one). nft 1.0.6's monitor does not reliably print the elements of
+    /// sets made after it started, so a transaction that prints nothing about `ip` proves
+    /// nothing; the rules are read back either way.
+    fn takes_out(&self, ip: Ipv4Addr) -> bool {
+        self.touches("delete element ip ", ip) && !self.touches("add element ip ", ip)
     }
 }
 
@@ -258,10 +264,12 @@ impl Monitor {
 
     /// When the transaction that took `ip` out of the node's rules (`still_there` reads them
     /// back) was committed: after each announced transaction the rules are read once, until
-    /// a read finds `ip` gone. The removal is dated to the transaction that printed `ip`'s
-    /// element leaving an endpoint map; when none did, to the last transaction announced
-    /// before that read ended (the right one, unless two came during one read: then the
-    /// later, which is how a read that took 40 ms once made a 30 ms removal count 80).
+    /// a read finds `ip` gone. The removal is dated to the last transaction that printed
+    /// `ip`'s element leaving an endpoint map, unless a later one printed it coming back;
+    /// when none did, to the last transaction announced before that read ended (the right
+    /// one, unless two came during one read: then the later, which is how a read that took
+    /// 40 ms once made a 30 ms removal count 80). Returns the time, and whether an element
+    /// change dated it.
     fn removed(
         &self,
         ip: Ipv4Addr,
@@ -272,8 +280,10 @@ impl Monitor {
         let deadline = Instant::now() + limit;
         let mut taken_out = None;
         let mut note = |g: &Generation| {
-            if taken_out.is_none() && g.takes_out(ip) {
+            if g.takes_out(ip) {
                 taken_out = Some(g.at);
+            } else if g.touches("add element ip ", ip) {
+                taken_out = None;
             }
             g.at
         };
@@ -694,6 +704,7 @@ async fn main() -> Result<()> {
         "deletions": removals.len(),
         "removal_poll_p50_ms": poll_p50,
         "removal_timed_by": if poll_p50.is_some() { "polling" } else { "nft monitor" },
+        "removals_dated_by_element": dated_by_element,
         "goal_serving_s": GOAL_SERVING_S,
         "goal_rss_per_pod_mib": GOAL_RSS_PER_POD_MIB,
         "goal_removal_ms": GOAL_REMOVAL_MS,

@@ -356,4 +356,30 @@ mod tests {
         )));
         assert!(!loses_endpoint(&event(Deleted, None, pod(true, true))));
     }
+
+    #[test]
+    fn a_slice_this_controller_manages_brings_its_services_endpoints_up_to_date() {
+        let slice = |managed_by: &str| Event {
+            rv: 1,
+            kind: Kind::EndpointSlice,
+            event_type: EventType::Modified,
+            object: Arc::new(json!({
+                "metadata": {"name": "web-x1", "namespace": "default", "labels": {
+                    "kubernetes.io/service-name": "web",
+                    "endpointslice.kubernetes.io/managed-by": managed_by,
+                }},
+            })),
+            old: None,
+        };
+        let mut out = Vec::new();
+        tasks_for(
+            &Router::default(),
+            &slice("endpointslice-controller.k8s.io"),
+            &mut out,
+        );
+        assert_eq!(out, [Task::Endpoints("default".into(), "web".into())]);
+        out.clear();
+        tasks_for(&Router::default(), &slice("someone-else"), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
 }

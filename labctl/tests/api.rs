@@ -1,5 +1,6 @@
 //! The lab's API through kube-rs and raw HTTP: bad input is refused and changes nothing,
-//! watches resume across a restart, and acknowledged writes survive `kill -9`.
+//! watches resume across a restart, acknowledged writes survive `kill -9`, and the
+//! EndpointSlice controller keeps ready endpoints in place.
 
 mod support;
 
@@ -9,7 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use support::Lab;
@@ -377,6 +378,7 @@ fn ready_ips(
         .collect()
 }
 
+/// Also: the Endpoints mirror follows the slices, and a slice a client empties is put back.
 #[tokio::test]
 async fn a_ready_endpoint_never_leaves_the_slices_while_others_come_and_go() {
     let lab = Lab::start();
@@ -483,23 +485,52 @@ async fn a_ready_endpoint_never_leaves_the_slices_while_others_come_and_go() {
                 .collect(),
         );
         let mirror = endpoints.get("many").await.unwrap();
-        let in_mirror: std::collections::BTreeSet<String> = mirror
-            .subsets
-            .iter()
-            .flatten()
+        let subsets = mirror.subsets.iter().flatten();
+        let mut in_mirror: Vec<String> = subsets
+            .clone()
             .flat_map(|s| s.addresses.iter().flatten())
             .map(|a| a.ip.clone())
             .collect();
-        if in_mirror == in_slices && in_slices.len() == replicas {
+        in_mirror.sort();
+        let not_ready = subsets
+            .flat_map(|s| s.not_ready_addresses.iter().flatten())
+            .count();
+        let in_slices: Vec<String> = in_slices.into_iter().collect();
+        if in_mirror == in_slices && in_slices.len() == replicas && not_ready == 0 {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "after 30 s the Endpoints list {} ready addresses and the slices {} ({} differ)",
+            "after 30 s the Endpoints list {} ready and {not_ready} not-ready addresses, the slices {} ready",
             in_mirror.len(),
             in_slices.len(),
-            in_mirror.symmetric_difference(&in_slices).count()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A client that empties a slice the controller manages sees it put back, as Kubernetes'
+    // EndpointSlice controller does.
+    let listed = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=many"))
+        .await
+        .unwrap();
+    let victim = listed.items[0].metadata.name.clone().unwrap();
+    let held = listed.items[0].endpoints.len();
+    let emptied = json!({"endpoints": []});
+    slices
+        .patch(&victim, &PatchParams::default(), &Patch::Merge(&emptied))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = slices.get(&victim).await.unwrap().endpoints.len();
+        if now == held {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{victim} holds {now} endpoints 10 s after a client emptied it, not {held}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -26,10 +26,11 @@ type Group = (Vec<Value>, Vec<Endpoint>);
 type ResolvedPorts = Vec<(String, i64, String)>;
 
 /// What the controller made for each Service at its last reconcile. A reconcile runs over
-/// every Pod of the namespace each time one of a Service's Pods changes; with this, a
-/// selected Pod whose stored object is the one seen last time costs a pointer lookup, not a
-/// read of its labels, status and uid, and the slices' unchanged endpoints are compared by
-/// pointer. It holds no more than the slices do: the endpoints and their Pods.
+/// every Pod of the namespace each time one of a Service's Pods changes; with this, a Pod
+/// that was selected, whose stored object and Service's are the ones seen last time, costs
+/// a pointer lookup, not a read of its labels, status and uid, and the slices' unchanged
+/// endpoints are compared by pointer. It holds the stored Service, the selected Pods and
+/// the slices with their endpoints; a Service without a selector has no entry.
 #[derive(Default)]
 pub struct EndpointCache {
     services: HashMap<(String, String), ServiceMemo>,
@@ -46,10 +47,16 @@ struct ServiceMemo {
     slices: HashMap<String, (Arc<Value>, Vec<Endpoint>)>,
 }
 
-/// The Service (namespace, name) that a slice belongs to, by its label.
+/// Whether this controller manages the slice (its `managed-by` label); slices that others
+/// make for a Service, with its name label, are theirs.
+fn is_managed(slice: &Value) -> bool {
+    slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == MANAGED_BY
+}
+
+/// The Service (namespace, name) that a slice this controller manages belongs to.
 pub fn service_of_slice(slice: &Value) -> Option<(String, String)> {
     let name = slice["metadata"]["labels"][SERVICE_NAME_LABEL].as_str()?;
-    Some((meta(slice, "namespace").to_owned(), name.to_owned()))
+    is_managed(slice).then(|| (meta(slice, "namespace").to_owned(), name.to_owned()))
 }
 
 /// A Service's selector; `None` for Services without one (their slices are managed elsewhere).
@@ -341,14 +348,14 @@ fn endpoints_mirror(svc: &Value, slices: &[Arc<Value>]) -> Value {
     e
 }
 
-/// The Service's own slices (by label), by name.
+/// The slices this controller manages for the Service (by label), by name.
 fn current_slices(api: &Api, ns: &str, name: &str) -> Vec<Arc<Value>> {
     let mut slices: Vec<Arc<Value>> = api
         .store
         .list(Kind::EndpointSlice, Some(ns))
         .0
         .into_iter()
-        .filter(|s| s["metadata"]["labels"][SERVICE_NAME_LABEL] == name)
+        .filter(|s| s["metadata"]["labels"][SERVICE_NAME_LABEL] == name && is_managed(s))
         .collect();
     slices.sort_by(|a, b| meta(a, "name").cmp(meta(b, "name")));
     slices
@@ -438,7 +445,11 @@ fn write_slices(
                     "ports": ports,
                     "endpoints": as_json(),
                 });
-                ctx.api.create_value(Kind::EndpointSlice, slice)?;
+                let created = ctx.api.create_value(Kind::EndpointSlice, slice)?;
+                let name = meta(&created, "name");
+                if let Some(stored) = store.get(Kind::EndpointSlice, ns, name) {
+                    seen.insert(name.to_owned(), (stored, endpoints.clone()));
+                }
             }
         }
     }
@@ -559,7 +570,7 @@ fn assign_load_balancer(ctx: &Ctx, svc: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Brings a Service's slices, Endpoints and LoadBalancer status up to date.
+/// Brings a Service's slices and LoadBalancer status up to date.
 pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
     let started = std::time::Instant::now();
     let store = &ctx.api.store;
@@ -585,6 +596,7 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
     } else {
         // Services without a selector have slices managed by someone else.
         let Some(selector) = selector_of(&svc) else {
+            cache.services.remove(&(ns.to_owned(), name.to_owned()));
             return Ok(());
         };
         // In name order, as the store lists them.
@@ -603,7 +615,9 @@ fn is_api_server(ns: &str, name: &str) -> bool {
 
 /// Brings a Service's Endpoints in line with its slices. A task of its own, after the
 /// slices': the dataplanes wait for slices, while the Endpoints (1,000 addresses in one
-/// object) are for readers, and a burst of slice changes rewrites them once.
+/// object) are for readers, and a burst of slice changes rewrites them once. Slices that
+/// are not the ones this controller last wrote (edited or deleted by a client) are
+/// reconciled first, so the Endpoints never copy a damaged slice.
 pub fn reconcile_mirror(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
     let store = &ctx.api.store;
     let Some(svc) = store.get(Kind::Service, ns, name) else {
@@ -614,7 +628,22 @@ pub fn reconcile_mirror(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError>
     if selector_of(&svc).is_none() && !is_api_server(ns, name) {
         return Ok(());
     }
-    let slices = current_slices(&ctx.api, ns, name);
+    let mut slices = current_slices(&ctx.api, ns, name);
+    let written = {
+        let cache = ctx.endpoint_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let memo = cache.services.get(&(ns.to_owned(), name.to_owned()));
+        memo.is_some_and(|memo| {
+            memo.slices.len() == slices.len()
+                && slices.iter().all(|s| {
+                    let seen = memo.slices.get(meta(s, "name"));
+                    seen.is_some_and(|(seen, _)| Arc::ptr_eq(seen, s))
+                })
+        })
+    };
+    if !written {
+        reconcile(ctx, ns, name)?;
+        slices = current_slices(&ctx.api, ns, name);
+    }
     write_endpoints(ctx, endpoints_mirror(&svc, &slices))
 }
 
@@ -798,6 +827,14 @@ mod tests {
         let third = desired_groups(&svc, &selector(), std::slice::from_ref(&a2), &mut memo);
         assert!(!Arc::ptr_eq(&first[0].1[0], &third[0].1[0]));
         assert_eq!(first[0].1[0], third[0].1[0]);
+        assert_eq!(memo.pods.len(), 1);
+
+        // A Pod relabelled out of the selector leaves, under the same Service.
+        let mut relabelled = Value::clone(&b2);
+        relabelled["metadata"]["labels"] = json!({"app": "other"});
+        let relabelled = Arc::new(relabelled);
+        let fewer = desired_groups(&svc, &selector(), &[a2.clone(), relabelled], &mut memo);
+        assert_eq!(fewer[0].1.len(), 1);
         assert_eq!(memo.pods.len(), 1);
 
         // A changed Service selects again: the Pod it no longer selects leaves, the other

@@ -126,4 +126,20 @@ mod tests {
             "the ordinary task was folded into the urgent one"
         );
     }
+
+    #[test]
+    fn the_endpoints_mirror_waits_for_every_other_task() {
+        let mut q = WorkQueue::default();
+        let mirror = Task::Endpoints("default".into(), "hello-world".into());
+        let svc = Task::Service("default".into(), "hello-world".into());
+        let ns = Task::Namespace("gone".into());
+        q.push(mirror.clone());
+        q.push(svc.clone());
+        q.push(ns.clone());
+        q.push(mirror.clone());
+        assert_eq!(q.pop(), Some(svc));
+        assert_eq!(q.pop(), Some(ns));
+        assert_eq!(q.pop(), Some(mirror));
+        assert_eq!(q.pop(), None, "queued twice, run once");
+    }
 }
