@@ -185,6 +185,26 @@ fn instances_are_reused_across_requests() {
 }
 
 #[test]
+fn a_warmed_pod_has_its_instance_before_the_first_request() {
+    let host = host();
+    let served = serve(&host, vec![PodSpec::new("warm").log(PodLog::Discard)]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(served.pods[0].warm()).unwrap();
+    runtime.block_on(served.pods[0].warm()).unwrap();
+    assert_eq!(served.pods[0].stats().instances_created, 1, "warmed once");
+    assert_hello(&get(served.addrs[0], "/"), "1.0.0", "warm");
+    let stats = served.pods[0].stats();
+    assert_eq!(
+        (stats.requests, stats.instances_created),
+        (1, 1),
+        "{stats:?}"
+    );
+}
+
+#[test]
 fn a_trapping_guest_answers_500_and_the_host_keeps_serving() {
     let host = host();
     // A zero request timeout interrupts the guest at its first epoch check: a real trap.

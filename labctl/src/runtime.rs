@@ -271,6 +271,11 @@ impl PodRuntime for WasmRuntime {
         // listening socket died), reports the crash, waits, listens again and reports the
         // restart, as the kubelet restarts a failed container.
         self.handle.spawn(async move {
+            // The instance is made as the container starts, beside the node's other work,
+            // not by the Pod's first request; the socket already listens meanwhile.
+            if let Err(e) = served.warm().await {
+                tracing::warn!(pod = served.name(), "the component did not start: {e:#}");
+            }
             loop {
                 let stop_wait = stopped.clone();
                 let result = served

@@ -168,6 +168,18 @@ impl Pod {
         }
     }
 
+    /// Makes the Pod's first instance now, as a container is started before its first
+    /// request, so that the first request does not wait for instantiation (and a component
+    /// that cannot start says so here). Nothing to do when an instance is already waiting.
+    pub async fn warm(&self) -> wasmtime::Result<()> {
+        if !self.inner.idle.lock().expect("idle pool").is_empty() {
+            return Ok(());
+        }
+        let instance = self.checkout().await?;
+        self.checkin(instance);
+        Ok(())
+    }
+
     /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then drains like a Pod
     /// receiving SIGTERM.
     pub async fn serve(
