@@ -24,6 +24,8 @@ type Endpoint = Arc<Value>;
 type Group = (Vec<Value>, Vec<Endpoint>);
 /// Ports resolved on one Pod: (name, port, protocol) for each Service port.
 type ResolvedPorts = Vec<(String, i64, String)>;
+/// Slice name -> the stored slice as the controller last saw it and its endpoints.
+type SliceMemo = HashMap<String, (Arc<Value>, Vec<Endpoint>)>;
 
 /// What the controller made for each Service at its last reconcile. A reconcile runs over
 /// every Pod of the namespace each time one of a Service's Pods changes; with this, a Pod
@@ -44,7 +46,7 @@ struct ServiceMemo {
     /// names that object only): the object and the endpoint made of it.
     pods: FxHashMap<usize, (Arc<Value>, Endpoint)>,
     /// Slice name -> the stored slice and its endpoints (equal by value).
-    slices: HashMap<String, (Arc<Value>, Vec<Endpoint>)>,
+    slices: SliceMemo,
 }
 
 /// Whether this controller manages the slice (its `managed-by` label); slices that others
@@ -185,7 +187,7 @@ fn endpoint_key(e: &Value) -> Cow<'_, str> {
 struct Existing<'a> {
     name: &'a str,
     ports: Option<&'a Vec<Value>>,
-    endpoints: Vec<Endpoint>,
+    endpoints: Cow<'a, [Endpoint]>,
 }
 
 /// Places `groups` (ports, endpoints) into the `existing` slices as Kubernetes' EndpointSlice
@@ -363,13 +365,10 @@ fn current_slices(api: &Api, ns: &str, name: &str) -> Vec<Arc<Value>> {
 
 /// A stored slice as placement sees it: its endpoints are the ones the memo saw it written
 /// with when it is the same stored object, else copies of its own.
-fn existing<'a>(
-    slice: &'a Arc<Value>,
-    memo: &HashMap<String, (Arc<Value>, Vec<Endpoint>)>,
-) -> Existing<'a> {
+fn existing<'a>(slice: &'a Arc<Value>, memo: &'a SliceMemo) -> Existing<'a> {
     let name = meta(slice, "name");
     let endpoints = match memo.get(name) {
-        Some((seen, endpoints)) if Arc::ptr_eq(seen, slice) => endpoints.clone(),
+        Some((seen, endpoints)) if Arc::ptr_eq(seen, slice) => Cow::Borrowed(&endpoints[..]),
         _ => slice["endpoints"]
             .as_array()
             .into_iter()
@@ -393,7 +392,7 @@ fn write_slices(
     ctx: &Ctx,
     svc: &Value,
     groups: &[Group],
-    memo: &mut HashMap<String, (Arc<Value>, Vec<Endpoint>)>,
+    memo: &mut SliceMemo,
 ) -> Result<(), ApiError> {
     let (ns, name) = (meta(svc, "namespace"), meta(svc, "name"));
     let store = &ctx.api.store;
@@ -584,24 +583,28 @@ pub fn reconcile(ctx: &Ctx, ns: &str, name: &str) -> Result<(), ApiError> {
         return Ok(());
     };
     assign_load_balancer(ctx, &svc)?;
+    let selector = selector_of(&svc);
+    // Services without a selector have slices managed by someone else.
+    if selector.is_none() && !is_api_server(ns, name) {
+        cache.services.remove(&key);
+        return Ok(());
+    }
     let memo = cache.services.entry(key).or_default();
-    let desired = if is_api_server(ns, name) {
-        let cp = ctx.api.cluster.control_plane();
-        vec![(
-            vec![json!({"name": "https", "port": 6443, "protocol": "TCP"})],
-            vec![Arc::new(
-                json!({"addresses": [cp.internal_ip.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}}),
-            )],
-        )]
-    } else {
-        // Services without a selector have slices managed by someone else.
-        let Some(selector) = selector_of(&svc) else {
-            cache.services.remove(&(ns.to_owned(), name.to_owned()));
-            return Ok(());
-        };
+    let desired = match selector.filter(|_| !is_api_server(ns, name)) {
+        None => {
+            let cp = ctx.api.cluster.control_plane();
+            vec![(
+                vec![json!({"name": "https", "port": 6443, "protocol": "TCP"})],
+                vec![Arc::new(
+                    json!({"addresses": [cp.internal_ip.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}}),
+                )],
+            )]
+        }
         // In name order, as the store lists them.
-        let pods = store.list(Kind::Pod, Some(ns)).0;
-        desired_groups(&svc, &selector, &pods, memo)
+        Some(selector) => {
+            let pods = store.list(Kind::Pod, Some(ns)).0;
+            desired_groups(&svc, &selector, &pods, memo)
+        }
     };
     write_slices(ctx, &svc, &desired, &mut memo.slices)?;
     tracing::debug!(service = name, took = ?started.elapsed(), "slices reconciled");
@@ -659,10 +662,8 @@ mod tests {
 
     /// Slices as placement sees them without a memo.
     fn seen(slices: &[Arc<Value>]) -> Vec<Existing<'_>> {
-        slices
-            .iter()
-            .map(|s| existing(s, &HashMap::new()))
-            .collect()
+        static NO_MEMO: std::sync::LazyLock<SliceMemo> = std::sync::LazyLock::new(HashMap::new);
+        slices.iter().map(|s| existing(s, &NO_MEMO)).collect()
     }
 
     fn as_json(endpoints: &[Endpoint]) -> Vec<Value> {
@@ -880,7 +881,7 @@ mod tests {
         let all: Vec<Endpoint> = (0..150).map(ep).collect();
         let first = place(&[], &[(ports(), all.clone())]);
         let slices = stored(&first);
-        let memo: HashMap<String, (Arc<Value>, Vec<Endpoint>)> = slices
+        let memo: SliceMemo = slices
             .iter()
             .zip(&first.slices)
             .map(|(s, (_, _, eps))| (meta(s, "name").to_owned(), (s.clone(), eps.clone())))
