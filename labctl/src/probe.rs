@@ -83,36 +83,33 @@ pub async fn verify(dir: &LabDir, config: &LabConfig, request: &Request) -> Resu
     let target = target(&service, config, request)?;
     let ready = ready_pods(&client, &service, &request.namespace).await?;
     let (count, timeout) = (request.requests, Duration::from_secs(3));
-    let place_ = place.clone();
-    let answers = tokio::task::spawn_blocking(move || {
+    let what = format!("svc/{} via {target} from {}", request.name, place.place);
+    let significance = request.significance;
+    tokio::task::spawn_blocking(move || {
         // A Service exposed a moment ago answers once the dataplanes have synced (kube-proxy
         // takes a moment too): wait for a first answer, bounded, before the counted run.
         let started = std::time::Instant::now();
         while started.elapsed() < WARM_UP
-            && place_
+            && place
                 .get_many(target, 1, Duration::from_millis(500))
                 .pop()
                 .is_none_or(|r| r.is_err())
         {
             std::thread::sleep(Duration::from_millis(50));
         }
-        place_.get_many(target, count, timeout)
+        verify::judge_confirmed(&what, &ready, significance, || {
+            let mut tally = Tally::default();
+            for answer in place.get_many(target, count, timeout) {
+                match answer {
+                    Ok(body) => tally.answer(&body),
+                    Err(e) => tally.failure(format!("{}: {e}", place.describe(target))),
+                }
+            }
+            tally
+        })
     })
     .await
-    .context("the request loop")?;
-    let mut tally = Tally::default();
-    for answer in answers {
-        match answer {
-            Ok(body) => tally.answer(&body),
-            Err(e) => tally.failure(format!("{}: {e}", place.describe(target))),
-        }
-    }
-    Ok(verify::judge(
-        &format!("svc/{} via {target} from {}", request.name, place.place),
-        &tally,
-        &ready,
-        request.significance,
-    ))
+    .context("the request loop")
 }
 
 /// The address requests from `request.origin` go to: the ClusterIP from a node (or the host

@@ -747,22 +747,22 @@ impl<'a> Tutorial<'a> {
                 if from_client { " --from client" } else { "" }
             ),
         );
-        let mut tally = verify::Tally::default();
-        for answer in self
-            .place(from_client)
-            .get_many(target, n, Duration::from_secs(3))
-        {
-            match answer {
-                Ok(body) => tally.answer(&body),
-                Err(e) => tally.failure(e.to_string()),
-            }
-        }
         let ready: Vec<String> = self.pods()?.into_iter().map(|p| p.name).collect();
-        let report = verify::judge(
+        let reach = self.place(from_client);
+        let report = verify::judge_confirmed(
             &format!("{what} ({target}) from {place}"),
-            &tally,
             &ready,
             self.options.significance,
+            || {
+                let mut tally = verify::Tally::default();
+                for answer in reach.get_many(target, n, Duration::from_secs(3)) {
+                    match answer {
+                        Ok(body) => tally.answer(&body),
+                        Err(e) => tally.failure(e.to_string()),
+                    }
+                }
+                tally
+            },
         );
         self.console.output(&verify::chart(&report));
         self.check(

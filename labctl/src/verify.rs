@@ -5,6 +5,11 @@
 //! `numgen random`), so the answers are a multinomial sample with equal cell probabilities; a
 //! chi-square goodness-of-fit test says whether the counts reject that. The test only makes
 //! sense when every cell expects a handful of answers, so the verdict says when it is skipped.
+//!
+//! A fair split is rejected by chance once in `1 / significance` runs, and CI makes a score of
+//! such checks a run; [`judge_confirmed`] therefore draws a second sample when the split is the
+//! only thing wrong, and fails only when that one is rejected too. A skewed dataplane fails both;
+//! a chance split fails both about once in `1 / significance^2` runs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -103,6 +108,10 @@ pub struct Report {
     /// Why it was not run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uniformity_skipped: Option<String>,
+    /// The test of an earlier sample that rejected uniformity, when this report's sample was
+    /// drawn to confirm it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_sample: Option<Uniformity>,
     /// Whether every check held.
     pub passed: bool,
     /// Why it failed, one line per reason (empty when it passed).
@@ -185,9 +194,29 @@ pub fn judge(target: &str, tally: &Tally, ready: &[String], significance: f64) -
         failures: tally.failures.clone(),
         uniformity_skipped: uniformity.as_ref().err().cloned(),
         uniformity: uniformity.ok(),
+        first_sample: None,
         passed: reasons.is_empty(),
         reasons,
     }
+}
+
+/// Judges a sample from `sample`, and when uniformity is the only check it fails, a second
+/// one: the verdict is the second's, with the first's test kept in [`Report::first_sample`].
+pub fn judge_confirmed(
+    target: &str,
+    ready: &[String],
+    significance: f64,
+    mut sample: impl FnMut() -> Tally,
+) -> Report {
+    let first = judge(target, &sample(), ready, significance);
+    let only_the_split =
+        first.reasons.len() == 1 && first.uniformity.as_ref().is_some_and(|u| u.rejected);
+    if !only_the_split {
+        return first;
+    }
+    let mut second = judge(target, &sample(), ready, significance);
+    second.first_sample = first.uniformity;
+    second
 }
 
 /// The chi-square test of `counts` against equal shares.
@@ -283,8 +312,15 @@ pub fn summary(report: &Report) -> String {
             why.as_deref().unwrap_or("no answers")
         ),
     };
+    let again = match &report.first_sample {
+        None => String::new(),
+        Some(first) => format!(
+            " (a second sample: the first one's split had p = {:.2e} < {})",
+            first.p_value, first.significance
+        ),
+    };
     format!(
-        "{} requests, {answered}/{ready} Ready Pods answered, {test}",
+        "{} requests, {answered}/{ready} Ready Pods answered, {test}{again}",
         report.requests
     )
 }
@@ -334,11 +370,17 @@ pub fn junit(report: &Report, suite: &str) -> Result<String, quick_junit::Serial
             .then(|| "answers from Pods that are not Ready".to_string()),
     );
     if let Some(u) = &report.uniformity {
+        let first = report.first_sample.as_ref().map_or(String::new(), |f| {
+            format!(
+                "; a first sample too: chi-square {:.2}, p = {:.2e}",
+                f.chi_square, f.p_value
+            )
+        });
         case(
             "split is uniform (chi-square)",
             u.rejected.then(|| {
                 format!(
-                    "chi-square {:.2}, p = {:.2e} < {}",
+                    "chi-square {:.2}, p = {:.2e} < {}{first}",
                     u.chi_square, u.p_value, u.significance
                 )
             }),
@@ -499,5 +541,64 @@ mod tests {
             "{xml}"
         );
         assert!(xml.contains("split is uniform (chi-square)"), "{xml}");
+    }
+
+    #[test]
+    fn a_rejected_split_is_sampled_again_and_the_second_sample_decides() {
+        let mut samples = vec![
+            tally(&[("a", 67), ("b", 33)]),
+            tally(&[("a", 48), ("b", 52)]),
+        ]
+        .into_iter();
+        let r = judge_confirmed("t", &pods(&["a", "b"]), 0.001, || samples.next().unwrap());
+        assert!(r.passed, "{:?}", r.reasons);
+        assert_eq!(r.shares[0].answers, 48);
+        let first = r
+            .first_sample
+            .as_ref()
+            .expect("the first sample's test is kept");
+        assert!(first.rejected && first.p_value < 0.001, "{first:?}");
+        assert!(
+            summary(&r)
+                .ends_with("(a second sample: the first one's split had p = 6.74e-4 < 0.001)"),
+            "{}",
+            summary(&r)
+        );
+
+        let mut samples = vec![
+            tally(&[("a", 90), ("b", 10)]),
+            tally(&[("a", 88), ("b", 12)]),
+        ]
+        .into_iter();
+        let r = judge_confirmed("t", &pods(&["a", "b"]), 0.001, || samples.next().unwrap());
+        assert!(!r.passed);
+        assert_eq!(
+            r.shares[0].answers, 88,
+            "the verdict is the second sample's"
+        );
+        let xml = junit(&r, "svc/hello-world").unwrap();
+        assert!(
+            xml.contains("a first sample too: chi-square 64.00"),
+            "{xml}"
+        );
+    }
+
+    #[test]
+    fn other_failures_are_not_sampled_again() {
+        let mut drawn = 0;
+        let r = judge_confirmed("t", &pods(&["a", "b"]), 0.001, || {
+            drawn += 1;
+            tally(&[("a", 100)])
+        });
+        assert_eq!(drawn, 1, "a silent Pod is not chance");
+        assert!(!r.passed);
+        assert!(r.first_sample.is_none());
+        let mut drawn = 0;
+        let r = judge_confirmed("t", &pods(&["a", "b"]), 0.001, || {
+            drawn += 1;
+            tally(&[("a", 50), ("b", 50)])
+        });
+        assert_eq!(drawn, 1);
+        assert!(r.passed);
     }
 }
