@@ -5,11 +5,11 @@
 //! arrives as `HOSTNAME` and the release as `HELLO_APP_VERSION` in the component's
 //! environment, which the host sets per Pod.
 
-use std::io::Write;
 use std::sync::OnceLock;
 
 use hello_app::respond::{AppVersion, RequestHead, log_line, respond};
 use wasip2::exports::http::incoming_handler::Guest;
+use wasip2::io::streams::OutputStream;
 use wasip2::http::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
@@ -34,8 +34,7 @@ impl Guest for HelloApp {
         let reply = respond(&head, *version, hostname);
 
         if let Some(message) = &reply.log {
-            let line = log_line(time::OffsetDateTime::now_utc(), message);
-            let _ = std::io::stderr().write_all(line.as_bytes());
+            log(&log_line(time::OffsetDateTime::now_utc(), message));
         }
 
         let mut headers: Vec<(String, Vec<u8>)> = reply
@@ -65,6 +64,22 @@ impl Guest for HelloApp {
         }
         OutgoingBody::finish(body, None).expect("the body is complete");
     }
+}
+
+/// Writes a log line to stderr in one write per 4 KiB (the most one wasi:io write takes), so
+/// lines from the Pod's instances do not interleave. The stream is opened once per instance:
+/// std's stderr costs a few more host calls a line.
+fn log(line: &str) {
+    thread_local! {
+        static STDERR: OutputStream = wasip2::cli::stderr::get_stderr();
+    }
+    STDERR.with(|stderr| {
+        for chunk in line.as_bytes().chunks(4096) {
+            if stderr.blocking_write_and_flush(chunk).is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// The Pod's release and name. The host reuses an instance for many requests of the same Pod,
