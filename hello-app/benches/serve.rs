@@ -8,6 +8,10 @@
 //! per-core throughput. The server's CPU use during the window is reported too: if it is far
 //! below 100%, the load generator, not the server, set the pace.
 //!
+//! Where `go` is installed, the Go original (`benches/go-original`, built here) runs in each
+//! round too, as the reference the issue's goal names; without Go the bench says why it left
+//! it out.
+//!
 //! Environment: `SERVE_BENCH_SECS` (measured seconds per run, default 4), `SERVE_BENCH_ROUNDS`
 //! (default 3), `SERVE_BENCH_CONNS` (default 32). The last line is one JSON object.
 
@@ -24,6 +28,8 @@ const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
 enum Kind {
     Native,
     Wasm,
+    /// The Go original.
+    Go,
 }
 
 impl Kind {
@@ -31,8 +37,31 @@ impl Kind {
         match self {
             Kind::Native => "native",
             Kind::Wasm => "wasm",
+            Kind::Go => "go",
         }
     }
+}
+
+/// Builds the Go original into the target directory, or says why it cannot.
+fn build_go_original() -> Result<std::path::PathBuf, String> {
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/go-original");
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hello-app-go");
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(".")
+        .current_dir(source)
+        // Never fetch a toolchain: the bench uses the machine's Go or none.
+        .env("GOTOOLCHAIN", "local")
+        .output()
+        .map_err(|e| format!("`go` did not run ({e}); `apt-get install golang-go` adds it"))?;
+    if !built.status.success() {
+        return Err(format!(
+            "`go build` in {source} failed: {}",
+            String::from_utf8_lossy(&built.stderr).trim()
+        ));
+    }
+    Ok(out)
 }
 
 struct RunResult {
@@ -78,9 +107,20 @@ fn main() {
     } else {
         LoadGen::Builtin
     };
+    let go = build_go_original();
+    let mut kinds = vec![Kind::Native, Kind::Wasm];
+    match &go {
+        Ok(_) => kinds.push(Kind::Go),
+        Err(why) => println!("serve bench: the Go original is left out: {why}"),
+    }
     println!(
-        "serve bench: {rounds} rounds x (native, wasm), {conns} keep-alive connections, {secs} s \
+        "serve bench: {rounds} rounds x ({}), {conns} keep-alive connections, {secs} s \
          measured after 1 s warm-up; load from {}; {}",
+        kinds
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", "),
         match loadgen {
             LoadGen::Wrk => "wrk -t1",
             LoadGen::Builtin =>
@@ -95,8 +135,9 @@ fn main() {
 
     let mut runs: Vec<(Kind, RunResult)> = Vec::new();
     for round in 1..=rounds {
-        for kind in [Kind::Native, Kind::Wasm] {
-            let result = run_once(kind, loadgen, conns, Duration::from_secs(secs), pinned);
+        for &kind in &kinds {
+            let go = go.as_ref().ok().map(|p| p.as_path());
+            let result = run_once(kind, go, loadgen, conns, Duration::from_secs(secs), pinned);
             println!(
                 "round {round} {:<6} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  server CPU {:>4.0}%  errors {}",
                 kind.name(),
@@ -127,10 +168,29 @@ fn main() {
         "mean: native {native_rps:.0} req/s, wasm {wasm_rps:.0} req/s, wasm/native {ratio:.3} \
          (goal >= 0.7); wasm p99 {wasm_p99:.3} ms (goal < 2 ms)"
     );
+    // The Go original's figures, `null` when it was left out.
+    let go_json = if go.is_ok() {
+        let go_rps = mean(Kind::Go, |r| r.rps);
+        println!(
+            "the Go original: {go_rps:.0} req/s, p99 {:.3} ms; go/native {:.3}, wasm/go {:.3}",
+            mean(Kind::Go, |r| r.p99),
+            go_rps / native_rps,
+            wasm_rps / go_rps
+        );
+        format!(
+            "\"go_rps\":{go_rps:.0},\"go_p99_ms\":{:.3},\"go_native_ratio\":{:.3},\"wasm_go_ratio\":{:.3},\"go_server_cpu\":{:.2}",
+            mean(Kind::Go, |r| r.p99),
+            go_rps / native_rps,
+            wasm_rps / go_rps,
+            mean(Kind::Go, |r| r.server_cpu),
+        )
+    } else {
+        "\"go_rps\":null,\"go_p99_ms\":null,\"go_native_ratio\":null,\"wasm_go_ratio\":null,\"go_server_cpu\":null".to_string()
+    };
     println!(
         "{{\"native_rps\":{native_rps:.0},\"wasm_rps\":{wasm_rps:.0},\"wasm_native_ratio\":{ratio:.3},\
          \"native_p50_ms\":{:.3},\"native_p99_ms\":{:.3},\"wasm_p50_ms\":{:.3},\"wasm_p99_ms\":{wasm_p99:.3},\
-         \"native_server_cpu\":{:.2},\"wasm_server_cpu\":{:.2},\"errors\":{errors},\
+         \"native_server_cpu\":{:.2},\"wasm_server_cpu\":{:.2},{go_json},\"errors\":{errors},\
          \"load_generator\":\"{}\",\"connections\":{conns},\"seconds_per_run\":{secs},\
          \"rounds\":{rounds},\"pinned\":{pinned}}}",
         mean(Kind::Native, |r| r.p50),
@@ -172,11 +232,15 @@ impl Drop for Server {
     }
 }
 
-fn start(kind: Kind, pinned: bool) -> Server {
-    let bin = env!("CARGO_BIN_EXE_hello-app");
+fn start(kind: Kind, go: Option<&std::path::Path>, pinned: bool) -> Server {
+    let bin = match (kind, go) {
+        (Kind::Go, Some(go)) => go.as_os_str(),
+        (Kind::Go, None) => unreachable!("the Go original runs only once built"),
+        _ => std::ffi::OsStr::new(env!("CARGO_BIN_EXE_hello-app")),
+    };
     let mut cmd = if pinned {
         let mut c = Command::new("taskset");
-        c.args(["-c", "0", bin]);
+        c.args(["-c", "0"]).arg(bin);
         c
     } else {
         Command::new(bin)
@@ -196,8 +260,12 @@ fn start(kind: Kind, pinned: bool) -> Server {
             ])
             .arg(cache);
         }
+        // One OS thread runs Go code, as the others have one core's worth of threads.
+        Kind::Go => {
+            cmd.env("PORT", "0").env("GOMAXPROCS", "1");
+        }
     }
-    // Both servers log a line per request, as the original does. The lines go to a file: a
+    // All servers log a line per request, as the original does. The lines go to a file: a
     // pipe would need a reader, whose CPU time would land on one side of the comparison.
     // RUST_BACKTRACE would make wasmtime capture a backtrace whenever it builds an error,
     // which a server in a Pod does not do.
@@ -246,12 +314,13 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 fn run_once(
     kind: Kind,
+    go: Option<&std::path::Path>,
     loadgen: LoadGen,
     conns: usize,
     measure: Duration,
     pinned: bool,
 ) -> RunResult {
-    let server = start(kind, pinned);
+    let server = start(kind, go, pinned);
     let pid = server.child.id();
     let result = match loadgen {
         LoadGen::Wrk => {

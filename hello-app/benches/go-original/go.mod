@@ -1,0 +1,3 @@
+module hello-app-go-original
+
+go 1.19
