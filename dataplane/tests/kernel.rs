@@ -20,7 +20,7 @@ use dataplane::apply::nft::{NftApplier, TableWrite};
 use dataplane::compile::{compile, default_cluster_cidr};
 use dataplane::model::{NodeConfig, Snapshot};
 use dataplane::render::nft::{self, Layout};
-use dataplane::ruleset::RuleSet;
+use dataplane::ruleset::{RuleSet, Table, Target};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -396,6 +396,111 @@ fn iptables_rules_route_clusterip_and_nodeport_to_every_pod() {
     applier.cleanup(&both).unwrap();
     let left = lab.save();
     assert!(!left.contains("KUBE-"), "{left}");
+}
+
+/// The kernel's dispatch of the service's ClusterIP chain, from `iptables-save`: each rule's
+/// endpoint chain and probability (1 for the last).
+fn dispatch_in_kernel(lab: &LabNode) -> Vec<(String, f64)> {
+    let save = lab.save();
+    let chain = save
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("-A KUBE-SERVICES ")
+                .filter(|l| l.contains("cluster IP"))
+                .and_then(|l| l.split_whitespace().last())
+        })
+        .expect("a ClusterIP rule")
+        .to_owned();
+    save.lines()
+        .filter_map(|l| l.strip_prefix(&format!("-A {chain} ")))
+        .filter(|l| l.contains("-j KUBE-SEP-"))
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let after = |flag: &str| words.iter().position(|w| *w == flag).map(|i| words[i + 1]);
+            let p = after("--probability").map_or(1.0, |p| p.parse().unwrap());
+            (after("-j").unwrap().to_owned(), p)
+        })
+        .collect()
+}
+
+/// Syncs `endpoints` partially over `applied` and checks what the kernel then holds: the
+/// stable order, an even split, and no chain of a gone endpoint.
+fn partial_sync_and_check(
+    lab: &LabNode,
+    applier: &IptablesApplier,
+    applied: &mut RuleSet,
+    endpoints: &[String],
+) {
+    let endpoints: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+    let mut expected = rules(&endpoints);
+    assert!(applier.apply_changes(&expected).expect("partial sync"));
+    dataplane::apply::iptables::stable_dispatch(applied, &mut expected);
+    *applied = expected;
+
+    let dispatch = dispatch_in_kernel(lab);
+    assert_eq!(dispatch.len(), endpoints.len(), "{dispatch:?}");
+    let mut reaching = 1.0;
+    for (sep, p) in &dispatch {
+        let share = reaching * p;
+        assert!(
+            (share - 1.0 / endpoints.len() as f64).abs() < 1e-6,
+            "{sep} gets {share} of {}",
+            endpoints.len()
+        );
+        reaching *= 1.0 - p;
+    }
+    let want: Vec<String> = applied.tables[&Table::Nat]
+        .iter()
+        .find(|(n, _)| n.starts_with("KUBE-SVC-"))
+        .unwrap()
+        .1
+        .rules
+        .iter()
+        .filter_map(|r| match &r.target {
+            Target::Jump(j) if j.starts_with("KUBE-SEP-") => Some(j.clone()),
+            _ => None,
+        })
+        .collect();
+    let held: Vec<String> = dispatch.into_iter().map(|(s, _)| s).collect();
+    assert_eq!(held, want);
+    let seps = lab
+        .save()
+        .lines()
+        .filter(|l| l.starts_with(":KUBE-SEP-"))
+        .count();
+    assert_eq!(seps, endpoints.len());
+}
+
+#[test]
+fn iptables_partial_syncs_edit_a_service_chain_rule_by_rule_and_keep_the_split_even() {
+    if unavailable() {
+        return;
+    }
+    let lab = LabNode::new(3);
+    let applier = IptablesApplier::new(lab.netns());
+    // Three Pods that serve, and seventeen addresses that only fill the chain.
+    let mut endpoints: Vec<String> = (2..5).map(|i| format!("10.244.1.{i}")).collect();
+    endpoints.extend((100..117).map(|i| format!("10.244.1.{i}")));
+    let mut applied = rules(&endpoints.iter().map(String::as_str).collect::<Vec<_>>());
+    applier.apply(&applied).expect("apply");
+
+    // One leaves at a time, from the middle of those left, as scaled-down Pods do.
+    while endpoints.len() > 3 {
+        endpoints.remove(3 + (endpoints.len() - 3) / 2);
+        partial_sync_and_check(&lab, &applier, &mut applied, &endpoints);
+    }
+    // What is left serves, through the chain the edits made.
+    let cluster = spread(&lab.node, &format!("{CLUSTER_IP}:80"), 30);
+    assert_eq!(
+        cluster.keys().collect::<Vec<_>>(),
+        ["pod-0", "pod-1", "pod-2"],
+        "{cluster:?}"
+    );
+    // New endpoints are inserted at the top.
+    for extra in ["10.244.1.120", "10.244.1.121"] {
+        endpoints.push(extra.into());
+        partial_sync_and_check(&lab, &applier, &mut applied, &endpoints);
+    }
 }
 
 fn refused(ns: &str, addr: &str) -> Result<(), std::io::ErrorKind> {

@@ -4,13 +4,23 @@
 //! chains that are no longer wanted, in one transaction; nothing else in the tables is
 //! touched. The jumps from the built-in chains are checked (`-C`) and inserted (`-I`) only if
 //! missing, so applying twice changes nothing.
+//!
+//! Later syncs write only what changed, and inside a changed chain only the rules that
+//! changed when they are few (`-D`, `-R` and `-I` by position). A service chain's endpoint
+//! dispatch gives endpoint `i` of `n` the probability `1/(n-i)`, so in kube-proxy's sorted
+//! order one endpoint leaving changes every rule before it. The order the kernel holds is
+//! therefore kept from sync to sync ([`stable_dispatch`]): a leaving endpoint's rule takes the
+//! first endpoint instead and the first rule goes, a new endpoint comes first, and every
+//! other rule keeps its position from the end and so its probability. One of 1,000 endpoints
+//! leaving is then two rule edits instead of 1,000 rules rewritten. Each endpoint still gets
+//! `1/n` of the new connections; only the listing's order departs from kube-proxy's.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 
 use crate::render::iptables::{hook_args, render, rule_args};
-use crate::ruleset::{Chain, RuleSet, Table};
+use crate::ruleset::{Chain, Match, Rule, RuleSet, Table, Target};
 
 use super::{ApplyError, Netns};
 
@@ -64,13 +74,16 @@ impl IptablesApplier {
             self.apply(rules)?;
             return Ok(true);
         };
-        let input = changes(&last, rules);
+        let mut rules = rules.clone();
+        stable_dispatch(&last, &mut rules);
+        let input = changes(&last, &rules);
         if !input.is_empty() {
             self.netns
                 .run("iptables-restore", &["--noflush"], Some(&input))?;
         }
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(rules.clone());
-        Ok(!input.is_empty())
+        let written = !input.is_empty();
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(rules);
+        Ok(written)
     }
 
     /// The chains of ours that exist now, per table (from `iptables-save`).
@@ -176,8 +189,148 @@ impl IptablesApplier {
     }
 }
 
-/// The restore input that turns `last` into `rules`: changed and new chains declared (which
-/// flushes them) and refilled, stale chains flushed and deleted; empty when nothing changed.
+/// Whether `rule` is one of a service chain's statistic jumps to an endpoint (not a
+/// session-affinity check, which does not depend on its position).
+fn is_dispatch(rule: &Rule) -> bool {
+    matches!(&rule.target, Target::Jump(chain) if chain.starts_with("KUBE-SEP-"))
+        && !rule
+            .matches
+            .iter()
+            .any(|m| matches!(m, Match::RecentCheck { .. }))
+}
+
+/// Where a chain's endpoint dispatch starts: its trailing run of [`is_dispatch`] rules.
+fn dispatch_start(chain: &Chain) -> usize {
+    chain.rules.len()
+        - chain
+            .rules
+            .iter()
+            .rev()
+            .take_while(|r| is_dispatch(r))
+            .count()
+}
+
+fn endpoint_of(rule: &Rule) -> &str {
+    match &rule.target {
+        Target::Jump(chain) => chain,
+        _ => unreachable!("a dispatch rule jumps to its endpoint's chain"),
+    }
+}
+
+/// The endpoints of a dispatch in the order that keeps most of `previous` in place: each
+/// endpoint that left is replaced by the first one (taken from the front), the front goes,
+/// and new endpoints come first, in `wanted`'s order.
+fn stable_order<'a>(previous: &[&'a str], wanted: &[&'a str]) -> Vec<&'a str> {
+    let wanted_set: HashSet<&str> = wanted.iter().copied().collect();
+    let mut slots: Vec<Option<&str>> = previous
+        .iter()
+        .map(|e| wanted_set.contains(e).then_some(*e))
+        .collect();
+    let mut front = 0;
+    while front < slots.len() {
+        match slots[front] {
+            None => front += 1,
+            Some(first) => match slots.iter().rposition(Option::is_none) {
+                Some(hole) if hole > front => {
+                    slots[hole] = Some(first);
+                    front += 1;
+                }
+                _ => break,
+            },
+        }
+    }
+    let kept: HashSet<&str> = slots[front..].iter().flatten().copied().collect();
+    wanted
+        .iter()
+        .copied()
+        .filter(|e| !kept.contains(e))
+        .chain(slots[front..].iter().flatten().copied())
+        .collect()
+}
+
+/// Reorders each service chain's endpoint dispatch in `next` into the [`stable_order`] of
+/// the same chain in `last`, with each rule's probability set for its new position.
+pub fn stable_dispatch(last: &RuleSet, next: &mut RuleSet) {
+    for (table, chains) in &mut next.tables {
+        let Some(before) = last.tables.get(table) else {
+            continue;
+        };
+        let before: BTreeMap<&str, &Chain> = before.iter().map(|(n, c)| (n.as_str(), c)).collect();
+        for (name, chain) in chains.iter_mut() {
+            let Some(old) = before.get(name.as_str()) else {
+                continue;
+            };
+            if old == &&*chain {
+                continue;
+            }
+            let previous: Vec<&str> = old.rules[dispatch_start(old)..]
+                .iter()
+                .map(endpoint_of)
+                .collect();
+            let start = dispatch_start(chain);
+            let dispatch = chain.rules.split_off(start);
+            let by_endpoint: BTreeMap<&str, &Rule> =
+                dispatch.iter().map(|r| (endpoint_of(r), r)).collect();
+            let wanted: Vec<&str> = dispatch.iter().map(endpoint_of).collect();
+            let order = stable_order(&previous, &wanted);
+            let n = order.len();
+            for (i, endpoint) in order.into_iter().enumerate() {
+                let mut rule = by_endpoint[endpoint].clone();
+                rule.matches.retain(|m| !matches!(m, Match::Probability(_)));
+                if i + 1 < n {
+                    rule.matches.push(Match::Probability(1.0 / (n - i) as f64));
+                }
+                chain.rules.push(rule);
+            }
+        }
+    }
+}
+
+/// The restore lines that edit chain `name` from `old` into `new` in place, rule by rule, or
+/// `None` when rewriting the chain is shorter.
+fn rule_edits(name: &str, old: &Chain, new: &Chain) -> Option<Vec<String>> {
+    use similar::{Algorithm, DiffOp, capture_diff_slices};
+    let old: Vec<String> = old.rules.iter().map(rule_args).collect();
+    let new: Vec<String> = new.rules.iter().map(rule_args).collect();
+    let mut edits = Vec::new();
+    // Ops in order: everything before an op's `new_index` already reads as `new`, so that
+    // is the position (1-based) the op works at.
+    for op in capture_diff_slices(Algorithm::Myers, &old, &new) {
+        let (at, old_len, new_len) = match op {
+            DiffOp::Equal { .. } => continue,
+            DiffOp::Delete {
+                old_len, new_index, ..
+            } => (new_index, old_len, 0),
+            DiffOp::Insert {
+                new_index, new_len, ..
+            } => (new_index, 0, new_len),
+            DiffOp::Replace {
+                old_len,
+                new_index,
+                new_len,
+                ..
+            } => (new_index, old_len, new_len),
+        };
+        let replaced = old_len.min(new_len);
+        for i in 0..replaced {
+            edits.push(format!("-R {name} {}{}", at + i + 1, new[at + i]));
+        }
+        for _ in new_len..old_len {
+            edits.push(format!("-D {name} {}", at + replaced + 1));
+        }
+        for i in old_len..new_len {
+            edits.push(format!("-I {name} {}{}", at + i + 1, new[at + i]));
+        }
+        if edits.len() * 2 >= new.len().max(1) {
+            return None;
+        }
+    }
+    Some(edits)
+}
+
+/// The restore input that turns `last` into `rules`: chains with a few changed rules edited
+/// in place ([`rule_edits`]), other changed and new chains declared (which flushes them) and
+/// refilled, stale chains flushed and deleted; empty when nothing changed.
 fn changes(last: &RuleSet, rules: &RuleSet) -> String {
     let mut out = String::new();
     let tables: BTreeSet<Table> = last
@@ -212,18 +365,33 @@ fn changes(last: &RuleSet, rules: &RuleSet) -> String {
         if changed.is_empty() && stale.is_empty() {
             continue;
         }
+        let (edited, rewritten): (Vec<_>, Vec<_>) = changed
+            .into_iter()
+            .map(|(name, chain)| {
+                let edits = before
+                    .get(name.as_str())
+                    .and_then(|old| rule_edits(name, old, chain));
+                (name, chain, edits)
+            })
+            .partition(|(_, _, edits)| edits.is_some());
         let _ = writeln!(out, "*{}", table.name());
-        for name in changed
+        for name in rewritten
             .iter()
-            .map(|(n, _)| n.as_str())
+            .map(|(n, _, _)| n.as_str())
             .chain(stale.iter().copied())
         {
             let _ = writeln!(out, ":{name} - [0:0]");
         }
-        for (name, chain) in &changed {
+        for (name, chain, _) in &rewritten {
             for rule in &chain.rules {
                 let _ = writeln!(out, "-A {name}{}", rule_args(rule));
             }
+        }
+        for edit in edited
+            .into_iter()
+            .flat_map(|(_, _, edits)| edits.into_iter().flatten())
+        {
+            let _ = writeln!(out, "{edit}");
         }
         for name in &stale {
             let _ = writeln!(out, "-X {name}");
@@ -274,5 +442,121 @@ mod tests {
             "*nat\n:KUBE-SVC-A - [0:0]\n:KUBE-SEP-2 - [0:0]\n-A KUBE-SVC-A -j KUBE-SEP-1\n-X KUBE-SEP-2\nCOMMIT\n"
         );
         assert_eq!(changes(&next, &next), "");
+    }
+
+    /// A service chain dispatching to `endpoints` as the compiler writes it.
+    fn service(endpoints: &[&str]) -> Chain {
+        let n = endpoints.len();
+        Chain {
+            rules: endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let mut matches = vec![Match::Comment(format!("svc -> {e}"))];
+                    if i + 1 < n {
+                        matches.push(Match::Probability(1.0 / (n - i) as f64));
+                    }
+                    Rule {
+                        matches,
+                        target: Target::Jump(format!("KUBE-SEP-{e}")),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn with_service(endpoints: &[&str]) -> RuleSet {
+        let mut rules = RuleSet::default();
+        let nat = rules.tables.entry(Table::Nat).or_default();
+        nat.push(("KUBE-SVC-A".into(), service(endpoints)));
+        for e in endpoints {
+            nat.push((format!("KUBE-SEP-{e}"), Chain::default()));
+        }
+        rules
+    }
+
+    /// Each endpoint's share of new connections under the chain's statistic rules.
+    fn shares(chain: &Chain) -> BTreeMap<String, f64> {
+        let mut reaching = 1.0;
+        let mut out = BTreeMap::new();
+        for rule in &chain.rules {
+            let p = rule
+                .matches
+                .iter()
+                .find_map(|m| match m {
+                    Match::Probability(p) => Some(*p),
+                    _ => None,
+                })
+                .unwrap_or(1.0);
+            out.insert(endpoint_of(rule).to_string(), reaching * p);
+            reaching *= 1.0 - p;
+        }
+        out
+    }
+
+    #[test]
+    fn stable_order_fills_holes_from_the_front_and_puts_new_endpoints_first() {
+        assert_eq!(stable_order(&["a", "b", "c"], &["a", "c"]), ["a", "c"]);
+        assert_eq!(
+            stable_order(&["a", "b", "c", "d", "e"], &["a", "c", "e"]),
+            ["c", "a", "e"]
+        );
+        assert_eq!(stable_order(&["a", "b", "c"], &["b", "c"]), ["b", "c"]);
+        assert_eq!(stable_order(&["a", "b"], &["a", "b", "x"]), ["x", "a", "b"]);
+        assert_eq!(stable_order(&["a", "b"], &["y"]), ["y"]);
+        assert_eq!(stable_order(&[], &["a", "b"]), ["a", "b"]);
+    }
+
+    #[test]
+    fn one_of_many_endpoints_leaving_is_two_rule_edits_and_shares_stay_equal() {
+        let all: Vec<String> = (0..20).map(|i| format!("{i:02}")).collect();
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let last = with_service(&all);
+        let mut fewer: Vec<&str> = all.clone();
+        fewer.remove(7);
+        let mut next = with_service(&fewer);
+        stable_dispatch(&last, &mut next);
+        let chain = &next.tables[&Table::Nat][0].1;
+        for (endpoint, share) in shares(chain) {
+            assert!((share - 1.0 / 19.0).abs() < 1e-9, "{endpoint}: {share}");
+        }
+        // Endpoint 00 took 07's place; everything after it is unchanged.
+        assert_eq!(endpoint_of(&chain.rules[6]), "KUBE-SEP-00");
+        assert_eq!(chain.rules[7..], last.tables[&Table::Nat][0].1.rules[8..]);
+        let input = changes(&last, &next);
+        assert_eq!(
+            input,
+            format!(
+                "*nat\n:KUBE-SEP-07 - [0:0]\n-D KUBE-SVC-A 1\n-R KUBE-SVC-A 7{}\n-X KUBE-SEP-07\nCOMMIT\n",
+                rule_args(&chain.rules[6])
+            )
+        );
+
+        // A new endpoint is one insert at the top.
+        let mut more = fewer.clone();
+        more.push("99");
+        let mut grown = with_service(&more);
+        stable_dispatch(&next, &mut grown);
+        let chain = &grown.tables[&Table::Nat][0].1;
+        assert_eq!(endpoint_of(&chain.rules[0]), "KUBE-SEP-99");
+        for share in shares(chain).values() {
+            assert!((share - 1.0 / 20.0).abs() < 1e-9);
+        }
+        assert_eq!(
+            changes(&next, &grown),
+            format!(
+                "*nat\n:KUBE-SEP-99 - [0:0]\n-I KUBE-SVC-A 1{}\nCOMMIT\n",
+                rule_args(&chain.rules[0])
+            )
+        );
+    }
+
+    #[test]
+    fn a_chain_that_changed_throughout_is_rewritten() {
+        let last = with_service(&["a", "b", "c", "d"]);
+        let next = with_service(&["e", "f", "g", "h"]);
+        let input = changes(&last, &next);
+        assert!(input.contains(":KUBE-SVC-A - [0:0]\n"), "{input}");
+        assert!(!input.contains("-R ") && !input.contains("-D "), "{input}");
     }
 }
