@@ -5,9 +5,9 @@
 //! [`explain`]), so `labctl tutorial` and tests can call them without a running lab; [`run`]
 //! only fetches the objects from the lab's API first. The node's [`NodeConfig`] is built by
 //! [`node_config`], the same function that configures each node's dataplane in kernel mode,
-//! so what is shown is what is programmed, in kube-proxy's order: the iptables applier keeps
-//! a Service's endpoint rules in the order they were first written as endpoints come and go
-//! (`dataplane::apply::iptables::stable_dispatch`), with the same shares.
+//! so what is shown is what is programmed, in kube-proxy's order: as endpoints come and go,
+//! a node's iptables applier keeps its own order of a Service's endpoint rules, with the same
+//! shares (`dataplane::apply::iptables::stable_dispatch`).
 
 use std::fmt::Write;
 use std::net::Ipv4Addr;
