@@ -2,15 +2,15 @@
 //!
 //! Each run starts the `hello-app` binary (native, or `wasm` with one Pod), warms it up, then
 //! drives it for a fixed time with keep-alive connections from a load generator in this
-//! process, recording every request's latency. Runs alternate native / wasm so that drift in
-//! the machine hits both alike. Where the machine has two or more CPUs the server is pinned to
+//! process, recording every request's latency. Runs alternate native / wasm (/ Go) so that
+//! drift in the machine hits all alike. Where the machine has two or more CPUs the server is pinned to
 //! CPU 0 and the load generator to CPU 1, so each side has one core and the figures compare
 //! per-core throughput. The server's CPU use during the window is reported too: if it is far
 //! below 100%, the load generator, not the server, set the pace.
 //!
 //! Where `go` is installed, the Go original (`benches/go-original`, built here) runs in each
-//! round too, as the reference the goal names; without Go the bench says why it left
-//! it out.
+//! round too, as a reference point: the app the tutorial runs, on the same core; without Go
+//! the bench says why it left it out.
 //!
 //! Environment: `SERVE_BENCH_SECS` (measured seconds per run, default 4), `SERVE_BENCH_ROUNDS`
 //! (default 3), `SERVE_BENCH_CONNS` (default 32). The last line is one JSON object.
@@ -260,7 +260,7 @@ fn start(kind: Kind, go: Option<&std::path::Path>, pinned: bool) -> Server {
             ])
             .arg(cache);
         }
-        // One OS thread runs Go code, as the others have one core's worth of threads.
+        // One OS thread runs Go code, as the others serve from a current-thread runtime.
         Kind::Go => {
             cmd.env("PORT", "0").env("GOMAXPROCS", "1");
         }
@@ -275,7 +275,14 @@ fn start(kind: Kind, go: Option<&std::path::Path>, pinned: bool) -> Server {
     cmd.env_remove("RUST_BACKTRACE")
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
-    let child = cmd.spawn().expect("start hello-app");
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting the {} server: {e}", kind.name()));
+    // Held from here, so that a server that never says its port is stopped all the same.
+    let mut server = Server {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     let port = loop {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -288,10 +295,8 @@ fn start(kind: Kind, go: Option<&std::path::Path>, pinned: bool) -> Server {
         );
         std::thread::sleep(Duration::from_millis(10));
     };
-    Server {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-    }
+    server.addr.set_port(port);
+    server
 }
 
 fn listening_port(line: &str) -> Option<u16> {

@@ -6,10 +6,11 @@
 //! chi-square goodness-of-fit test says whether the counts reject that. The test only makes
 //! sense when every cell expects a handful of answers, so the verdict says when it is skipped.
 //!
-//! A fair split is rejected by chance once in `1 / significance` runs, and CI makes a score of
-//! such checks a run; [`judge_confirmed`] therefore draws a second sample when the split is the
-//! only thing wrong, and fails only when that one is rejected too. A skewed dataplane fails both;
-//! a chance split fails both about once in `1 / significance^2` runs.
+//! A fair split is rejected by chance once in `1 / significance` runs, and a CI run makes about
+//! 20 such checks; [`judge_confirmed`] therefore draws a second sample when the split is the
+//! only thing wrong, and fails only when that one is rejected too. A strongly skewed dataplane
+//! fails both (a mild skew is caught less often than by one sample); a chance split fails both
+//! about once in `1 / significance^2` runs.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

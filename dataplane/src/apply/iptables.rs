@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::render::iptables::{hook_args, render, rule_args};
 use crate::ruleset::{Chain, Match, Rule, RuleSet, Table, Target};
@@ -46,12 +47,24 @@ fn ours(chain: &str) -> bool {
     FIXED_CHAINS.contains(&chain) || SERVICE_PREFIXES.iter().any(|p| chain.starts_with(p))
 }
 
+/// How often a partial sync is a whole one instead, as kube-proxy's are: rules changed behind
+/// the applier's back are repaired then, and rule edits by position start from what the
+/// kernel really holds.
+pub const FULL_SYNC_EVERY: Duration = Duration::from_secs(3600);
+
+/// What an applier last wrote, and when it last wrote everything.
+#[derive(Debug)]
+struct Applied {
+    rules: RuleSet,
+    full_at: Instant,
+}
+
 /// Programs rule sets into one network namespace with iptables. Clones share what was last
 /// applied (see [`IptablesApplier::apply_changes`]).
 #[derive(Debug, Clone)]
 pub struct IptablesApplier {
     netns: Netns,
-    last: Arc<Mutex<Option<RuleSet>>>,
+    last: Arc<Mutex<Option<Applied>>>,
 }
 
 impl IptablesApplier {
@@ -64,25 +77,31 @@ impl IptablesApplier {
     }
 
     /// Applies only what differs from the rule set this applier last applied: the chains
-    /// whose rules changed are rewritten, chains no longer wanted are deleted, and nothing
-    /// else is read or written (one `iptables-restore`, or no process at all when nothing
-    /// changed), as kube-proxy's partial syncs do. Without an earlier apply, or after one
-    /// failed, this is [`IptablesApplier::apply`]. Returns whether anything was written.
+    /// whose rules changed are edited or rewritten, chains no longer wanted are deleted, and
+    /// nothing else is read or written (one `iptables-restore`, or no process at all when
+    /// nothing changed), as kube-proxy's partial syncs do. Without an earlier apply, after one
+    /// failed, or [`FULL_SYNC_EVERY`] after the last whole one, this is
+    /// [`IptablesApplier::apply`]. Returns whether anything was written.
     pub fn apply_changes(&self, rules: &RuleSet) -> Result<bool, ApplyError> {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(last) = last.filter(|l| l.hooks == rules.hooks) else {
+        let Some(last) =
+            last.filter(|l| l.rules.hooks == rules.hooks && l.full_at.elapsed() < FULL_SYNC_EVERY)
+        else {
             self.apply(rules)?;
             return Ok(true);
         };
         let mut rules = rules.clone();
-        stable_dispatch(&last, &mut rules);
-        let input = changes(&last, &rules);
+        stable_dispatch(&last.rules, &mut rules);
+        let input = changes(&last.rules, &rules);
         if !input.is_empty() {
             self.netns
                 .run("iptables-restore", &["--noflush"], Some(&input))?;
         }
         let written = !input.is_empty();
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(rules);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Applied {
+            rules,
+            full_at: last.full_at,
+        });
         Ok(written)
     }
 
@@ -154,7 +173,10 @@ impl IptablesApplier {
             }
         }
         self.netns.enable_localhost_nodeports()?;
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(rules.clone());
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Applied {
+            rules: rules.clone(),
+            full_at: Instant::now(),
+        });
         Ok(())
     }
 
@@ -218,14 +240,23 @@ fn endpoint_of(rule: &Rule) -> &str {
 }
 
 /// The endpoints of a dispatch in the order that keeps most of `previous` in place: each
-/// endpoint that left is replaced by the first one (taken from the front), the front goes,
-/// and new endpoints come first, in `wanted`'s order.
+/// endpoint that left is replaced by a new one while there are new ones (a rolling update
+/// is one rule edit per Pod), else by the first endpoint, taken from the front; new
+/// endpoints left over come first, in `wanted`'s order.
 fn stable_order<'a>(previous: &[&'a str], wanted: &[&'a str]) -> Vec<&'a str> {
     let wanted_set: HashSet<&str> = wanted.iter().copied().collect();
+    let previous_set: HashSet<&str> = previous.iter().copied().collect();
+    let mut arriving = wanted.iter().copied().filter(|e| !previous_set.contains(e));
     let mut slots: Vec<Option<&str>> = previous
         .iter()
         .map(|e| wanted_set.contains(e).then_some(*e))
         .collect();
+    for slot in slots.iter_mut().filter(|s| s.is_none()) {
+        match arriving.next() {
+            Some(new) => *slot = Some(new),
+            None => break,
+        }
+    }
     let mut front = 0;
     while front < slots.len() {
         match slots[front] {
@@ -239,11 +270,7 @@ fn stable_order<'a>(previous: &[&'a str], wanted: &[&'a str]) -> Vec<&'a str> {
             },
         }
     }
-    let kept: HashSet<&str> = slots[front..].iter().flatten().copied().collect();
-    wanted
-        .iter()
-        .copied()
-        .filter(|e| !kept.contains(e))
+    arriving
         .chain(slots[front..].iter().flatten().copied())
         .collect()
 }
@@ -286,30 +313,42 @@ pub fn stable_dispatch(last: &RuleSet, next: &mut RuleSet) {
     }
 }
 
+/// How long finding a chain's rule edits may take before the diff settles for more edits
+/// than the fewest (which may then mean a rewrite).
+const DIFF_DEADLINE: Duration = Duration::from_millis(5);
+
 /// The restore lines that edit chain `name` from `old` into `new` in place, rule by rule, or
-/// `None` when rewriting the chain is shorter.
+/// `None` when they would be at least half as many as the new chain's rules (a rewrite is
+/// then about as short, and needs no positions).
 fn rule_edits(name: &str, old: &Chain, new: &Chain) -> Option<Vec<String>> {
-    use similar::{Algorithm, DiffOp, capture_diff_slices};
+    use similar::{Algorithm, DiffOp, capture_diff_slices_deadline};
+    if old.rules.len().abs_diff(new.rules.len()) * 2 >= new.rules.len().max(1) {
+        return None;
+    }
     let old: Vec<String> = old.rules.iter().map(rule_args).collect();
     let new: Vec<String> = new.rules.iter().map(rule_args).collect();
     let mut edits = Vec::new();
-    // Ops in order: everything before an op's `new_index` already reads as `new`, so that
-    // is the position (1-based) the op works at.
-    for op in capture_diff_slices(Algorithm::Myers, &old, &new) {
-        let (at, old_len, new_len) = match op {
-            DiffOp::Equal { .. } => continue,
-            DiffOp::Delete {
-                old_len, new_index, ..
-            } => (new_index, old_len, 0),
-            DiffOp::Insert {
-                new_index, new_len, ..
-            } => (new_index, 0, new_len),
+    let ops = capture_diff_slices_deadline(
+        Algorithm::Myers,
+        &old,
+        &new,
+        Some(Instant::now() + DIFF_DEADLINE),
+    );
+    // Ops in order: before each one the chain reads `new[..at]` then the rest of `old`, so
+    // `at + 1` is the (1-based) position it works at. (`at` is counted here: a delete's
+    // `new_index` from `similar` is not always that position.)
+    let mut at = 0;
+    for op in ops {
+        let (old_len, new_len) = match op {
+            DiffOp::Equal { len, .. } => {
+                at += len;
+                continue;
+            }
+            DiffOp::Delete { old_len, .. } => (old_len, 0),
+            DiffOp::Insert { new_len, .. } => (0, new_len),
             DiffOp::Replace {
-                old_len,
-                new_index,
-                new_len,
-                ..
-            } => (new_index, old_len, new_len),
+                old_len, new_len, ..
+            } => (old_len, new_len),
         };
         let replaced = old_len.min(new_len);
         for i in 0..replaced {
@@ -321,6 +360,7 @@ fn rule_edits(name: &str, old: &Chain, new: &Chain) -> Option<Vec<String>> {
         for i in old_len..new_len {
             edits.push(format!("-I {name} {}{}", at + i + 1, new[at + i]));
         }
+        at += new_len;
         if edits.len() * 2 >= new.len().max(1) {
             return None;
         }
@@ -504,6 +544,16 @@ mod tests {
         assert_eq!(stable_order(&["a", "b", "c"], &["b", "c"]), ["b", "c"]);
         assert_eq!(stable_order(&["a", "b"], &["a", "b", "x"]), ["x", "a", "b"]);
         assert_eq!(stable_order(&["a", "b"], &["y"]), ["y"]);
+        // A rolling update: the new Pod takes the old one's place.
+        assert_eq!(
+            stable_order(&["a", "b", "c"], &["a", "c", "x"]),
+            ["a", "x", "c"]
+        );
+        assert_eq!(
+            stable_order(&["a", "b", "c", "d"], &["a", "x", "y", "z"]),
+            ["a", "x", "y", "z"]
+        );
+        assert_eq!(stable_order(&["a", "b", "c"], &["c", "x"]), ["x", "c"]);
         assert_eq!(stable_order(&[], &["a", "b"]), ["a", "b"]);
     }
 
@@ -558,5 +608,64 @@ mod tests {
         let input = changes(&last, &next);
         assert!(input.contains(":KUBE-SVC-A - [0:0]\n"), "{input}");
         assert!(!input.contains("-R ") && !input.contains("-D "), "{input}");
+    }
+
+    /// Runs restore edit lines on a chain held as rule texts, as iptables does.
+    fn replay(chain: &mut Vec<String>, edits: &[String]) {
+        for edit in edits {
+            let mut words = edit.splitn(3, ' ');
+            let (op, _name) = (words.next().unwrap(), words.next().unwrap());
+            let rest = words.next().unwrap();
+            let (pos, args) = rest.split_once(' ').map_or((rest, ""), |(p, a)| (p, a));
+            let at = pos.parse::<usize>().unwrap() - 1;
+            let rule = format!(" {args}");
+            match op {
+                "-D" => {
+                    chain.remove(at);
+                }
+                "-R" => chain[at] = rule,
+                "-I" => chain.insert(at, rule),
+                _ => panic!("unexpected edit {edit}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rule_edits_turn_the_old_chain_into_the_new_one() {
+        let rule = |label: u32| Rule {
+            matches: vec![Match::Comment(format!("r{label}"))],
+            target: Target::Return,
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut edited = 0;
+        for _ in 0..2000 {
+            let old: Vec<Rule> = (0..rng.usize(1..40))
+                .map(|_| rule(rng.u32(0..60)))
+                .collect();
+            let mut new = old.clone();
+            for _ in 0..rng.usize(0..4) {
+                match rng.u8(0..3) {
+                    0 if !new.is_empty() => {
+                        new.remove(rng.usize(0..new.len()));
+                    }
+                    1 if !new.is_empty() => {
+                        let at = rng.usize(0..new.len());
+                        new[at] = rule(rng.u32(0..60));
+                    }
+                    _ => new.insert(rng.usize(0..=new.len()), rule(rng.u32(0..60))),
+                }
+            }
+            let (old, new) = (Chain { rules: old }, Chain { rules: new });
+            let Some(edits) = rule_edits("C", &old, &new) else {
+                continue;
+            };
+            edited += 1;
+            let mut chain: Vec<String> = old.rules.iter().map(rule_args).collect();
+            replay(&mut chain, &edits);
+            let want: Vec<String> = new.rules.iter().map(rule_args).collect();
+            let before: Vec<String> = old.rules.iter().map(rule_args).collect();
+            assert_eq!(chain, want, "edits {edits:?} old {before:?}");
+        }
+        assert!(edited > 500, "only {edited} cases were edited in place");
     }
 }

@@ -1,6 +1,8 @@
-// The tutorial's sample app as Google publishes it (gcr.io/google-samples/hello-app, from
-// kubernetes-engine-samples' hello-app/main.go, Apache-2.0), rewritten here so that the serve
-// bench can measure the original's own rate next to ours. Two changes, both for the bench:
+// Based on hello-app/main.go of GoogleCloudPlatform/kubernetes-engine-samples, Copyright
+// Google LLC, licensed under the Apache License, Version 2.0
+// (http://www.apache.org/licenses/LICENSE-2.0): the tutorial's sample app
+// (gcr.io/google-samples/hello-app), so that the serve bench can measure the original's own
+// rate next to ours. Modified here in two ways, both for the bench:
 // it listens on 127.0.0.1 only (bench traffic stays on loopback), and it logs the port the
 // kernel chose when PORT is 0, so that the bench can find it.
 package main

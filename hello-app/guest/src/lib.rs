@@ -67,7 +67,7 @@ impl Guest for HelloApp {
 }
 
 /// Writes a log line to stderr in one write per 4 KiB (the most one wasi:io write takes), so
-/// lines from the Pod's instances do not interleave. The stream is opened once per instance:
+/// lines up to 4 KiB from the Pod's instances do not interleave. The stream is opened once per instance:
 /// std's stderr costs a few more host calls a line.
 fn log(line: &str) {
     thread_local! {

@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -243,11 +244,14 @@ impl Pod {
             result
         });
         // The component runs in this task until it has answered: hello-app writes its whole
-        // body within that one poll, and a task per request cost about 6% of the requests
-        // served. One still writing a body that hyper is already streaming out goes on in a
+        // body within that one poll, and a task per request cost about 6% of throughput. One still writing a body that hyper is already streaming out goes on in a
         // task of its own; the instance returns to the pool when it is done.
         let (answer, finished) = std::future::poll_fn(|cx| {
-            if let Poll::Ready(result) = run.as_mut().poll(cx) {
+            // A panic in the call (a host bug) answers 500 like a trap, not by dropping the
+            // connection; the call is not polled again.
+            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx)))
+                .unwrap_or_else(|_| Poll::Ready(Err(wasmtime::format_err!("the call panicked"))));
+            if let Poll::Ready(result) = polled {
                 return Poll::Ready((receiver.try_recv().ok(), Some(result)));
             }
             Pin::new(&mut receiver)
@@ -262,7 +266,8 @@ impl Pod {
                 tokio::spawn(run);
                 Ok(())
             }
-            // Gave up its response while running on: how it ends says why.
+            // Dropped its response outparam without a response and still runs: how it ends
+            // says why.
             (false, None) => run.await,
         };
         match answer {
