@@ -98,14 +98,9 @@ pub async fn verify(dir: &LabDir, config: &LabConfig, request: &Request) -> Resu
             std::thread::sleep(Duration::from_millis(50));
         }
         verify::judge_confirmed(&what, &ready, significance, || {
-            let mut tally = Tally::default();
-            for answer in place.get_many(target, count, timeout) {
-                match answer {
-                    Ok(body) => tally.answer(&body),
-                    Err(e) => tally.failure(format!("{}: {e}", place.describe(target))),
-                }
-            }
-            tally
+            Tally::of(place.get_many(target, count, timeout), |e| {
+                format!("{}: {e}", place.describe(target))
+            })
         })
     })
     .await

@@ -754,14 +754,9 @@ impl<'a> Tutorial<'a> {
             &ready,
             self.options.significance,
             || {
-                let mut tally = verify::Tally::default();
-                for answer in reach.get_many(target, n, Duration::from_secs(3)) {
-                    match answer {
-                        Ok(body) => tally.answer(&body),
-                        Err(e) => tally.failure(e.to_string()),
-                    }
-                }
-                tally
+                verify::Tally::of(reach.get_many(target, n, Duration::from_secs(3)), |e| {
+                    e.to_string()
+                })
             },
         );
         self.console.output(&verify::chart(&report));

@@ -44,6 +44,21 @@ impl Tally {
         }
     }
 
+    /// Counts a run of answers, each failure described by `why`.
+    pub fn of<E>(
+        answers: impl IntoIterator<Item = Result<String, E>>,
+        why: impl Fn(E) -> String,
+    ) -> Self {
+        let mut tally = Tally::default();
+        for answer in answers {
+            match answer {
+                Ok(body) => tally.answer(&body),
+                Err(e) => tally.failure(why(e)),
+            }
+        }
+        tally
+    }
+
     /// Counts one request that got no answer.
     pub fn failure(&mut self, why: impl Into<String>) {
         self.failures.push(why.into());

@@ -9,9 +9,10 @@
 //! changed when they are few (`-D`, `-R` and `-I` by position). A service chain's endpoint
 //! dispatch gives endpoint `i` of `n` the probability `1/(n-i)`, so in kube-proxy's sorted
 //! order one endpoint leaving changes every rule before it. The order the kernel holds is
-//! therefore kept from sync to sync ([`stable_dispatch`]): a leaving endpoint's rule takes the
-//! first endpoint instead and the first rule goes, a new endpoint comes first, and every
-//! other rule keeps its position from the end and so its probability. One of 1,000 endpoints
+//! therefore kept from sync to sync ([`stable_dispatch`]): a leaving endpoint's rule is taken
+//! by an arriving endpoint if there is one, else by the first endpoint, whose rule then goes;
+//! other arriving endpoints come first; every other rule keeps its position from the end and
+//! so its probability. One of 1,000 endpoints
 //! leaving is then two rule edits instead of 1,000 rules rewritten. Each endpoint still gets
 //! `1/n` of the new connections; only the listing's order departs from kube-proxy's.
 

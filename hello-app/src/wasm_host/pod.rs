@@ -244,8 +244,9 @@ impl Pod {
             result
         });
         // The component runs in this task until it has answered: hello-app writes its whole
-        // body within that one poll, and a task per request cost about 6% of throughput. One still writing a body that hyper is already streaming out goes on in a
-        // task of its own; the instance returns to the pool when it is done.
+        // body within that one poll, and a task per request cost about 6% of throughput. One
+        // still writing a body that hyper is already streaming out goes on in a task of its
+        // own; the instance returns to the pool when it is done.
         let (answer, finished) = std::future::poll_fn(|cx| {
             // A panic in the call (a host bug) answers 500 like a trap, not by dropping the
             // connection; the call is not polled again.
