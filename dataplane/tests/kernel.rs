@@ -172,6 +172,14 @@ impl LabNode {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// How many endpoint chains (`KUBE-SEP-*`) the kernel holds.
+    fn sep_chains(&self) -> usize {
+        self.save()
+            .lines()
+            .filter(|l| l.starts_with(":KUBE-SEP-"))
+            .count()
+    }
+
     fn save(&self) -> String {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.node, "iptables-save"])
@@ -369,12 +377,7 @@ fn iptables_rules_route_clusterip_and_nodeport_to_every_pod() {
         spread(&lab.node, &format!("{CLUSTER_IP}:80"), 8),
         BTreeMap::from([("pod-0".into(), 8)])
     );
-    let seps = lab
-        .save()
-        .lines()
-        .filter(|l| l.starts_with(":KUBE-SEP-"))
-        .count();
-    assert_eq!(seps, 1);
+    assert_eq!(lab.sep_chains(), 1);
 
     // No endpoints: the ClusterIP is refused at once (REJECT), not left to time out.
     applier.apply(&rules(&[])).unwrap();
@@ -463,12 +466,7 @@ fn partial_sync_and_check(
         .collect();
     let held: Vec<String> = dispatch.into_iter().map(|(s, _)| s).collect();
     assert_eq!(held, want);
-    let seps = lab
-        .save()
-        .lines()
-        .filter(|l| l.starts_with(":KUBE-SEP-"))
-        .count();
-    assert_eq!(seps, endpoints.len());
+    assert_eq!(lab.sep_chains(), endpoints.len());
 }
 
 #[test]

@@ -109,18 +109,18 @@ fn until(
 /// the error.
 type Timed = (Instant, Result<String, String>);
 
-/// Sends requests one after another from the first worker to `cluster_ip`, deletes
+/// Sends requests one after another from node namespace `node_ns` to `cluster_ip`, deletes
 /// `victim` once 50 have been answered, and goes on until 200 more have started at least
 /// 500 ms after the deletion was accepted (at most 50,000 requests or 30 s). Asserts that the
 /// victim answered before its deletion and not in those last requests.
-fn stream_from_node(lab: &Lab, cluster_ip: &str, victim: &str) -> Vec<Timed> {
+fn stream_from_node(lab: &Lab, node_ns: &str, cluster_ip: &str, victim: &str) -> Vec<Timed> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     const SETTLED: Duration = Duration::from_millis(500);
     let log: Arc<Mutex<Vec<Timed>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let target: std::net::SocketAddr = format!("{cluster_ip}:80").parse().unwrap();
-    let ns = labctl::network::Names::new("route").node("route-worker");
+    let ns = node_ns.to_string();
     let requester = {
         let (log, stop) = (log.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -422,7 +422,8 @@ fn services_route_to_every_pod_from_nodes_and_the_client() {
     // rules before it stops serving. The stream runs from a node until well after the
     // deletion, however fast the machine answers (bounded in count and time).
     let victim = pod_names(&lab)[0].clone();
-    let answers = stream_from_node(&lab, &cluster_ip, &victim);
+    let worker = labctl::network::Names::new("route").node("route-worker");
+    let answers = stream_from_node(&lab, &worker, &cluster_ip, &victim);
     let failures: Vec<&String> = answers.iter().filter_map(|a| a.1.as_ref().err()).collect();
     assert!(
         failures.is_empty(),
