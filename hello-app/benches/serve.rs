@@ -8,9 +8,14 @@
 //! per-core throughput. The server's CPU use during the window is reported too: if it is far
 //! below 100%, the load generator, not the server, set the pace.
 //!
-//! Where `go` is installed, the Go original (`benches/go-original`, built here) runs in each
-//! round too, as a reference point: the app the tutorial runs, on the same core; without Go
-//! the bench says why it left it out.
+//! Two reference points run in each round too, each left out with the reason printed when it
+//! cannot be built:
+//! - the Go original (`benches/go-original`, built here where `go` is installed): the app the
+//!   tutorial runs, on the same core;
+//! - the floor (`benches/floor-guest`, built here for `wasm32-wasip2`): a component that
+//!   answers hello-app's bytes without looking at the request or logging, on the same host as
+//!   hello-app's component. No component can do less and still answer, so its rate is the
+//!   most the wasm host gives any component on this machine.
 //!
 //! Environment: `SERVE_BENCH_SECS` (measured seconds per run, default 4), `SERVE_BENCH_ROUNDS`
 //! (default 3), `SERVE_BENCH_CONNS` (default 32). The last line is one JSON object.
@@ -30,6 +35,8 @@ enum Kind {
     Wasm,
     /// The Go original.
     Go,
+    /// The floor component on the wasm host.
+    Floor,
 }
 
 impl Kind {
@@ -38,6 +45,7 @@ impl Kind {
             Kind::Native => "native",
             Kind::Wasm => "wasm",
             Kind::Go => "go",
+            Kind::Floor => "floor",
         }
     }
 }
@@ -62,6 +70,47 @@ fn build_go_original() -> Result<std::path::PathBuf, String> {
         ));
     }
     Ok(out)
+}
+
+/// Builds the floor component into the target directory, or says why it cannot.
+fn build_floor_guest() -> Result<std::path::PathBuf, String> {
+    let manifest = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/floor-guest/Cargo.toml"
+    );
+    // Next to the hello-app guest's own target directory (see build.rs), out of the bench's
+    // temporary directory so that a rebuild is incremental.
+    let target_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .map_or_else(|| "target".into(), |t| t.join("wasm-floor"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let built = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+        ])
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .output()
+        .map_err(|e| format!("cargo did not run: {e}"))?;
+    if !built.status.success() {
+        return Err(format!(
+            "building {manifest} failed (`rustup target add wasm32-wasip2` adds the target): {}",
+            String::from_utf8_lossy(&built.stderr).trim()
+        ));
+    }
+    Ok(target_dir.join("wasm32-wasip2/release/hello_app_floor_guest.wasm"))
+}
+
+/// What the reference points run from; `Err` says why one is left out.
+struct References {
+    go: Result<std::path::PathBuf, String>,
+    floor: Result<std::path::PathBuf, String>,
 }
 
 struct RunResult {
@@ -107,11 +156,18 @@ fn main() {
     } else {
         LoadGen::Builtin
     };
-    let go = build_go_original();
+    let refs = References {
+        go: build_go_original(),
+        floor: build_floor_guest(),
+    };
     let mut kinds = vec![Kind::Native, Kind::Wasm];
-    match &go {
+    match &refs.go {
         Ok(_) => kinds.push(Kind::Go),
         Err(why) => println!("serve bench: the Go original is left out: {why}"),
+    }
+    match &refs.floor {
+        Ok(_) => kinds.push(Kind::Floor),
+        Err(why) => println!("serve bench: the floor component is left out: {why}"),
     }
     println!(
         "serve bench: {rounds} rounds x ({}), {conns} keep-alive connections, {secs} s \
@@ -136,8 +192,14 @@ fn main() {
     let mut runs: Vec<(Kind, RunResult)> = Vec::new();
     for round in 1..=rounds {
         for &kind in &kinds {
-            let go = go.as_ref().ok().map(|p| p.as_path());
-            let result = run_once(kind, go, loadgen, conns, Duration::from_secs(secs), pinned);
+            let result = run_once(
+                kind,
+                &refs,
+                loadgen,
+                conns,
+                Duration::from_secs(secs),
+                pinned,
+            );
             println!(
                 "round {round} {:<6} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  server CPU {:>4.0}%  errors {}",
                 kind.name(),
@@ -169,7 +231,7 @@ fn main() {
          (goal >= 0.7); wasm p99 {wasm_p99:.3} ms (goal < 2 ms)"
     );
     // The Go original's figures, `null` when it was left out.
-    let go_json = if go.is_ok() {
+    let go_json = if refs.go.is_ok() {
         let go_rps = mean(Kind::Go, |r| r.rps);
         println!(
             "the Go original: {go_rps:.0} req/s, p99 {:.3} ms; go/native {:.3}, wasm/go {:.3}",
@@ -187,10 +249,29 @@ fn main() {
     } else {
         "\"go_rps\":null,\"go_p99_ms\":null,\"go_native_ratio\":null,\"wasm_go_ratio\":null,\"go_server_cpu\":null".to_string()
     };
+    // The floor's figures, `null` when it was left out.
+    let floor_json = if refs.floor.is_ok() {
+        let floor_rps = mean(Kind::Floor, |r| r.rps);
+        println!(
+            "the floor component: {floor_rps:.0} req/s, p99 {:.3} ms; floor/native {:.3}, \
+             wasm/floor {:.3}",
+            mean(Kind::Floor, |r| r.p99),
+            floor_rps / native_rps,
+            wasm_rps / floor_rps
+        );
+        format!(
+            "\"floor_rps\":{floor_rps:.0},\"floor_p99_ms\":{:.3},\"floor_native_ratio\":{:.3},\"wasm_floor_ratio\":{:.3}",
+            mean(Kind::Floor, |r| r.p99),
+            floor_rps / native_rps,
+            wasm_rps / floor_rps,
+        )
+    } else {
+        "\"floor_rps\":null,\"floor_p99_ms\":null,\"floor_native_ratio\":null,\"wasm_floor_ratio\":null".to_string()
+    };
     println!(
         "{{\"native_rps\":{native_rps:.0},\"wasm_rps\":{wasm_rps:.0},\"wasm_native_ratio\":{ratio:.3},\
          \"native_p50_ms\":{:.3},\"native_p99_ms\":{:.3},\"wasm_p50_ms\":{:.3},\"wasm_p99_ms\":{wasm_p99:.3},\
-         \"native_server_cpu\":{:.2},\"wasm_server_cpu\":{:.2},{go_json},\"errors\":{errors},\
+         \"native_server_cpu\":{:.2},\"wasm_server_cpu\":{:.2},{go_json},{floor_json},\"errors\":{errors},\
          \"load_generator\":\"{}\",\"connections\":{conns},\"seconds_per_run\":{secs},\
          \"rounds\":{rounds},\"pinned\":{pinned}}}",
         mean(Kind::Native, |r| r.p50),
@@ -232,10 +313,10 @@ impl Drop for Server {
     }
 }
 
-fn start(kind: Kind, go: Option<&std::path::Path>, pinned: bool) -> Server {
-    let bin = match (kind, go) {
-        (Kind::Go, Some(go)) => go.as_os_str(),
-        (Kind::Go, None) => unreachable!("the Go original runs only once built"),
+fn start(kind: Kind, refs: &References, pinned: bool) -> Server {
+    let bin = match (kind, &refs.go) {
+        (Kind::Go, Ok(go)) => go.as_os_str(),
+        (Kind::Go, Err(_)) => unreachable!("the Go original runs only once built"),
         _ => std::ffi::OsStr::new(env!("CARGO_BIN_EXE_hello-app")),
     };
     let mut cmd = if pinned {
@@ -251,7 +332,7 @@ fn start(kind: Kind, go: Option<&std::path::Path>, pinned: bool) -> Server {
             cmd.args(["--bind", "127.0.0.1", "--hostname", "hello-world-bench"])
                 .env("PORT", "0");
         }
-        Kind::Wasm => {
+        Kind::Wasm | Kind::Floor => {
             cmd.args([
                 "wasm",
                 "--pod",
@@ -259,13 +340,17 @@ fn start(kind: Kind, go: Option<&std::path::Path>, pinned: bool) -> Server {
                 "--cache-dir",
             ])
             .arg(cache);
+            if kind == Kind::Floor {
+                let floor = refs.floor.as_ref().expect("the floor runs only once built");
+                cmd.arg("--component").arg(floor);
+            }
         }
         // One OS thread runs Go code, as the others serve from a current-thread runtime.
         Kind::Go => {
             cmd.env("PORT", "0").env("GOMAXPROCS", "1");
         }
     }
-    // All servers log a line per request, as the original does. The lines go to a file: a
+    // All servers but the floor log a line per request, as the original does. The lines go to a file: a
     // pipe would need a reader, whose CPU time would land on one side of the comparison.
     // RUST_BACKTRACE would make wasmtime capture a backtrace whenever it builds an error,
     // which a server in a Pod does not do.
@@ -319,13 +404,13 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 fn run_once(
     kind: Kind,
-    go: Option<&std::path::Path>,
+    refs: &References,
     loadgen: LoadGen,
     conns: usize,
     measure: Duration,
     pinned: bool,
 ) -> RunResult {
-    let server = start(kind, go, pinned);
+    let server = start(kind, refs, pinned);
     let pid = server.child.id();
     let result = match loadgen {
         LoadGen::Wrk => {
