@@ -346,6 +346,84 @@ fn a_kept_lab_stops_after_the_named_step_and_verify_judges_it() {
     );
 }
 
+/// A directory for PATH with `ip` and kubectl but none of the iptables tools, as on a fresh
+/// machine; `None` (the test skips, except in CI) when either program is missing here.
+fn path_without_iptables(sandbox: &Sandbox) -> Option<std::path::PathBuf> {
+    let bin = sandbox.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for program in ["ip", "kubectl"] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join(program))
+            .find(|p| p.is_file());
+        let Some(found) = found else {
+            eprintln!("skipped: {program} is not on PATH");
+            assert!(std::env::var_os("CI").is_none(), "CI has {program}");
+            return None;
+        };
+        std::os::unix::fs::symlink(found, bin.join(program)).unwrap();
+    }
+    Some(bin)
+}
+
+#[test]
+fn a_lab_that_cannot_start_is_not_kept_so_other_flags_can_make_it() {
+    if !is_root() {
+        eprintln!("skipped: without root, kernel mode would not be tried, so nothing fails");
+        return;
+    }
+    let _one_at_a_time = e2e::userspace_lab();
+    let sandbox = Sandbox::default();
+    let Some(bin) = path_without_iptables(&sandbox) else {
+        return;
+    };
+    let name = "e2e-unkept";
+    let path = [("PATH", bin.as_os_str())];
+    let failed = sandbox.labctl_with(
+        &["up", "--name", name, "--dataplane", "iptables"],
+        &path,
+        LIMIT,
+    );
+    let status = sandbox.labctl(&["status", "--name", name], LIMIT);
+    let second = sandbox.labctl_with(
+        &["up", "--name", name, "--dataplane", "userspace"],
+        &path,
+        LIMIT,
+    );
+    let other = sandbox.labctl(&["up", "--name", name, "--dataplane", "nftables"], LIMIT);
+    sandbox.down(name);
+    assert_eq!(failed.code, Some(1), "{}", failed.all());
+    assert!(
+        failed
+            .stderr
+            .contains(&format!("lab \"{name}\" did not start, so it was not kept"))
+            && failed.stderr.contains("`iptables-restore` is not on PATH"),
+        "{}",
+        failed.all()
+    );
+    assert!(
+        status
+            .stdout
+            .contains(&format!("Lab \"{name}\" does not exist")),
+        "{}",
+        status.all()
+    );
+    assert_eq!(second.code, Some(0), "{}", second.all());
+    assert!(second.stdout.contains("Userspace mode"), "{}", second.all());
+    // The dataplane is fixed once the lab exists: asking for another one is refused, with
+    // the way to get it.
+    assert_eq!(other.code, Some(1), "{}", other.all());
+    assert!(
+        other.stderr.contains(&format!(
+            "lab \"{name}\" already exists with the userspace dataplane"
+        )) && other
+            .stderr
+            .contains(&format!("labctl down --name {name} --purge")),
+        "{}",
+        other.all()
+    );
+    assert!(namespaces_of(name).is_empty());
+}
+
 #[test]
 fn without_iptables_the_tutorial_falls_back_to_userspace_and_says_why() {
     if !is_root() {
@@ -356,20 +434,9 @@ fn without_iptables_the_tutorial_falls_back_to_userspace_and_says_why() {
     }
     let _one_at_a_time = e2e::userspace_lab();
     let sandbox = Sandbox::default();
-    // A PATH with `ip` and kubectl but none of the iptables tools, as on a fresh machine.
-    let bin = sandbox.dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    for program in ["ip", "kubectl"] {
-        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .map(|d| d.join(program))
-            .find(|p| p.is_file());
-        let Some(found) = found else {
-            eprintln!("skipped: {program} is not on PATH");
-            assert!(std::env::var_os("CI").is_none(), "CI has {program}");
-            return;
-        };
-        std::os::unix::fs::symlink(found, bin.join(program)).unwrap();
-    }
+    let Some(bin) = path_without_iptables(&sandbox) else {
+        return;
+    };
     let run = sandbox.labctl_with(
         &["tutorial", "--name", "e2e-noipt"],
         &[("PATH", bin.as_os_str())],

@@ -171,6 +171,43 @@ impl NetworkMode {
     }
 }
 
+/// The lab that commands act on when no `--name` is given.
+pub const DEFAULT_NAME: &str = "lab";
+
+/// The longest lab name: node names (`<name>-control-plane`) must stay valid host names.
+const MAX_NAME_LEN: usize = 40;
+
+/// Checks a lab name before anything is made from it: node names (`<name>-worker`), its
+/// network namespaces and its kubeconfig context all carry it, so it must be a lower-case
+/// RFC 1123 label as Kubernetes requires of node names.
+pub fn parse_name(name: &str) -> std::result::Result<String, String> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "a lab name is 1 to {MAX_NAME_LEN} lower-case letters, digits or '-', starting and \
+             ending with a letter or digit (its nodes are named <name>-worker, ...), for \
+             example `demo` or `lab-2`"
+        ))
+    }
+}
+
+/// The command a user types to run `labctl <verb>` on the lab named `name`.
+pub fn command_for(verb: &str, name: &str) -> String {
+    if name == DEFAULT_NAME {
+        format!("labctl {verb}")
+    } else {
+        format!("labctl {verb} --name {name}")
+    }
+}
+
 /// The default base for state directories: `$XDG_STATE_HOME/services-lab`, else
 /// `~/.local/state/services-lab`.
 pub fn default_state_base() -> PathBuf {
@@ -447,9 +484,10 @@ pub async fn client(dir: &LabDir) -> Result<kube::Client> {
 pub async fn serve(dir: &LabDir) -> Result<()> {
     let config = dir.config()?.ok_or_else(|| {
         anyhow!(
-            "lab {:?} does not exist under {}; run `labctl up` first",
+            "lab {:?} does not exist under {}; run `{}` first",
             dir.name,
-            dir.root.display()
+            dir.root.display(),
+            command_for("up", &dir.name)
         )
     })?;
     let mode = resolve_mode(config.network, config.dataplane)?;
@@ -699,11 +737,12 @@ pub fn start_background(dir: &LabDir, base: &Path, timeout: Duration) -> Result<
         && let Err(e) = bind_when_free(dir, config.port)
     {
         bail!(
-            "lab {:?} serves its API on 127.0.0.1:{} (chosen when the lab was created), but that port is taken: {e}; stop whatever listens there (`ss -ltnp 'sport = :{}'` shows it), or `labctl down --name {} --purge` and `labctl up` to make the lab anew on a free port",
+            "lab {:?} serves its API on 127.0.0.1:{} (chosen when the lab was created), but that port is taken: {e}; stop whatever listens there (`ss -ltnp 'sport = :{}'` shows it), or `labctl down --name {} --purge` and `{}` to make the lab anew on a free port",
             dir.name,
             config.port,
             config.port,
-            dir.name
+            dir.name,
+            command_for("up", &dir.name)
         );
     }
     let _ = fs::remove_file(dir.ready_path());
@@ -788,6 +827,28 @@ pub fn down(dir: &LabDir, purge: bool, user_kubeconfig: &Path) -> Result<DownRep
     })
 }
 
+/// Undoes the making of a lab whose server never became ready: stops what may be left of it
+/// and deletes all but its log, so that the lab no longer exists and `labctl up` with other
+/// flags (the ones that made it fail are fixed once a lab exists) makes it anew.
+pub fn forget_unstarted(dir: &LabDir, user_kubeconfig: &Path) -> Result<()> {
+    down(dir, false, user_kubeconfig)?;
+    let entries =
+        fs::read_dir(&dir.root).with_context(|| format!("reading {}", dir.root.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path == dir.log_path() {
+            continue;
+        }
+        let removed = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("deleting {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Stops the lab's server (SIGTERM, then SIGKILL after `grace`). Returns whether one ran.
 pub fn stop(dir: &LabDir, grace: Duration) -> Result<bool> {
     let Some(pid) = dir.running_pid() else {
@@ -817,6 +878,23 @@ pub fn stop(dir: &LabDir, grace: Duration) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lab_names_are_checked_before_anything_is_made() {
+        for good in ["lab", "demo", "lab-2", "e2e-usr", "a", &"x".repeat(40)] {
+            assert_eq!(parse_name(good).as_deref(), Ok(good));
+        }
+        for bad in ["", "bad name", "Demo", "-lab", "lab-", "lab_2", "lab.2", &"x".repeat(41)] {
+            let err = parse_name(bad).unwrap_err();
+            assert!(err.contains("lower-case letters, digits or '-'"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn commands_name_the_lab_unless_it_is_the_default() {
+        assert_eq!(command_for("up", DEFAULT_NAME), "labctl up");
+        assert_eq!(command_for("up", "demo"), "labctl up --name demo");
+    }
 
     #[test]
     fn network_and_dataplane_flags_fold_into_one_choice() {

@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Args, Clone)]
 struct LabArgs {
     /// The lab's name (node names start with it, as on kind).
-    #[arg(long, default_value = "lab", env = "LABCTL_NAME")]
+    #[arg(long, default_value = lab::DEFAULT_NAME, env = "LABCTL_NAME", value_parser = lab::parse_name)]
     name: String,
     /// Where labs keep their state [default: $XDG_STATE_HOME/services-lab or ~/.local/state/services-lab].
     #[arg(long, env = "LABCTL_STATE_DIR")]
@@ -156,7 +156,8 @@ enum Cmd {
         lab: LabArgs,
         /// `http://IP[:PORT]` (port 80 when left out).
         url: String,
-        /// Where the request starts: a node, or the client outside the cluster.
+        /// Where the request starts: a node, the client outside the cluster, or the host
+        /// (userspace mode).
         #[arg(long, value_enum, default_value_t = From::Node)]
         from: From,
         /// Which node, with `--from node` [default: the first worker].
@@ -174,7 +175,7 @@ enum Cmd {
     )]
     Tutorial {
         /// The tutorial's lab; a lab of that name is removed first, so that it starts fresh.
-        #[arg(long, default_value = "tutorial")]
+        #[arg(long, default_value = "tutorial", value_parser = lab::parse_name)]
         name: String,
         /// Where labs keep their state [default: $XDG_STATE_HOME/services-lab or ~/.local/state/services-lab].
         #[arg(long, env = "LABCTL_STATE_DIR")]
@@ -280,6 +281,21 @@ enum Cmd {
         #[command(flatten)]
         lab: LabArgs,
     },
+}
+
+/// Adds to a connection error what it means in the lab, and where to look.
+fn explain_unreachable(e: std::io::Error, target: std::net::SocketAddr) -> anyhow::Error {
+    use std::io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        NetworkUnreachable | HostUnreachable | ConnectionRefused | TimedOut
+    ) {
+        anyhow::Error::new(e).context(format!(
+            "nothing in the lab answers on {target}: no Service, Pod or node has that address and port, or the Service has no ready endpoints (`kubectl get svc,endpointslices,pods -o wide` shows them)"
+        ))
+    } else {
+        e.into()
+    }
 }
 
 fn init_tracing() {
@@ -398,6 +414,19 @@ fn run(cli: Cli) -> Result<()> {
             let asked = dataplane;
             let (network, dataplane) =
                 lab::resolve_flags(network, dataplane).map_err(anyhow::Error::msg)?;
+            let existing = dir.config()?;
+            if let Some(config) = &existing
+                && let Some(asked) = asked.filter(|d| d.as_str() != config.dataplane_word())
+            {
+                anyhow::bail!(
+                    "lab {:?} already exists with the {} dataplane, which is fixed when a lab is made; `labctl down --name {} --purge` deletes it and its objects, then `{} --dataplane {}` makes it anew (or choose another --name)",
+                    lab.name,
+                    config.dataplane_word(),
+                    lab.name,
+                    lab::command_for("up", &lab.name),
+                    asked.as_str()
+                );
+            }
             let (config, _) =
                 dir.create(usize::from(workers), load_balancer_pool, network, dataplane)?;
             if config.cluster.nodes.len() != usize::from(workers) + 1 && workers != 2 {
@@ -407,24 +436,21 @@ fn run(cli: Cli) -> Result<()> {
                     config.cluster.nodes.len() - 1
                 );
             }
-            if asked.is_some_and(|d| d.as_str() != config.dataplane_word()) {
-                eprintln!(
-                    "note: lab {:?} already exists with the {} dataplane; --dataplane applies to new labs only",
-                    lab.name,
-                    config.dataplane_word()
-                );
-            }
-            if merge_kubeconfig && lab::user_kubeconfig() != dir.kubeconfig_path() {
-                let path = lab::user_kubeconfig();
-                let text = std::fs::read_to_string(dir.kubeconfig_path())?;
-                lab::merge_kubeconfig(&path, &text, &lab.name, false)?;
-                eprintln!(
-                    "Added context {} to {} and made it current.",
-                    lab::context_name(&lab.name),
-                    path.display()
-                );
-            }
+            let merge = || -> Result<()> {
+                if merge_kubeconfig && lab::user_kubeconfig() != dir.kubeconfig_path() {
+                    let path = lab::user_kubeconfig();
+                    let text = std::fs::read_to_string(dir.kubeconfig_path())?;
+                    lab::merge_kubeconfig(&path, &text, &lab.name, false)?;
+                    eprintln!(
+                        "Added context {} to {} and made it current.",
+                        lab::context_name(&lab.name),
+                        path.display()
+                    );
+                }
+                Ok(())
+            };
             if foreground {
+                merge()?;
                 init_tracing();
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
@@ -434,7 +460,22 @@ fn run(cli: Cli) -> Result<()> {
             let spin = labctl::console::spinner(format!("starting lab {:?}", lab.name));
             let pid = lab::start_background(&dir, &lab.base(), Duration::from_secs(30));
             spin.finish_and_clear();
-            let pid = pid?;
+            let pid = match pid {
+                Ok(pid) => pid,
+                // A lab that never ran holds nothing worth keeping, and kept it would hold on
+                // to the flags that made it fail.
+                Err(e) if existing.is_none() => {
+                    lab::forget_unstarted(&dir, &lab::user_kubeconfig())?;
+                    return Err(e.context(format!(
+                        "lab {:?} did not start, so it was not kept (its log stays at {}); fix the cause, or choose other flags, and run `{}` again",
+                        lab.name,
+                        dir.log_path().display(),
+                        lab::command_for("up", &lab.name)
+                    )));
+                }
+                Err(e) => return Err(e),
+            };
+            merge()?;
             println!(
                 "Lab {:?} is up: API at https://127.0.0.1:{} (pid {pid}, log {}).",
                 lab.name,
@@ -502,9 +543,10 @@ fn run(cli: Cli) -> Result<()> {
             match (was_running, purge) {
                 (true, true) => println!("Lab {:?} stopped and its state deleted.", lab.name),
                 (true, false) => println!(
-                    "Lab {:?} stopped; its objects are kept in {} (`labctl up` resumes, `--purge` deletes).",
+                    "Lab {:?} stopped; its objects are kept in {} (`{}` resumes, `--purge` deletes).",
                     lab.name,
-                    dir.root.display()
+                    dir.root.display(),
+                    lab::command_for("up", &lab.name)
                 ),
                 (false, true) => {
                     println!("Lab {:?} was not running; its state is deleted.", lab.name)
@@ -517,9 +559,10 @@ fn run(cli: Cli) -> Result<()> {
             let dir = lab.dir();
             if dir.config()?.is_none() {
                 anyhow::bail!(
-                    "lab {:?} does not exist under {}; run `labctl up` first",
+                    "lab {:?} does not exist under {}; run `{}` first",
                     lab.name,
-                    dir.root.display()
+                    dir.root.display(),
+                    lab::command_for("up", &lab.name)
                 );
             }
             let text = std::fs::read_to_string(dir.kubeconfig_path())
@@ -559,9 +602,11 @@ fn run(cli: Cli) -> Result<()> {
                 (Some(c), Some(pid)) => println!(
                     "Lab {:?} is running in {} mode (dataplane {}): https://127.0.0.1:{} (pid {pid}), {} nodes, kubeconfig {}.",
                     lab.name,
-                    lab::running_mode(&dir)
-                        .map(lab::Mode::as_str)
-                        .unwrap_or("unknown"),
+                    match lab::running_mode(&dir) {
+                        Some(lab::Mode::ApiOnly) => "API-only",
+                        Some(mode) => mode.as_str(),
+                        None => "unknown",
+                    },
                     lab::running_mode(&dir)
                         .map(|m| lab::dataplane_in(m, &c))
                         .unwrap_or("unknown"),
@@ -570,11 +615,11 @@ fn run(cli: Cli) -> Result<()> {
                     dir.kubeconfig_path().display()
                 ),
                 (Some(c), None) => println!(
-                    "Lab {:?} is stopped (network {}, dataplane {}); `labctl up --name {}` resumes it.",
+                    "Lab {:?} is stopped (network {}, dataplane {}); `{}` resumes it.",
                     lab.name,
                     c.network.as_str(),
                     c.dataplane_word(),
-                    lab.name
+                    lab::command_for("up", &lab.name)
                 ),
             }
             Ok(())
@@ -582,13 +627,17 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Exec { lab, node, command } => {
             let dir = lab.dir();
             let config = dir.config()?.with_context(|| {
-                format!("lab {:?} does not exist; run `labctl up` first", lab.name)
+                format!(
+                    "lab {:?} does not exist; run `{}` first",
+                    lab.name,
+                    lab::command_for("up", &lab.name)
+                )
             })?;
             if dir.running_pid().is_none() {
                 anyhow::bail!(
-                    "lab {:?} is not running; `labctl up --name {}` starts it",
+                    "lab {:?} is not running; `{}` starts it",
                     lab.name,
-                    lab.name
+                    lab::command_for("up", &lab.name)
                 );
             }
             let ns = reach::namespace(&dir, &config, &node)?;
@@ -614,7 +663,9 @@ fn run(cli: Cli) -> Result<()> {
             };
             let place = reach::Reach::new(&lab.dir(), &origin)?;
             for answer in place.get_many(target, count, Duration::from_secs(3)) {
-                let body = answer.with_context(|| place.describe(target))?;
+                let body = answer
+                    .map_err(|e| explain_unreachable(e, target))
+                    .with_context(|| place.describe(target))?;
                 print!("{body}");
             }
             Ok(())
@@ -635,6 +686,13 @@ fn run(cli: Cli) -> Result<()> {
             if provider != Provider::Kubeconfig && (kubeconfig.is_some() || context.is_some()) {
                 anyhow::bail!(
                     "--kubeconfig and --context choose an existing cluster: add `--provider kubeconfig`"
+                );
+            }
+            // kubectl would fall back to localhost:8080 and blame the cluster instead.
+            if let Some(path) = kubeconfig.as_ref().filter(|p| !p.is_file()) {
+                anyhow::bail!(
+                    "--kubeconfig {}: no such file; give the path of a kubeconfig (`kubectl config view --raw > FILE` writes the one kubectl uses now)",
+                    path.display()
                 );
             }
             let (network, dataplane) =
@@ -672,7 +730,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             let dir = lab.dir();
             let config = dir.config()?.with_context(|| {
-                format!("lab {:?} does not exist; run `labctl up` first", lab.name)
+                format!(
+                    "lab {:?} does not exist; run `{}` first",
+                    lab.name,
+                    lab::command_for("up", &lab.name)
+                )
             })?;
             let request = probe::Request {
                 name: probe::parse_service(&service)?,

@@ -90,15 +90,16 @@ impl Dial {
 pub async fn run(dir: &LabDir, namespace: &str, forward: &Forward) -> Result<()> {
     let config = dir.config()?.with_context(|| {
         format!(
-            "lab {:?} does not exist; run `labctl up --name {}` first",
-            dir.name, dir.name
+            "lab {:?} does not exist; run `{}` first",
+            dir.name,
+            lab::command_for("up", &dir.name)
         )
     })?;
     if dir.running_pid().is_none() {
         bail!(
-            "lab {:?} is not running; `labctl up --name {}` starts it",
+            "lab {:?} is not running; `{}` starts it",
             dir.name,
-            dir.name
+            lab::command_for("up", &dir.name)
         );
     }
     let mode = lab::running_mode(dir);

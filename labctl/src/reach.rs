@@ -45,15 +45,16 @@ impl Reach {
     pub fn new(dir: &LabDir, origin: &Origin) -> Result<Reach> {
         let config = dir.config()?.with_context(|| {
             format!(
-                "lab {:?} does not exist; run `labctl up --name {}` first",
-                dir.name, dir.name
+                "lab {:?} does not exist; run `{}` first",
+                dir.name,
+                lab::command_for("up", &dir.name)
             )
         })?;
         if dir.running_pid().is_none() {
             bail!(
-                "lab {:?} is not running; `labctl up --name {}` starts it",
+                "lab {:?} is not running; `{}` starts it",
                 dir.name,
-                dir.name
+                lab::command_for("up", &dir.name)
             );
         }
         match lab::running_mode(dir) {
@@ -77,9 +78,10 @@ impl Reach {
                 })
             }
             _ => bail!(
-                "lab {:?} runs without a network (API-only mode), so nothing serves its Pods; create it with `labctl up --network auto` (after `labctl down --name {} --purge`)",
+                "lab {:?} runs without a network (API-only mode), so nothing serves its Pods; make it anew with a network: `labctl down --name {} --purge`, then `{} --network auto`",
                 dir.name,
-                dir.name
+                dir.name,
+                lab::command_for("up", &dir.name)
             ),
         }
     }

@@ -112,10 +112,15 @@ pub fn render(
     };
     let _ = writeln!(
         out,
-        "# {what} for node {} ({}), from {} Service ports.",
+        "# {what} for node {} ({}), from {} Service port{}.",
         node.name,
         node.internal_ip,
-        snapshot.services.len()
+        snapshot.services.len(),
+        if snapshot.services.len() == 1 {
+            ""
+        } else {
+            "s"
+        }
     );
     let _ = writeln!(out, "# {}", provenance(format, active, &node.name));
     match format {
@@ -487,16 +492,17 @@ fn write_verdict(out: &mut String, e: &Explanation) {
 pub async fn run(dir: &LabDir, args: &RulesArgs) -> Result<String> {
     let config = dir.config()?.ok_or_else(|| {
         anyhow!(
-            "lab {:?} does not exist under {}; run `labctl up` first",
+            "lab {:?} does not exist under {}; run `{}` first",
             dir.name,
-            dir.root.display()
+            dir.root.display(),
+            crate::lab::command_for("up", &dir.name)
         )
     })?;
     if dir.running_pid().is_none() {
         bail!(
-            "lab {:?} is not running, so its objects cannot be read; `labctl up --name {}` starts it",
+            "lab {:?} is not running, so its objects cannot be read; `{}` starts it",
             dir.name,
-            dir.name
+            crate::lab::command_for("up", &dir.name)
         );
     }
     let active = match lab::running_mode(dir) {
