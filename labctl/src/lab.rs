@@ -884,9 +884,21 @@ mod tests {
         for good in ["lab", "demo", "lab-2", "e2e-usr", "a", &"x".repeat(40)] {
             assert_eq!(parse_name(good).as_deref(), Ok(good));
         }
-        for bad in ["", "bad name", "Demo", "-lab", "lab-", "lab_2", "lab.2", &"x".repeat(41)] {
+        for bad in [
+            "",
+            "bad name",
+            "Demo",
+            "-lab",
+            "lab-",
+            "lab_2",
+            "lab.2",
+            &"x".repeat(41),
+        ] {
             let err = parse_name(bad).unwrap_err();
-            assert!(err.contains("lower-case letters, digits or '-'"), "{bad}: {err}");
+            assert!(
+                err.contains("lower-case letters, digits or '-'"),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -185,8 +185,10 @@ impl<'a> Tutorial<'a> {
         if o.keep {
             let how = match o.provider {
                 Provider::Embedded => format!(
-                    "export KUBECONFIG={}; `labctl down --name {} --purge` removes it",
+                    "export KUBECONFIG={}; labctl commands take `--name {}` (`{} svc/hello-world`); `labctl down --name {} --purge` removes it",
                     o.dir.kubeconfig_path().display(),
+                    o.dir.name,
+                    lab::command_for("verify", &o.dir.name),
                     o.dir.name
                 ),
                 Provider::Kind => format!(
@@ -249,6 +251,20 @@ impl<'a> Tutorial<'a> {
                 break;
             }
         }
+        Ok(())
+    }
+
+    /// The tutorial's cleanup at the end of a Service's step, except when the run stops
+    /// there and keeps the cluster: then the Service is what is left to explore.
+    fn delete_service(&mut self, step: Step) -> Result<()> {
+        if self.options.keep && self.options.stop_after == Some(step) {
+            self.console.note(
+                "svc/hello-world is kept for exploring (--keep with --step); the tutorial deletes it here",
+            );
+            return Ok(());
+        }
+        self.console.note("cleanup and delete the service");
+        self.kubectl(&["delete", "svc", "hello-world"])?;
         Ok(())
     }
 
@@ -528,9 +544,7 @@ impl<'a> Tutorial<'a> {
         }
         self.kubectl(&["get", "svc", "hello-world", "-o", "yaml"])?;
         self.deep_dive_cluster_ip(cluster_ip, 80)?;
-        self.console.note("cleanup and delete the service");
-        self.kubectl(&["delete", "svc", "hello-world"])?;
-        Ok(())
+        self.delete_service(Step::Clusterip)
     }
 
     fn node_port(&mut self) -> Result<()> {
@@ -570,9 +584,7 @@ impl<'a> Tutorial<'a> {
             );
         }
         self.deep_dive_node_port(cluster_ip, node_port)?;
-        self.console.note("cleanup and delete the service");
-        self.kubectl(&["delete", "svc", "hello-world"])?;
-        Ok(())
+        self.delete_service(Step::Nodeport)
     }
 
     fn load_balancer(&mut self) -> Result<()> {
