@@ -23,6 +23,7 @@
 //! ```
 
 pub mod cache;
+mod log;
 mod pod;
 mod state;
 
@@ -34,6 +35,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+pub use log::LogBuffer;
 pub use pod::{Pod, PodLog, PodSpec, PodStats};
 use state::PodState;
 

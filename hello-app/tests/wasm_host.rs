@@ -8,9 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hello_app::respond::AppVersion;
-use hello_app::wasm_host::{HostConfig, Pod, PodLog, PodSpec, WasmHost, cache};
+use hello_app::wasm_host::{HostConfig, LogBuffer, Pod, PodLog, PodSpec, WasmHost, cache};
 use util::{Running, assert_hello, get, local, send};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 /// Compiled components shared by these tests, so only the first compiles.
 fn test_cache() -> PathBuf {
@@ -230,7 +229,7 @@ fn a_trapping_guest_answers_500_and_the_host_keeps_serving() {
 #[test]
 fn each_pod_logs_its_own_requests_like_the_original() {
     let host = host();
-    let log = MemoryOutputPipe::new(1 << 16);
+    let log = LogBuffer::new(1 << 16);
     let served = serve(
         &host,
         vec![
@@ -248,6 +247,28 @@ fn each_pod_logs_its_own_requests_like_the_original() {
         lines[0].len(),
         "2026/11/25 02:15:35 Serving request: /a/ b".len()
     );
+}
+
+#[test]
+fn a_full_log_drops_its_oldest_lines_and_the_pod_keeps_serving() {
+    let host = host();
+    // Room for about three lines ("2026/11/25 02:15:35 Serving request: /n" is 40 bytes).
+    let log = LogBuffer::new(130);
+    let served = serve(
+        &host,
+        vec![PodSpec::new("logged").log(PodLog::Memory(log.clone()))],
+    );
+    for i in 0..20 {
+        let resp = get(served.addrs[0], &format!("/{i:02}"));
+        assert_eq!(resp.status, 200, "request {i}: {resp:?}");
+    }
+    let text = String::from_utf8(log.contents()).unwrap();
+    let paths: Vec<&str> = text
+        .lines()
+        .map(|l| l.rsplit_once("Serving request: ").unwrap().1)
+        .collect();
+    assert_eq!(paths, ["/17", "/18", "/19"], "{text}");
+    assert_eq!(served.pods[0].stats().failures, 0);
 }
 
 #[test]

@@ -70,6 +70,15 @@ fn subresource_kind(info: &ResourceInfo, sub: &str) -> (String, String, String) 
     }
 }
 
+/// What a subresource allows: a Pod's log is read-only, as on kube-apiserver.
+fn subresource_verbs(sub: &str) -> &'static [&'static str] {
+    if sub == "log" {
+        &["get"]
+    } else {
+        &["get", "patch", "update"]
+    }
+}
+
 fn aggregated_resource(info: &ResourceInfo) -> Value {
     let subresources: Vec<Value> = info
         .subresources
@@ -79,7 +88,7 @@ fn aggregated_resource(info: &ResourceInfo) -> Value {
             json!({
                 "subresource": sub,
                 "responseKind": {"group": g, "version": v, "kind": k},
-                "verbs": ["get", "patch", "update"],
+                "verbs": subresource_verbs(sub),
             })
         })
         .collect();
@@ -175,7 +184,7 @@ pub fn legacy_resources(group: &str, version: &str) -> Value {
                 "singularName": "",
                 "namespaced": info.namespaced,
                 "group": g, "version": v, "kind": k,
-                "verbs": ["get", "patch", "update"],
+                "verbs": subresource_verbs(sub),
             }));
         }
     }

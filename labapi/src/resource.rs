@@ -82,7 +82,7 @@ const ALL: &[ResourceInfo] = &[
         singular: "pod",
         namespaced: true,
         short_names: &["po"],
-        subresources: &["status"],
+        subresources: &["status", "log"],
         writable: true,
     },
     ResourceInfo {

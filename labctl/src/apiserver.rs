@@ -3,13 +3,15 @@
 
 pub mod admission;
 mod http;
+mod logs;
 pub mod select;
 pub mod verbs;
 pub mod watch;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::cluster::ClusterConfig;
+use crate::controllers::PodRuntime;
 use crate::store::Store;
 
 pub use http::{ServeOptions, serve};
@@ -22,6 +24,8 @@ pub struct Api {
     pub cluster: ClusterConfig,
     /// Held from reading the allocated addresses until the Service that takes one is stored.
     alloc: Mutex<()>,
+    /// What runs the Pods, which keeps their logs; set once it exists.
+    pods: OnceLock<Arc<dyn PodRuntime>>,
 }
 
 impl Api {
@@ -31,6 +35,13 @@ impl Api {
             store,
             cluster,
             alloc: Mutex::new(()),
+            pods: OnceLock::new(),
         }
+    }
+
+    /// Serves `pods/<name>/log` from what `runtime` keeps (before this, every Pod's log
+    /// answers that no runtime runs it).
+    pub fn read_logs_from(&self, runtime: Arc<dyn PodRuntime>) {
+        let _ = self.pods.set(runtime);
     }
 }

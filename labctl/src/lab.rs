@@ -536,6 +536,7 @@ pub async fn serve(dir: &LabDir) -> Result<()> {
             ))
         }
     };
+    api.read_logs_from(runtime.clone());
     controllers::start(api.clone(), runtime);
     let opts = ServeOptions {
         tls: creds.server_config()?,

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hello_app::respond::AppVersion;
-use hello_app::wasm_host::{PodLog, PodSpec, WasmHost};
+use hello_app::wasm_host::{LogBuffer, PodLog, PodSpec, WasmHost};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -26,6 +26,10 @@ pub const IMAGES: &[(&str, AppVersion)] = &[
 
 /// How long a stopping Pod may take to finish its requests.
 const DRAIN: Duration = Duration::from_secs(5);
+
+/// The most of a Pod's log the lab keeps: about 1,600 of hello-app's `Serving request:`
+/// lines; older lines are dropped, as a container runtime rotates a container's log.
+const LOG_CAPACITY: usize = 64 << 10;
 
 /// How an image names a user's own wasi:http component: `file://` and the absolute path of a
 /// `.wasm` file on the lab's machine (`file:///srv/app.wasm`).
@@ -104,6 +108,8 @@ pub struct WasmRuntime {
     placement: Placement,
     handle: tokio::runtime::Handle,
     running: Mutex<HashMap<String, Running>>,
+    /// Each started Pod's log, by Pod uid, until the Pod stops.
+    logs: Mutex<HashMap<String, LogBuffer>>,
     exits: std::sync::Arc<std::sync::OnceLock<ExitSink>>,
 }
 
@@ -140,6 +146,7 @@ impl WasmRuntime {
             placement,
             handle,
             running: Mutex::new(HashMap::new()),
+            logs: Mutex::default(),
             exits: std::sync::Arc::default(),
         }
     }
@@ -244,16 +251,21 @@ impl PodRuntime for WasmRuntime {
             }
         };
         let (host, version) = self.host_for(&app, image)?;
+        let log = LogBuffer::new(LOG_CAPACITY);
         let served = host.pod(
             PodSpec::new(name.clone())
                 .version(version)
-                .log(PodLog::Discard),
+                .log(PodLog::Memory(log.clone())),
         );
         let (stop, mut stopped) = watch::channel(false);
         let (done_tx, done) = std::sync::mpsc::channel();
         let _guard = self.handle.enter();
         let mut listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| failed(format!("adopting the Pod's socket: {e}")))?;
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid(pod).to_string(), log);
         let exits = self.exits.clone();
         let (pod_ns, pod_uid) = (
             pod["metadata"]["namespace"]
@@ -332,6 +344,30 @@ impl PodRuntime for WasmRuntime {
         if let Placement::Namespaces(names) = &self.placement {
             network::remove_pod(names, uid(pod));
         }
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid(pod));
+    }
+
+    fn logs(&self, pod: &Value) -> Result<LogBuffer, String> {
+        if let Some(log) = self
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid(pod))
+        {
+            return Ok(log.clone());
+        }
+        // kube-apiserver's answer for a container that has not run yet.
+        let container = pod["spec"]["containers"][0]["name"].as_str().unwrap_or("");
+        let waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+            .as_str()
+            .unwrap_or("ContainerCreating");
+        Err(format!(
+            "container \"{container}\" in pod \"{}\" is waiting to start: {waiting}",
+            pod["metadata"]["name"].as_str().unwrap_or("")
+        ))
     }
 
     fn drain_delay(&self) -> Duration {

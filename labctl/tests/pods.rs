@@ -625,6 +625,68 @@ fn userspace_mode_serves_the_same_scenario_on_loopback() {
     until(&lab, &format!("http://{}", row[2]), "node", 20, |s| {
         s.len() == 1 && s.contains_key(&left)
     });
+    pod_logs_read_like_a_clusters(&lab, &left, &format!("http://{}", row[2]));
+}
+
+/// `kubectl logs` of `pod`, the only Pod behind `url`, which has answered requests: its
+/// lines, `--tail`, the errors kube-apiserver gives, and `-f` until the Pod goes.
+fn pod_logs_read_like_a_clusters(lab: &Lab, pod: &str, url: &str) {
+    let log = lab.ok(&["logs", pod]);
+    assert!(
+        log.lines().count() >= 20 && log.lines().all(|l| l.ends_with(" Serving request: /")),
+        "{log}"
+    );
+    assert_eq!(lab.ok(&["logs", pod, "--tail=1"]).lines().count(), 1);
+    let (ok, _, err) = lab.kubectl(&["logs", pod, "--previous"]);
+    assert!(
+        !ok && err.contains(&format!(
+            r#"previous terminated container "hello-world" in pod "{pod}" not found"#
+        )),
+        "{err}"
+    );
+    let (ok, _, err) = lab.kubectl(&["logs", "nosuch"]);
+    assert!(!ok && err.contains(r#"pods "nosuch" not found"#), "{err}");
+
+    // -f: each line as it is written, until the Pod stops.
+    let mut follower = lab
+        .kubectl_command(&["logs", "-f", "--tail=0", pod])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (lines, followed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The follower may connect after a request, whose line --tail=0 leaves out: ask until
+    // one arrives (at most 30 requests).
+    let line = (0..30).find_map(|_| {
+        answers(lab, url, "node", 1).unwrap();
+        followed.recv_timeout(Duration::from_millis(500)).ok()
+    });
+    let line = line.expect("kubectl logs -f printed no line").unwrap();
+    assert!(line.ends_with(" Serving request: /"), "{line}");
+    lab.ok(&["delete", "pod", pod, "--wait=false"]);
+    let started = Instant::now();
+    let ended = loop {
+        if let Some(status) = follower.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > WAIT {
+            stop(follower);
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        ended.is_some(),
+        "kubectl logs -f still ran {WAIT:?} after its Pod's deletion"
+    );
 }
 
 #[test]

@@ -16,13 +16,12 @@ use hyper::{Request, Response};
 use tokio::net::TcpListener;
 use wasmtime::Store;
 use wasmtime_wasi::WasiCtx;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::Proxy;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::{EPOCH_TICK, PodState, WasmHost};
+use super::{EPOCH_TICK, LogBuffer, PodState, WasmHost};
 use crate::respond::{AppVersion, missing_host};
 use crate::server::{DRAIN_TIMEOUT, request_head, to_response};
 
@@ -37,8 +36,8 @@ pub enum PodLog {
     Stderr,
     /// Nowhere.
     Discard,
-    /// An in-memory buffer the caller reads (for `kubectl logs`, and tests).
-    Memory(MemoryOutputPipe),
+    /// An in-memory buffer of the latest lines, which the caller reads (for `kubectl logs`).
+    Memory(LogBuffer),
 }
 
 /// What makes one Pod differ from another.
@@ -99,8 +98,8 @@ impl PodSpec {
                 builder.inherit_stderr();
             }
             PodLog::Discard => {}
-            PodLog::Memory(pipe) => {
-                builder.stderr(pipe.clone());
+            PodLog::Memory(log) => {
+                builder.stderr(log.clone());
             }
         }
         builder.build()

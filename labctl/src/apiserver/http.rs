@@ -194,6 +194,34 @@ async fn resource(
     accept: String,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    if p.subresource.as_deref() == Some("log") {
+        if req.method() != Method::GET {
+            return Err(ApiError::method_not_allowed(format!(
+                "pods/log is read-only: {} is not allowed",
+                req.method()
+            )));
+        }
+        let log = super::logs::read(api, &p, req.uri().query())?;
+        let mut r = match log.follow {
+            None => Response::new(full(log.now)),
+            // `kubectl logs -f`: what is there, then each new line as it is written, until
+            // the Pod stops or the client goes.
+            Some(follow) => {
+                let first = futures::stream::iter(
+                    (!log.now.is_empty())
+                        .then(|| Ok::<_, Infallible>(Frame::data(Bytes::from(log.now)))),
+                );
+                let rest = futures::stream::unfold(follow, |mut follow| async move {
+                    let bytes = follow.next().await?;
+                    Some((Ok(Frame::data(Bytes::from(bytes))), follow))
+                });
+                Response::new(StreamBody::new(futures::StreamExt::chain(first, rest)).boxed())
+            }
+        };
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        return Ok(r);
+    }
     let q = Query::parse(req.uri().query())?;
     let method = req.method().clone();
     let content_type = req

@@ -54,6 +54,11 @@ pub trait PodRuntime: Send + Sync {
     /// Where to report containers that crash and restart (runtimes that serve nothing never
     /// call it).
     fn report_exits(&self, _sink: ExitSink) {}
+    /// The log of the Pod's container, what it writes to stderr (`kubectl logs`), or why
+    /// there is none, in kube-apiserver's words where it has some.
+    fn logs(&self, _pod: &Value) -> Result<hello_app::wasm_host::LogBuffer, String> {
+        Err("the lab runs without a network (API-only mode): its Pods run no containers, so they have no logs".into())
+    }
 }
 
 /// Records a container's crash or restart in its Pod's status, as the kubelet does: while

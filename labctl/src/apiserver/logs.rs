@@ -1,0 +1,201 @@
+//! `GET pods/<name>/log`, what `kubectl logs` reads: the lines the Pod's component wrote to
+//! stderr, as the runtime keeps them, with kube-apiserver's options and errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hello_app::wasm_host::LogBuffer;
+use labapi::ApiError;
+use labapi::path::ResourcePath;
+use serde_json::Value;
+
+use super::Api;
+use crate::controllers::PodRuntime;
+
+/// How often a followed log is looked at for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// The options of kube-apiserver's log endpoint that the lab acts on; the others
+/// (`timestamps`, `sinceSeconds`, ...) are accepted and ignored.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct LogOptions {
+    container: Option<String>,
+    tail_lines: Option<usize>,
+    limit_bytes: Option<usize>,
+    previous: bool,
+    follow: bool,
+}
+
+impl LogOptions {
+    fn parse(query: Option<&str>) -> Result<LogOptions, ApiError> {
+        let mut options = LogOptions::default();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = |what: &str| {
+                value.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!("{what}: Invalid value: {value:?}: not a number"))
+                })
+            };
+            match key {
+                "container" => options.container = Some(value.to_string()),
+                // kubectl sends -1 for "all lines".
+                "tailLines" => options.tail_lines = usize::try_from(number("tailLines")?).ok(),
+                "limitBytes" => match usize::try_from(number("limitBytes")?) {
+                    Ok(n) if n > 0 => options.limit_bytes = Some(n),
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "limitBytes: Invalid value: {value}: must be greater than 0"
+                        )));
+                    }
+                },
+                "previous" => options.previous = value == "true",
+                "follow" => options.follow = value == "true",
+                _ => {}
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// A log as read: what it holds now, and with `follow=true` where to go on reading.
+pub struct LogRead {
+    /// What the log holds, after the query's options.
+    pub now: Vec<u8>,
+    /// With `follow=true`: the log to follow from what `now` ended with.
+    pub follow: Option<Follow>,
+}
+
+/// A log being followed (`kubectl logs -f`) until its Pod stops.
+pub struct Follow {
+    log: LogBuffer,
+    at: u64,
+    pod: Value,
+    runtime: Arc<dyn PodRuntime>,
+}
+
+impl Follow {
+    /// The next lines written, once there are any; `None` once the Pod has stopped (its
+    /// log is gone with it).
+    pub async fn next(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let (bytes, at) = self.log.since(self.at);
+            self.at = at;
+            if !bytes.is_empty() {
+                return Some(bytes);
+            }
+            self.runtime.logs(&self.pod).ok()?;
+            tokio::time::sleep(FOLLOW_POLL).await;
+        }
+    }
+}
+
+/// The log of the Pod at `p` (a `pods/<name>/log` path), after the query's options.
+pub fn read(api: &Api, p: &ResourcePath, query: Option<&str>) -> Result<LogRead, ApiError> {
+    let options = LogOptions::parse(query)?;
+    let pod = api.get(&ResourcePath {
+        subresource: None,
+        ..p.clone()
+    })?;
+    let name = pod["metadata"]["name"].as_str().unwrap_or("");
+    let containers: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .map(|cs| cs.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default();
+    let container = match &options.container {
+        Some(c) if !containers.contains(&c.as_str()) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )));
+        }
+        Some(c) => c.as_str(),
+        None => containers.first().copied().unwrap_or(""),
+    };
+    if options.previous {
+        // The lab's runtime keeps one log per Pod, across its container's restarts.
+        return Err(ApiError::bad_request(format!(
+            "previous terminated container \"{container}\" in pod \"{name}\" not found"
+        )));
+    }
+    let Some(runtime) = api.pods.get() else {
+        return Err(ApiError::bad_request(
+            "the lab's runtime has not started yet; try again in a moment",
+        ));
+    };
+    let log = runtime.logs(&pod).map_err(ApiError::bad_request)?;
+    let (now, at) = log.since(0);
+    let follow = options.follow.then(|| Follow {
+        log,
+        at,
+        pod: (*pod).clone(),
+        runtime: runtime.clone(),
+    });
+    Ok(LogRead {
+        now: trim(now, options.tail_lines, options.limit_bytes),
+        follow,
+    })
+}
+
+/// The last `tail_lines` lines of `log`, then its first `limit_bytes` bytes, as kubelet
+/// applies them.
+fn trim(mut log: Vec<u8>, tail_lines: Option<usize>, limit_bytes: Option<usize>) -> Vec<u8> {
+    if let Some(n) = tail_lines {
+        let body = log.strip_suffix(b"\n").unwrap_or(&log);
+        let start = if n == 0 {
+            log.len()
+        } else {
+            body.iter()
+                .enumerate()
+                .rev()
+                .filter(|(_, b)| **b == b'\n')
+                .nth(n - 1)
+                .map_or(0, |(i, _)| i + 1)
+        };
+        log.drain(..start);
+    }
+    if let Some(n) = limit_bytes {
+        log.truncate(n);
+    }
+    log
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_read_from_the_query() {
+        assert_eq!(
+            LogOptions::parse(Some("container=hello-world&tailLines=2&limitBytes=10")).unwrap(),
+            LogOptions {
+                container: Some("hello-world".into()),
+                tail_lines: Some(2),
+                limit_bytes: Some(10),
+                previous: false,
+                follow: false,
+            }
+        );
+        assert_eq!(
+            LogOptions::parse(Some("tailLines=-1&timestamps=true")).unwrap(),
+            LogOptions::default()
+        );
+        let err = LogOptions::parse(Some("tailLines=x")).unwrap_err();
+        assert_eq!(err.code, 400);
+        assert!(err.message.contains("tailLines"), "{}", err.message);
+        assert_eq!(
+            LogOptions::parse(Some("limitBytes=0")).unwrap_err().code,
+            400
+        );
+    }
+
+    #[test]
+    fn tail_lines_then_limit_bytes() {
+        let log = b"a\nbb\nccc\n".to_vec();
+        assert_eq!(trim(log.clone(), None, None), log);
+        assert_eq!(trim(log.clone(), Some(2), None), b"bb\nccc\n");
+        assert_eq!(trim(log.clone(), Some(5), None), log);
+        assert_eq!(trim(log.clone(), Some(0), None), b"");
+        assert_eq!(trim(log.clone(), Some(1), Some(2)), b"cc");
+        // A last line without its newline yet counts as a line.
+        assert_eq!(trim(b"a\nb".to_vec(), Some(1), None), b"b");
+    }
+}
