@@ -266,7 +266,7 @@ enum Cmd {
     PortForward {
         #[command(flatten)]
         lab: LabArgs,
-        /// The Service: svc/NAME.
+        /// The Service: svc/NAME (or NAME).
         target: String,
         /// LOCAL:REMOTE (REMOTE is the Service's port), PORT for both, or :REMOTE for a
         /// free local port.

@@ -16,7 +16,7 @@ use crate::lab::{self, LabDir, Mode};
 use crate::network;
 use crate::runtime::{loopback_twin, userspace_port};
 
-/// What to forward: `svc/NAME` (or `service/NAME`) and `[LOCAL]:REMOTE` or `PORT`.
+/// What to forward: `svc/NAME` (or `service/NAME`, or `NAME`) and `[LOCAL]:REMOTE` or `PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
     /// The Service's name.
@@ -31,14 +31,9 @@ impl Forward {
     /// Parses `svc/hello-world` and `8080:80` (also `80`, meaning 80:80, and `:80`, meaning a
     /// free local port), as kubectl does.
     pub fn parse(target: &str, ports: &str) -> Result<Forward> {
-        let service = target
-            .strip_prefix("svc/")
-            .or_else(|| target.strip_prefix("service/"))
-            .or_else(|| target.strip_prefix("services/"))
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| {
-                anyhow!("{target:?} is not a Service: write svc/NAME, e.g. svc/hello-world")
-            })?;
+        // A bare name is a Service too, as for `labctl verify` and `labctl rules`: only
+        // Services are forwarded.
+        let service = crate::probe::parse_service(target)?;
         let port = |p: &str| -> Result<u16> {
             p.parse()
                 .with_context(|| format!("{p:?} in {ports:?} is not a port number"))
@@ -52,7 +47,7 @@ impl Forward {
             bail!("the Service port in {ports:?} must not be 0");
         }
         Ok(Forward {
-            service: service.to_string(),
+            service,
             local,
             remote,
         })
@@ -234,8 +229,9 @@ mod tests {
         );
         assert_eq!(Forward::parse("service/web", "80").unwrap().local, 80);
         assert_eq!(Forward::parse("svc/web", ":80").unwrap().local, 0);
+        assert_eq!(Forward::parse("web", "80").unwrap().service, "web");
         let e = Forward::parse("pod/web", "80").unwrap_err().to_string();
-        assert!(e.contains("svc/NAME"), "{e}");
+        assert!(e.contains("write svc/<name>"), "{e}");
         assert!(Forward::parse("svc/web", "x:80").is_err());
         assert!(Forward::parse("svc/web", "80:0").is_err());
     }
