@@ -118,9 +118,13 @@ fn target(service: &Service, config: &LabConfig, request: &Request) -> Result<So
             .find(|sp| sp.port == i32::from(p))
             .with_context(|| {
                 format!(
-                    "service {:?} has no port {p}; its ports are {:?}",
+                    "service {:?} has no port {p}; its ports are {}",
                     request.name,
-                    ports.iter().map(|p| p.port).collect::<Vec<_>>()
+                    ports
+                        .iter()
+                        .map(|p| p.port.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })?,
         None => ports
