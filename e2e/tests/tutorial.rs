@@ -547,6 +547,8 @@ fn the_kind_provider_explains_what_it_needs() {
         run.all()
     );
     assert!(run.stderr.contains("--provider embedded"), "{}", run.all());
+    // Nothing was made, so nothing is left.
+    assert!(!sandbox.lab_dir("e2e-kind").exists(), "{}", run.all());
 }
 
 fn docker_runs() -> bool {

@@ -208,8 +208,12 @@ impl<'a> Tutorial<'a> {
             Provider::Embedded => lab::down(&o.dir, true, &lab::user_kubeconfig())
                 .map(|_| ())
                 .context("removing the tutorial's lab"),
-            // Nothing to take down when the cluster was never made (kind cleans up a failed create).
-            Provider::Kind if self.lab.is_none() => Ok(()),
+            // Nothing to take down when the cluster was never made (kind cleans up a failed
+            // create), but the lab's directory, if nothing was written to it.
+            Provider::Kind if self.lab.is_none() => {
+                let _ = std::fs::remove_dir(&o.dir.root);
+                Ok(())
+            }
             Provider::Kind => kind::down(&o.dir),
             Provider::Kubeconfig => {
                 // Leave the user's cluster as it was found, also after a failure or --step.
