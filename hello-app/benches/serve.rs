@@ -230,44 +230,27 @@ fn main() {
         "mean: native {native_rps:.0} req/s, wasm {wasm_rps:.0} req/s, wasm/native {ratio:.3} \
          (goal >= 0.7); wasm p99 {wasm_p99:.3} ms (goal < 2 ms)"
     );
-    // The Go original's figures, `null` when it was left out.
-    let go_json = if refs.go.is_ok() {
-        let go_rps = mean(Kind::Go, |r| r.rps);
-        println!(
-            "the Go original: {go_rps:.0} req/s, p99 {:.3} ms; go/native {:.3}, wasm/go {:.3}",
-            mean(Kind::Go, |r| r.p99),
-            go_rps / native_rps,
-            wasm_rps / go_rps
-        );
-        format!(
-            "\"go_rps\":{go_rps:.0},\"go_p99_ms\":{:.3},\"go_native_ratio\":{:.3},\"wasm_go_ratio\":{:.3},\"go_server_cpu\":{:.2}",
-            mean(Kind::Go, |r| r.p99),
-            go_rps / native_rps,
-            wasm_rps / go_rps,
-            mean(Kind::Go, |r| r.server_cpu),
+    let figures = |kind: Kind| {
+        (
+            mean(kind, |r| r.rps),
+            mean(kind, |r| r.p99),
+            mean(kind, |r| r.server_cpu),
         )
-    } else {
-        "\"go_rps\":null,\"go_p99_ms\":null,\"go_native_ratio\":null,\"wasm_go_ratio\":null,\"go_server_cpu\":null".to_string()
     };
-    // The floor's figures, `null` when it was left out.
-    let floor_json = if refs.floor.is_ok() {
-        let floor_rps = mean(Kind::Floor, |r| r.rps);
-        println!(
-            "the floor component: {floor_rps:.0} req/s, p99 {:.3} ms; floor/native {:.3}, \
-             wasm/floor {:.3}",
-            mean(Kind::Floor, |r| r.p99),
-            floor_rps / native_rps,
-            wasm_rps / floor_rps
-        );
-        format!(
-            "\"floor_rps\":{floor_rps:.0},\"floor_p99_ms\":{:.3},\"floor_native_ratio\":{:.3},\"wasm_floor_ratio\":{:.3}",
-            mean(Kind::Floor, |r| r.p99),
-            floor_rps / native_rps,
-            wasm_rps / floor_rps,
-        )
-    } else {
-        "\"floor_rps\":null,\"floor_p99_ms\":null,\"floor_native_ratio\":null,\"wasm_floor_ratio\":null".to_string()
-    };
+    let go_json = reference_json(
+        "go",
+        "the Go original",
+        refs.go.is_ok().then(|| figures(Kind::Go)),
+        native_rps,
+        wasm_rps,
+    );
+    let floor_json = reference_json(
+        "floor",
+        "the floor component",
+        refs.floor.is_ok().then(|| figures(Kind::Floor)),
+        native_rps,
+        wasm_rps,
+    );
     println!(
         "{{\"native_rps\":{native_rps:.0},\"wasm_rps\":{wasm_rps:.0},\"wasm_native_ratio\":{ratio:.3},\
          \"native_p50_ms\":{:.3},\"native_p99_ms\":{:.3},\"wasm_p50_ms\":{:.3},\"wasm_p99_ms\":{wasm_p99:.3},\
@@ -284,6 +267,32 @@ fn main() {
             LoadGen::Builtin => "builtin",
         },
     );
+}
+
+/// Prints a reference point's figures (mean req/s, p99 ms, server CPU) against native and
+/// wasm, and returns them as JSON fields named after it: `null` when it was left out.
+fn reference_json(
+    name: &str,
+    label: &str,
+    figures: Option<(f64, f64, f64)>,
+    native_rps: f64,
+    wasm_rps: f64,
+) -> String {
+    let Some((rps, p99, cpu)) = figures else {
+        return format!(
+            "\"{name}_rps\":null,\"{name}_p99_ms\":null,\"{name}_native_ratio\":null,\
+             \"wasm_{name}_ratio\":null,\"{name}_server_cpu\":null"
+        );
+    };
+    let (vs_native, wasm_vs) = (rps / native_rps, wasm_rps / rps);
+    println!(
+        "{label}: {rps:.0} req/s, p99 {p99:.3} ms; {name}/native {vs_native:.3}, \
+         wasm/{name} {wasm_vs:.3}"
+    );
+    format!(
+        "\"{name}_rps\":{rps:.0},\"{name}_p99_ms\":{p99:.3},\"{name}_native_ratio\":{vs_native:.3},\
+         \"wasm_{name}_ratio\":{wasm_vs:.3},\"{name}_server_cpu\":{cpu:.2}"
+    )
 }
 
 fn ms(micros: u64) -> f64 {
