@@ -368,7 +368,7 @@ fn path_without_iptables(sandbox: &Sandbox) -> Option<std::path::PathBuf> {
 #[test]
 fn a_lab_that_cannot_start_is_not_kept_so_other_flags_can_make_it() {
     if !is_root() {
-        eprintln!("skipped: without root, kernel mode would not be tried, so nothing fails");
+        eprintln!("skipped: needs root (CI runs as root), to fail for want of iptables");
         return;
     }
     let _one_at_a_time = e2e::userspace_lab();
@@ -414,7 +414,7 @@ fn a_lab_that_cannot_start_is_not_kept_so_other_flags_can_make_it() {
     assert_eq!(other.code, Some(1), "{}", other.all());
     assert!(
         other.stderr.contains(&format!(
-            "lab \"{name}\" already exists with the userspace dataplane"
+            "lab \"{name}\" was made with the userspace dataplane"
         )) && other
             .stderr
             .contains(&format!("labctl down --name {name} --purge")),
@@ -588,4 +588,24 @@ fn an_unreachable_cluster_is_explained() {
         run.all()
     );
     assert!(run.stderr.contains("127.0.0.1:1"), "{}", run.all());
+
+    // A kubeconfig that is not there is named as such, not blamed on a cluster.
+    let missing = sandbox.labctl(
+        &[
+            "tutorial",
+            "--name",
+            "e2e-unreach",
+            "--provider",
+            "kubeconfig",
+            "--kubeconfig",
+            "no-such.yaml",
+        ],
+        LIMIT,
+    );
+    assert_eq!(missing.code, Some(1), "{}", missing.all());
+    assert!(
+        missing.stderr.contains("no-such.yaml: no such file"),
+        "{}",
+        missing.all()
+    );
 }

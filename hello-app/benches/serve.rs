@@ -84,7 +84,20 @@ fn build_floor_guest() -> Result<std::path::PathBuf, String> {
         .parent()
         .map_or_else(|| "target".into(), |t| t.join("wasm-floor"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let built = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    // Flags meant for the host build (a bench's `-C target-cpu=native`, a wrapper) must not
+    // reach the wasm32 one, as in build.rs.
+    for key in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_TARGET",
+    ] {
+        build.env_remove(key);
+    }
+    let built = build
         .args([
             "build",
             "--release",

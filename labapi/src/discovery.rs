@@ -291,6 +291,29 @@ mod tests {
         assert_eq!(groups, ["discovery.k8s.io", "apps"]);
         let deploy = &apis["items"][1]["versions"][0]["resources"][0];
         assert_eq!(deploy["subresources"][1]["responseKind"]["kind"], "Scale");
+        // A Pod's log is read-only, in both forms of discovery.
+        let core = aggregated(true);
+        let pods = core["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "pods")
+            .unwrap();
+        let log = pods["subresources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["subresource"] == "log")
+            .unwrap();
+        assert_eq!(log["verbs"], json!(["get"]));
+        let legacy = legacy_resources("", "v1");
+        let log = legacy["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "pods/log")
+            .unwrap();
+        assert_eq!(log["verbs"], json!(["get"]));
     }
 
     #[test]

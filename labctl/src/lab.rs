@@ -497,7 +497,7 @@ pub async fn serve(dir: &LabDir) -> Result<()> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, config.port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("listening on {addr}: the port is in use (is the lab already up? `labctl status`), or another program holds it"))?;
+        .with_context(|| format!("listening on {addr}: the port is in use (is the lab already up? `{}`), or another program holds it", command_for("status", &dir.name)))?;
     let api = Arc::new(Api::new(Arc::new(store), config.cluster.clone()));
     seed(&api)?;
     let runtime: Arc<dyn PodRuntime> = match mode {
@@ -828,24 +828,36 @@ pub fn down(dir: &LabDir, purge: bool, user_kubeconfig: &Path) -> Result<DownRep
     })
 }
 
+/// The files an embedded lab makes in its directory, besides its log: configuration,
+/// credentials, kubeconfig, object store, and the server's PID and readiness marker.
+const LAB_FILES: &[&str] = &[
+    "config.json",
+    "kubeconfig",
+    "ca.crt",
+    "apiserver.crt",
+    "apiserver.key",
+    "token",
+    "store.sqlite",
+    "store.sqlite-shm",
+    "store.sqlite-wal",
+    "labctl.pid",
+    "ready",
+];
+
 /// Undoes the making of a lab whose server never became ready: stops what may be left of it
-/// and deletes all but its log, so that the lab no longer exists and `labctl up` with other
-/// flags (the ones that made it fail are fixed once a lab exists) makes it anew.
+/// and deletes the files it made but its log, so that the lab no longer exists and `labctl
+/// up` with other flags (the ones that made it fail are fixed once a lab exists) makes it
+/// anew. Anything else in the directory is left alone.
 pub fn forget_unstarted(dir: &LabDir, user_kubeconfig: &Path) -> Result<()> {
     down(dir, false, user_kubeconfig)?;
-    let entries =
-        fs::read_dir(&dir.root).with_context(|| format!("reading {}", dir.root.display()))?;
-    for entry in entries {
-        let path = entry?.path();
-        if path == dir.log_path() {
-            continue;
+    for name in LAB_FILES {
+        let path = dir.root.join(name);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("deleting {}", path.display()));
+            }
+            _ => {}
         }
-        let removed = if path.is_dir() {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        removed.with_context(|| format!("deleting {}", path.display()))?;
     }
     Ok(())
 }
@@ -901,6 +913,25 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn an_unstarted_lab_is_forgotten_but_its_log_and_other_files_stay() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = LabDir::new("unstarted-unit", base.path());
+        dir.create(1, None, NetworkMode::None, Dataplane::Iptables)
+            .unwrap();
+        fs::write(dir.log_path(), "why it failed\n").unwrap();
+        fs::write(dir.root.join("notes.txt"), "mine\n").unwrap();
+        let kubeconfig = base.path().join("user-kubeconfig");
+        forget_unstarted(&dir, &kubeconfig).unwrap();
+        assert!(dir.config().unwrap().is_none());
+        let mut left: Vec<String> = fs::read_dir(&dir.root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["labctl.log", "notes.txt"]);
     }
 
     #[test]

@@ -283,6 +283,25 @@ enum Cmd {
     },
 }
 
+/// For `labctl up` of an existing lab: what the lab was made with and the flag asking for
+/// something else, when `--network` or `--dataplane` (fixed when a lab is made) differs.
+fn fixed_flag_differs(
+    config: &lab::LabConfig,
+    (network, dataplane): (Option<lab::NetworkMode>, Option<lab::Dataplane>),
+) -> Option<(String, String)> {
+    let made = match config.network {
+        lab::NetworkMode::None => "--network none (API-only)".to_string(),
+        _ => format!("the {} dataplane", config.dataplane_word()),
+    };
+    if let Some(n) = network.filter(|n| *n != config.network) {
+        let made = format!("--network {}", config.network.as_str());
+        return Some((made, format!("--network {}", n.as_str())));
+    }
+    dataplane
+        .filter(|d| d.as_str() != config.dataplane_word())
+        .map(|d| (made, format!("--dataplane {}", d.as_str())))
+}
+
 /// Adds to a connection error what it means in the lab, and where to look.
 fn explain_unreachable(e: std::io::Error, target: std::net::SocketAddr) -> anyhow::Error {
     use std::io::ErrorKind::*;
@@ -411,20 +430,25 @@ fn run(cli: Cli) -> Result<()> {
                 Provider::Kind => return up_kind(&dir, usize::from(workers)),
                 Provider::Kubeconfig => return check_kubeconfig_cluster(),
             }
-            let asked = dataplane;
+            let asked = (network, dataplane);
             let (network, dataplane) =
                 lab::resolve_flags(network, dataplane).map_err(anyhow::Error::msg)?;
+            if labctl::kind::is_kind_lab(&dir) {
+                anyhow::bail!(
+                    "lab {:?} is a kind cluster (made with --provider kind); `labctl down --name {}` deletes it, or choose another --name",
+                    lab.name,
+                    lab.name
+                );
+            }
             let existing = dir.config()?;
             if let Some(config) = &existing
-                && let Some(asked) = asked.filter(|d| d.as_str() != config.dataplane_word())
+                && let Some((made, flag)) = fixed_flag_differs(config, asked)
             {
                 anyhow::bail!(
-                    "lab {:?} already exists with the {} dataplane, which is fixed when a lab is made; `labctl down --name {} --purge` deletes it and its objects, then `{} --dataplane {}` makes it anew (or choose another --name)",
+                    "lab {:?} was made with {made}, which is fixed when a lab is made; `labctl down --name {} --purge` deletes it and its objects, then `{} {flag}` makes it anew (or choose another --name)",
                     lab.name,
-                    config.dataplane_word(),
                     lab.name,
                     lab::command_for("up", &lab.name),
-                    asked.as_str()
                 );
             }
             let (config, _) =
@@ -465,7 +489,12 @@ fn run(cli: Cli) -> Result<()> {
                 // A lab that never ran holds nothing worth keeping, and kept it would hold on
                 // to the flags that made it fail.
                 Err(e) if existing.is_none() => {
-                    lab::forget_unstarted(&dir, &lab::user_kubeconfig())?;
+                    if let Err(undo) = lab::forget_unstarted(&dir, &lab::user_kubeconfig()) {
+                        return Err(e.context(format!(
+                            "lab {:?} did not start, and undoing it failed ({undo:#}); `labctl down --name {} --purge` deletes it",
+                            lab.name, lab.name
+                        )));
+                    }
                     return Err(e.context(format!(
                         "lab {:?} did not start, so it was not kept (its log stays at {}); fix the cause, or choose other flags, and run `{}` again",
                         lab.name,
@@ -489,8 +518,11 @@ fn run(cli: Cli) -> Result<()> {
             match lab::running_mode(&dir) {
                 Some(lab::Mode::Kernel) => {
                     println!(
-                        "Kernel mode, {} dataplane: nodes, Pods and a client are network namespaces; try `labctl curl http://<CLUSTER-IP>`, `labctl rules` or `labctl exec {}-worker -- {}`.",
+                        "Kernel mode, {} dataplane: nodes, Pods and a client are network namespaces; try `{} http://<CLUSTER-IP>`, `{}` or `{} {}-worker -- {}`.",
                         config.dataplane.as_str(),
+                        lab::command_for("curl", &lab.name),
+                        lab::command_for("rules", &lab.name),
+                        lab::command_for("exec", &lab.name),
                         lab.name,
                         if config.dataplane == lab::Dataplane::Nftables {
                             "nft list ruleset"
@@ -503,10 +535,11 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 Some(lab::Mode::Userspace) => println!(
-                    "Userspace mode{}: Pods and Services are served on loopback twins of their addresses (10.96.0.5 at 127.96.0.5); reach them with `labctl curl http://<CLUSTER-IP>`.",
+                    "Userspace mode{}: Pods and Services are served on loopback twins of their addresses (10.96.0.5 at 127.96.0.5); reach them with `{} http://<CLUSTER-IP>`.",
                     lab::why_not_kernel(&config)
                         .map(|why| format!(" ({why})"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    lab::command_for("curl", &lab.name)
                 ),
                 _ => println!(
                     "API-only mode: Pods become Ready in the API, but nothing serves them."
@@ -688,6 +721,10 @@ fn run(cli: Cli) -> Result<()> {
                     "--kubeconfig and --context choose an existing cluster: add `--provider kubeconfig`"
                 );
             }
+            // kubectl runs in the lab's directory: a relative path is the caller's.
+            let kubeconfig = kubeconfig
+                .map(|p| std::path::absolute(&p).with_context(|| format!("{}", p.display())))
+                .transpose()?;
             // kubectl would fall back to localhost:8080 and blame the cluster instead.
             if let Some(path) = kubeconfig.as_ref().filter(|p| !p.is_file()) {
                 anyhow::bail!(
@@ -849,4 +886,50 @@ fn check_kubeconfig_cluster() -> Result<()> {
         );
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lab::{Dataplane as D, NetworkMode as N};
+
+    fn made(network: N, dataplane: D) -> lab::LabConfig {
+        lab::LabConfig {
+            cluster: labctl::cluster::ClusterConfig::new("t", 1),
+            port: 1,
+            network,
+            dataplane,
+        }
+    }
+
+    #[test]
+    fn up_refuses_only_flags_that_differ_from_what_the_lab_was_made_with() {
+        let auto = made(N::Auto, D::Iptables);
+        assert_eq!(fixed_flag_differs(&auto, (None, None)), None);
+        assert_eq!(
+            fixed_flag_differs(&auto, (Some(N::Auto), Some(D::Iptables))),
+            None
+        );
+        assert_eq!(
+            fixed_flag_differs(&auto, (None, Some(D::Nftables))),
+            Some((
+                "the iptables dataplane".into(),
+                "--dataplane nftables".into()
+            ))
+        );
+        assert_eq!(
+            fixed_flag_differs(&auto, (Some(N::None), None)),
+            Some(("--network auto".into(), "--network none".into()))
+        );
+        let user = made(N::Userspace, D::Iptables);
+        assert_eq!(fixed_flag_differs(&user, (None, Some(D::Userspace))), None);
+        let api_only = made(N::None, D::Iptables);
+        assert_eq!(
+            fixed_flag_differs(&api_only, (None, Some(D::Nftables))),
+            Some((
+                "--network none (API-only)".into(),
+                "--dataplane nftables".into()
+            ))
+        );
+    }
 }

@@ -163,8 +163,9 @@ pub async fn run(dir: &LabDir, namespace: &str, forward: &Forward) -> Result<()>
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::AddrInUse {
                 anyhow!(
-                    "127.0.0.1:{} is in use by another program; choose another local port (`labctl port-forward svc/{} 0:{}` picks a free one)",
+                    "127.0.0.1:{} is in use by another program; choose another local port (`{} svc/{} 0:{}` picks a free one)",
                     forward.local,
+                    lab::command_for("port-forward", &dir.name),
                     forward.service,
                     forward.remote
                 )

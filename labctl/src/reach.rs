@@ -68,8 +68,9 @@ impl Reach {
                     Origin::Node(node) => node.clone().unwrap_or_else(|| first_worker(&config)),
                     Origin::Client => "client".into(),
                     Origin::Host => bail!(
-                        "lab {:?} runs in kernel mode, whose namespaces have no link to the host; send from `--from client` (outside the cluster) or `--from node`, or forward a port to the host with `labctl port-forward`",
-                        dir.name
+                        "lab {:?} runs in kernel mode, whose namespaces have no link to the host; send from `--from client` (outside the cluster) or `--from node`, or forward a port to the host with `{}`",
+                        dir.name,
+                        lab::command_for("port-forward", &dir.name)
                     ),
                 };
                 Ok(Reach {

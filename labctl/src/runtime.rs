@@ -359,15 +359,24 @@ impl PodRuntime for WasmRuntime {
         {
             return Ok(log.clone());
         }
-        // kube-apiserver's answer for a container that has not run yet.
         let container = pod["spec"]["containers"][0]["name"].as_str().unwrap_or("");
-        let waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
-            .as_str()
-            .unwrap_or("ContainerCreating");
-        Err(format!(
-            "container \"{container}\" in pod \"{}\" is waiting to start: {waiting}",
-            pod["metadata"]["name"].as_str().unwrap_or("")
-        ))
+        let name = pod["metadata"]["name"].as_str().unwrap_or("");
+        let state = &pod["status"]["containerStatuses"][0]["state"];
+        // kube-apiserver's answer for a container that has not run yet; one that ran here
+        // and stopped (or ran before the lab restarted) left no log behind.
+        match state["waiting"]["reason"].as_str() {
+            Some(reason) => Err(format!(
+                "container \"{container}\" in pod \"{name}\" is waiting to start: {reason}"
+            )),
+            None if state.get("running").is_none() && state.get("terminated").is_none() => {
+                Err(format!(
+                    "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"
+                ))
+            }
+            None => Err(format!(
+                "container \"{container}\" in pod \"{name}\" is not running here, so it has no log (the lab keeps a log from the container's start until the Pod stops)"
+            )),
+        }
     }
 
     fn drain_delay(&self) -> Duration {

@@ -363,7 +363,10 @@ impl<'a> Tutorial<'a> {
             client: Reach::new(&o.dir, &Origin::Client)?,
             rules: match mode {
                 Mode::Kernel => Ok(config.dataplane),
-                _ => Err("userspace mode has no kernel rules to list: the dataplane's userspace proxy makes the same choices (random endpoint, session affinity, refusal without endpoints) on the loopback twins; `labctl rules` prints the rules it implements".into()),
+                _ => Err(format!(
+                    "userspace mode has no kernel rules to list: the dataplane's userspace proxy makes the same choices (random endpoint, session affinity, refusal without endpoints) on the loopback twins; `{}` prints the rules it implements",
+                    lab::command_for("rules", &o.dir.name)
+                )),
             },
             prompts: mode == Mode::Kernel,
             pool: Some(config.cluster.load_balancer_pool),

@@ -626,6 +626,15 @@ fn userspace_mode_serves_the_same_scenario_on_loopback() {
         s.len() == 1 && s.contains_key(&left)
     });
     pod_logs_read_like_a_clusters(&lab, &left, &format!("http://{}", row[2]));
+    // An address no Service has: the lab says what that means and where to look.
+    let out = lab.labctl(&["curl", "http://10.96.255.254"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains(
+                "nothing in the lab answers on 10.96.255.254:80: no Service, Pod or node has that address and port"
+            ),
+        "{out:?}"
+    );
 }
 
 /// `kubectl logs` of `pod`, the only Pod behind `url`, which has answered requests: its

@@ -63,22 +63,54 @@ impl LogBuffer {
         (ring.bytes.range(skip..).copied().collect(), end)
     }
 
-    /// Appends `bytes`, then drops the oldest lines until the buffer fits its capacity.
+    /// Appends `bytes`, dropping the oldest lines first as far as needed to stay within the
+    /// capacity (never more, never less than whole lines), so that the buffer never grows
+    /// past it.
     pub fn append(&self, bytes: &[u8]) {
         let mut ring = self.lock();
-        ring.bytes.extend(bytes);
-        let excess = ring.bytes.len().saturating_sub(ring.capacity);
-        if excess > 0 {
-            // Cut after the end of the line the excess ends in, so that no partial line is
-            // left at the front.
-            let cut = ring
-                .bytes
-                .range(excess..)
-                .position(|&b| b == b'\n')
-                .map_or(ring.bytes.len(), |i| excess + i + 1);
+        let over = (ring.bytes.len() + bytes.len()).saturating_sub(ring.capacity);
+        if over == 0 {
+            ring.bytes.extend(bytes);
+            return;
+        }
+        // Cut after the end of the line that the first `over` bytes end in.
+        let kept = ring.bytes.len();
+        let cut = (over <= kept)
+            .then(|| {
+                ring.bytes
+                    .range(over - 1..)
+                    .position(|&b| b == b'\n')
+                    .map(|i| over + i)
+            })
+            .flatten();
+        if let Some(cut) = cut {
             ring.bytes.drain(..cut);
             ring.dropped += cut as u64;
+            ring.bytes.extend(bytes);
+            return;
         }
+        // All that was kept goes, with the rest of its last line if that was unfinished, and
+        // of the new bytes whatever still does not fit, again up to a line's end.
+        let unfinished = ring.bytes.back().is_some_and(|&b| b != b'\n');
+        ring.dropped += kept as u64;
+        ring.bytes.clear();
+        let mut start = if unfinished {
+            bytes
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(bytes.len(), |i| i + 1)
+        } else {
+            0
+        };
+        let over = (bytes.len() - start).saturating_sub(ring.capacity);
+        if over > 0 {
+            start = bytes[start + over - 1..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(bytes.len(), |i| start + over + i);
+        }
+        ring.dropped += start as u64;
+        ring.bytes.extend(&bytes[start..]);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
@@ -175,10 +207,30 @@ mod tests {
         let (next, at) = log.since(at);
         assert_eq!(next, b"ab\n");
         assert_eq!(log.since(at), (Vec::new(), 3));
-        // Past the capacity: "ab\n" and "cdefg\n" are dropped before the reader comes back.
+        // Past the capacity: "ab\n", which the reader has read, is dropped; it reads on from
+        // where it stopped.
         log.append(b"cdefg\n");
         log.append(b"hij\n");
-        assert_eq!(log.since(at), (b"hij\n".to_vec(), 13));
+        assert_eq!(log.contents(), b"cdefg\nhij\n");
+        assert_eq!(log.since(at), (b"cdefg\nhij\n".to_vec(), 13));
+        // A reader that fell behind what was dropped gets what is kept.
+        log.append(b"k\n");
+        assert_eq!(log.since(at), (b"hij\nk\n".to_vec(), 15));
+    }
+
+    #[test]
+    fn drops_no_more_than_it_must() {
+        // Dropping the first line exactly makes room: nothing else goes.
+        let log = LogBuffer::new(10);
+        log.append(b"a\n");
+        log.append(b"bcdefghij\n");
+        assert_eq!(log.contents(), b"bcdefghij\n");
+        // An unfinished last line goes with its end when everything kept must go.
+        let log = LogBuffer::new(6);
+        log.append(b"abc");
+        log.append(b"de\nfgh\n");
+        assert_eq!(log.contents(), b"fgh\n");
+        assert_eq!(log.since(0), (b"fgh\n".to_vec(), 10));
     }
 
     #[test]

@@ -38,8 +38,14 @@ impl LogOptions {
             };
             match key {
                 "container" => options.container = Some(value.to_string()),
-                // kubectl sends -1 for "all lines".
-                "tailLines" => options.tail_lines = usize::try_from(number("tailLines")?).ok(),
+                "tailLines" => match usize::try_from(number("tailLines")?) {
+                    Ok(n) => options.tail_lines = Some(n),
+                    Err(_) => {
+                        return Err(ApiError::bad_request(format!(
+                            "tailLines: Invalid value: {value}: must be greater than or equal to 0"
+                        )));
+                    }
+                },
                 "limitBytes" => match usize::try_from(number("limitBytes")?) {
                     Ok(n) if n > 0 => options.limit_bytes = Some(n),
                     _ => {
@@ -65,12 +71,15 @@ pub struct LogRead {
     pub follow: Option<Follow>,
 }
 
-/// A log being followed (`kubectl logs -f`) until its Pod stops.
+/// A log being followed (`kubectl logs -f`) until its Pod stops, or `limitBytes` have been
+/// sent.
 pub struct Follow {
     log: LogBuffer,
     at: u64,
     pod: Value,
     runtime: Arc<dyn PodRuntime>,
+    /// Bytes still to send under `limitBytes`.
+    left: Option<usize>,
 }
 
 impl Follow {
@@ -78,9 +87,16 @@ impl Follow {
     /// log is gone with it).
     pub async fn next(&mut self) -> Option<Vec<u8>> {
         loop {
-            let (bytes, at) = self.log.since(self.at);
+            if self.left == Some(0) {
+                return None;
+            }
+            let (mut bytes, at) = self.log.since(self.at);
             self.at = at;
             if !bytes.is_empty() {
+                if let Some(left) = &mut self.left {
+                    bytes.truncate(*left);
+                    *left -= bytes.len();
+                }
                 return Some(bytes);
             }
             self.runtime.logs(&self.pod).ok()?;
@@ -101,14 +117,19 @@ pub fn read(api: &Api, p: &ResourcePath, query: Option<&str>) -> Result<LogRead,
         .as_array()
         .map(|cs| cs.iter().filter_map(|c| c["name"].as_str()).collect())
         .unwrap_or_default();
+    let first = containers.first().copied().unwrap_or("");
     let container = match &options.container {
         Some(c) if !containers.contains(&c.as_str()) => {
             return Err(ApiError::bad_request(format!(
                 "container {c} is not valid for pod {name}"
             )));
         }
-        Some(c) => c.as_str(),
-        None => containers.first().copied().unwrap_or(""),
+        Some(c) if c != first => {
+            return Err(ApiError::bad_request(format!(
+                "the lab runs only the first container of a Pod ({first}); container {c} of pod {name} has no log"
+            )));
+        }
+        _ => first,
     };
     if options.previous {
         // The lab's runtime keeps one log per Pod, across its container's restarts.
@@ -123,16 +144,15 @@ pub fn read(api: &Api, p: &ResourcePath, query: Option<&str>) -> Result<LogRead,
     };
     let log = runtime.logs(&pod).map_err(ApiError::bad_request)?;
     let (now, at) = log.since(0);
+    let now = trim(now, options.tail_lines, options.limit_bytes);
     let follow = options.follow.then(|| Follow {
         log,
         at,
         pod: (*pod).clone(),
         runtime: runtime.clone(),
+        left: options.limit_bytes.map(|n| n - now.len()),
     });
-    Ok(LogRead {
-        now: trim(now, options.tail_lines, options.limit_bytes),
-        follow,
-    })
+    Ok(LogRead { now, follow })
 }
 
 /// The last `tail_lines` lines of `log`, then its first `limit_bytes` bytes, as kubelet
@@ -175,8 +195,12 @@ mod tests {
             }
         );
         assert_eq!(
-            LogOptions::parse(Some("tailLines=-1&timestamps=true")).unwrap(),
+            LogOptions::parse(Some("timestamps=true&sinceSeconds=10")).unwrap(),
             LogOptions::default()
+        );
+        assert_eq!(
+            LogOptions::parse(Some("tailLines=-1")).unwrap_err().code,
+            400
         );
         let err = LogOptions::parse(Some("tailLines=x")).unwrap_err();
         assert_eq!(err.code, 400);
