@@ -568,18 +568,21 @@ fn an_unreachable_cluster_is_explained() {
         "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    token: t\n",
     )
     .unwrap();
-    let run = sandbox.labctl(
-        &[
-            "tutorial",
-            "--name",
-            "e2e-unreach",
-            "--provider",
-            "kubeconfig",
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-        ],
-        LIMIT,
-    );
+    let tutorial_through = |kubeconfig: &str| {
+        sandbox.labctl(
+            &[
+                "tutorial",
+                "--name",
+                "e2e-unreach",
+                "--provider",
+                "kubeconfig",
+                "--kubeconfig",
+                kubeconfig,
+            ],
+            LIMIT,
+        )
+    };
+    let run = tutorial_through(kubeconfig.to_str().unwrap());
     assert_eq!(run.code, Some(1), "{}", run.all());
     assert!(
         run.stderr
@@ -590,18 +593,7 @@ fn an_unreachable_cluster_is_explained() {
     assert!(run.stderr.contains("127.0.0.1:1"), "{}", run.all());
 
     // A kubeconfig that is not there is named as such, not blamed on a cluster.
-    let missing = sandbox.labctl(
-        &[
-            "tutorial",
-            "--name",
-            "e2e-unreach",
-            "--provider",
-            "kubeconfig",
-            "--kubeconfig",
-            "no-such.yaml",
-        ],
-        LIMIT,
-    );
+    let missing = tutorial_through("no-such.yaml");
     assert_eq!(missing.code, Some(1), "{}", missing.all());
     assert!(
         missing.stderr.contains("no-such.yaml: no such file"),
