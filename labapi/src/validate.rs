@@ -54,10 +54,69 @@ pub fn validate_update(kind: Kind, old: &Value, new: &Value) -> Vec<Cause> {
     let mut causes = match kind {
         Kind::Service => service_ips_unchanged(old, new),
         Kind::Deployment | Kind::ReplicaSet => selector_unchanged(old, new),
+        Kind::Pod => pod_spec_updates_allowed(old, new),
         _ => Vec::new(),
     };
     causes.extend(validate(kind, new));
     causes
+}
+
+/// `ValidatePodUpdate`: once a Pod exists, its spec may change only in its containers'
+/// images, `activeDeadlineSeconds`, added tolerations and `terminationGracePeriodSeconds`.
+fn pod_spec_updates_allowed(old: &Value, new: &Value) -> Vec<Cause> {
+    let old_spec = old.get("spec").cloned().unwrap_or(Value::Null);
+    let mut changed = new.get("spec").cloned().unwrap_or(Value::Null);
+    // Take back what may change; whatever differs after that may not.
+    for list in ["containers", "initContainers"] {
+        if let (Some(olds), Some(news)) = (
+            old_spec.get(list).and_then(Value::as_array),
+            changed.get_mut(list).and_then(Value::as_array_mut),
+        ) && olds.len() == news.len()
+        {
+            for (o, n) in olds.iter().zip(news.iter_mut()) {
+                match o.get("image") {
+                    Some(image) => n["image"] = image.clone(),
+                    None => {
+                        n.as_object_mut().map(|c| c.remove("image"));
+                    }
+                }
+            }
+        }
+    }
+    let old_tolerations = old_spec.get("tolerations").and_then(Value::as_array);
+    let added_only = match (
+        old_tolerations,
+        changed.get("tolerations").and_then(Value::as_array),
+    ) {
+        (Some(o), Some(n)) => n.starts_with(o),
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
+    for field in [
+        "activeDeadlineSeconds",
+        "terminationGracePeriodSeconds",
+        "tolerations",
+    ] {
+        if field == "tolerations" && !added_only {
+            continue;
+        }
+        match old_spec.get(field) {
+            Some(v) => changed[field] = v.clone(),
+            None => {
+                changed.as_object_mut().map(|s| s.remove(field));
+            }
+        }
+    }
+    if changed == old_spec {
+        return Vec::new();
+    }
+    vec![Cause::forbidden(
+        "spec",
+        "pod updates may not change fields other than `spec.containers[*].image`,\
+         `spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only \
+         additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to \
+         be set to 1 if it was previously negative)",
+    )]
 }
 
 /// The range check kube-apiserver's node port allocator makes, in its words:

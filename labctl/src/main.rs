@@ -293,7 +293,12 @@ fn fixed_flag_differs(
         lab::NetworkMode::None => "--network none (API-only)".to_string(),
         _ => format!("the {} dataplane", config.dataplane_word()),
     };
-    if let Some(n) = network.filter(|n| *n != config.network) {
+    // Kernel mode is what an `auto` lab runs in wherever it can, so asking for it is no change.
+    let same = |n: lab::NetworkMode| {
+        n == config.network
+            || (n == lab::NetworkMode::Kernel && config.network == lab::NetworkMode::Auto)
+    };
+    if let Some(n) = network.filter(|n| !same(*n)) {
         let made = format!("--network {}", config.network.as_str());
         return Some((made, format!("--network {}", n.as_str())));
     }
@@ -627,6 +632,11 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             match (dir.config()?, dir.running_pid()) {
+                (None, _) if dir.log_path().is_file() => println!(
+                    "Lab {:?} does not exist: its last start failed, and its log is at {}.",
+                    lab.name,
+                    dir.log_path().display()
+                ),
                 (None, _) => println!(
                     "Lab {:?} does not exist (state directory {}).",
                     lab.name,
@@ -917,6 +927,7 @@ mod tests {
                 "--dataplane nftables".into()
             ))
         );
+        assert_eq!(fixed_flag_differs(&auto, (Some(N::Kernel), None)), None);
         assert_eq!(
             fixed_flag_differs(&auto, (Some(N::None), None)),
             Some(("--network auto".into(), "--network none".into()))

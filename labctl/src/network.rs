@@ -139,12 +139,28 @@ pub fn kernel_mode_available(tools: &[KernelTool]) -> Result<(), String> {
     run("ip", &["-V"])
         .map_err(|e| format!("iproute2's `ip` is missing ({e}); install iproute2"))?;
     for tool in tools {
-        if which(tool.program).is_none() {
-            return Err(format!(
+        if which(tool.program).is_some() {
+            continue;
+        }
+        // Installed where root's PATH has it, but not on this PATH: say so rather than
+        // send the user to install it again.
+        let installed = ["/usr/sbin", "/sbin", "/usr/local/sbin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(tool.program))
+            .find(|p| p.is_file());
+        return Err(match installed {
+            Some(path) => format!(
+                "`{}` is not on PATH (it is installed at {}; add {} to PATH)",
+                tool.program,
+                path.display(),
+                path.parent()
+                    .map_or(String::new(), |d| d.display().to_string())
+            ),
+            None => format!(
                 "`{}` is not on PATH; install the {} package: `apt-get install {}`",
                 tool.program, tool.package, tool.package
-            ));
-        }
+            ),
+        });
     }
     Ok(())
 }

@@ -265,7 +265,7 @@ impl PodRuntime for WasmRuntime {
         self.logs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(uid(pod).to_string(), log);
+            .insert(uid(pod).to_string(), log.clone());
         let exits = self.exits.clone();
         let (pod_ns, pod_uid) = (
             pod["metadata"]["namespace"]
@@ -289,6 +289,8 @@ impl PodRuntime for WasmRuntime {
                 tracing::warn!(pod = served.name(), "the component did not start: {e:#}");
             }
             loop {
+                // The original's first line, each time its server starts listening.
+                log.log(&format!("Server listening on port {port}"));
                 let stop_wait = stopped.clone();
                 let result = served
                     .serve(listener, async move {
@@ -362,11 +364,16 @@ impl PodRuntime for WasmRuntime {
         let container = pod["spec"]["containers"][0]["name"].as_str().unwrap_or("");
         let name = pod["metadata"]["name"].as_str().unwrap_or("");
         let state = &pod["status"]["containerStatuses"][0]["state"];
-        // kube-apiserver's answer for a container that has not run yet; one that ran here
-        // and stopped (or ran before the lab restarted) left no log behind.
+        // The kubelet's answer for a container that has not run yet; one that ran here and
+        // stopped (or ran before the lab restarted) left no log behind.
         match state["waiting"]["reason"].as_str() {
             Some(reason) => Err(format!(
-                "container \"{container}\" in pod \"{name}\" is waiting to start: {reason}"
+                "container \"{container}\" in pod \"{name}\" is waiting to start: {}",
+                match reason {
+                    "ErrImagePull" => "image can't be pulled",
+                    "ImagePullBackOff" => "trying and failing to pull image",
+                    other => other,
+                }
             )),
             None if state.get("running").is_none() && state.get("terminated").is_none() => {
                 Err(format!(

@@ -762,7 +762,8 @@ impl<'a> Tutorial<'a> {
         self.console.command(
             None,
             &format!(
-                "labctl verify svc/hello-world --requests {n}{}",
+                "{} svc/hello-world --requests {n}{}",
+                lab::command_for("verify", &self.options.dir.name),
                 if from_client { " --from client" } else { "" }
             ),
         );

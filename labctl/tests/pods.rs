@@ -640,9 +640,17 @@ fn userspace_mode_serves_the_same_scenario_on_loopback() {
 /// `kubectl logs` of `pod`, the only Pod behind `url`, which has answered requests: its
 /// lines, `--tail`, the errors kube-apiserver gives, and `-f` until the Pod goes.
 fn pod_logs_read_like_a_clusters(lab: &Lab, pod: &str, url: &str) {
+    // As the original's: the server's start, then a line per request.
     let log = lab.ok(&["logs", pod]);
+    let mut lines = log.lines();
     assert!(
-        log.lines().count() >= 20 && log.lines().all(|l| l.ends_with(" Serving request: /")),
+        lines
+            .next()
+            .is_some_and(|l| l.ends_with(" Server listening on port 8080")),
+        "{log}"
+    );
+    assert!(
+        log.lines().count() >= 20 && lines.all(|l| l.ends_with(" Serving request: /")),
         "{log}"
     );
     assert_eq!(lab.ok(&["logs", pod, "--tail=1"]).lines().count(), 1);

@@ -113,6 +113,14 @@ impl LogBuffer {
         ring.bytes.extend(&bytes[start..]);
     }
 
+    /// Appends one line as the original's `log` package writes it, timestamp first: what a
+    /// host writes on the app's behalf (`Server listening on port 8080` as its server starts,
+    /// which a wasi:http component has no moment to write itself).
+    pub fn log(&self, message: &str) {
+        let line = crate::respond::log_line(time::OffsetDateTime::now_utc(), message);
+        self.append(line.as_bytes());
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
         // A panic while appending leaves bytes, not a broken invariant.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())

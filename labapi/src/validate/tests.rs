@@ -358,6 +358,53 @@ fn an_allocated_cluster_ip_may_not_change() {
 }
 
 #[test]
+fn a_pod_may_change_only_its_images_deadline_grace_period_and_added_tolerations() {
+    let old = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "bad", "namespace": "default" },
+        "spec": {
+            "containers": [{ "name": "web", "image": "nginx" }],
+            "nodeName": "lab-worker",
+            "tolerations": [{ "key": "a", "operator": "Exists" }],
+        },
+    });
+    let mut old = old;
+    apply_defaults(Kind::Pod, &mut old);
+    let mut new = old.clone();
+    new["spec"]["containers"][0]["image"] = json!("gcr.io/google-samples/hello-app:1.0");
+    new["spec"]["activeDeadlineSeconds"] = json!(60);
+    new["spec"]["tolerations"] = json!([
+        { "key": "a", "operator": "Exists" },
+        { "key": "b", "operator": "Exists" },
+    ]);
+    assert_eq!(
+        texts(&validate_update(Kind::Pod, &old, &new)),
+        Vec::<String>::new()
+    );
+    // Defaults first, as the API server applies them before it validates.
+    let forbidden = |new: &Value| {
+        let mut new = new.clone();
+        apply_defaults(Kind::Pod, &mut new);
+        texts(&validate_update(Kind::Pod, &old, &new))
+    };
+    let message = "spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
+    // A container more (what `kubectl apply` of another container name merges into).
+    let mut added = old.clone();
+    added["spec"]["containers"] =
+        json!([{ "name": "web", "image": "nginx" }, { "name": "web2", "image": "nginx" }]);
+    assert_eq!(forbidden(&added), [message]);
+    let mut renamed = old.clone();
+    renamed["spec"]["containers"][0]["name"] = json!("web2");
+    assert_eq!(forbidden(&renamed), [message]);
+    let mut removed = old.clone();
+    removed["spec"]["tolerations"] = json!([]);
+    assert_eq!(forbidden(&removed), [message]);
+    let mut moved = old.clone();
+    moved["spec"]["nodeName"] = json!("lab-worker2");
+    assert_eq!(forbidden(&moved), [message]);
+}
+
+#[test]
 fn a_workload_selector_may_not_change() {
     let old = tutorial_deployment();
     let mut new = old.clone();

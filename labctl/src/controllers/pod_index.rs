@@ -48,6 +48,8 @@ impl OwnedCount {
 #[derive(Default)]
 pub struct PodIndex {
     pods: HashMap<Key, Placement>,
+    /// Per node: its Pods not being deleted, and the IPs of all its Pods (a terminating
+    /// Pod still holds its address).
     per_node: HashMap<String, (usize, HashSet<Ipv4Addr>)>,
     by_owner: HashMap<String, HashSet<Key>>,
     counts: HashMap<String, OwnedCount>,
@@ -80,7 +82,9 @@ impl PodIndex {
         if let Some(old) = old {
             self.pods.remove(&key);
             if let Some((count, ips)) = self.per_node.get_mut(&old.node) {
-                *count -= 1;
+                if old.active {
+                    *count -= 1;
+                }
                 if let Some(ip) = old.ip {
                     ips.remove(&ip);
                 }
@@ -96,7 +100,9 @@ impl PodIndex {
         }
         if let Some(new) = new {
             let (count, ips) = self.per_node.entry(new.node.clone()).or_default();
-            *count += 1;
+            if new.active {
+                *count += 1;
+            }
             if let Some(ip) = new.ip {
                 ips.insert(ip);
             }
@@ -111,7 +117,8 @@ impl PodIndex {
         }
     }
 
-    /// How many Pods are bound to `node`.
+    /// How many Pods not being deleted are bound to `node`: what the scheduler spreads, as
+    /// kube-scheduler leaves terminating Pods out.
     pub fn pods_on(&self, node: &str) -> usize {
         self.per_node.get(node).map_or(0, |(count, _)| *count)
     }
@@ -134,5 +141,49 @@ impl PodIndex {
             .get(uid)
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use labapi::Kind;
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(event_type: EventType, name: &str, node: &str, ip: &str, deleting: bool) -> Event {
+        let mut pod = json!({
+            "metadata": {"namespace": "default", "name": name},
+            "spec": {"nodeName": node},
+            "status": {"podIP": ip},
+        });
+        if deleting {
+            pod["metadata"]["deletionTimestamp"] = json!("2026-12-01T12:00:00Z");
+        }
+        Event {
+            rv: 1,
+            kind: Kind::Pod,
+            event_type,
+            object: Arc::new(pod),
+            old: None,
+        }
+    }
+
+    #[test]
+    fn terminating_pods_are_not_spread_but_keep_their_addresses() {
+        let mut index = PodIndex::default();
+        index.apply(&event(EventType::Added, "a", "w1", "10.244.1.2", false));
+        index.apply(&event(EventType::Added, "b", "w2", "10.244.2.2", false));
+        assert_eq!((index.pods_on("w1"), index.pods_on("w2")), (1, 1));
+        // b is being deleted: its node counts it no more, but its IP is still in use.
+        index.apply(&event(EventType::Modified, "b", "w2", "10.244.2.2", true));
+        assert_eq!(index.pods_on("w2"), 0);
+        assert!(index.ip_used("w2", &"10.244.2.2".parse().unwrap()));
+        index.apply(&event(EventType::Deleted, "b", "w2", "10.244.2.2", true));
+        assert_eq!(index.pods_on("w2"), 0);
+        assert!(!index.ip_used("w2", &"10.244.2.2".parse().unwrap()));
+        assert_eq!(index.pods_on("w1"), 1);
     }
 }
