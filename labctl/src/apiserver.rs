@@ -25,7 +25,7 @@ pub struct Api {
     /// Held from reading the allocated addresses until the Service that takes one is stored.
     alloc: Mutex<()>,
     /// What runs the Pods, which keeps their logs; set once it exists.
-    pods: OnceLock<Arc<dyn PodRuntime>>,
+    runtime: OnceLock<Arc<dyn PodRuntime>>,
 }
 
 impl Api {
@@ -35,13 +35,13 @@ impl Api {
             store,
             cluster,
             alloc: Mutex::new(()),
-            pods: OnceLock::new(),
+            runtime: OnceLock::new(),
         }
     }
 
     /// Serves `pods/<name>/log` from what `runtime` keeps (before this, every Pod's log
     /// answers that no runtime runs it).
     pub fn read_logs_from(&self, runtime: Arc<dyn PodRuntime>) {
-        let _ = self.pods.set(runtime);
+        let _ = self.runtime.set(runtime);
     }
 }

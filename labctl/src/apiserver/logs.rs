@@ -137,7 +137,7 @@ pub fn read(api: &Api, p: &ResourcePath, query: Option<&str>) -> Result<LogRead,
             "previous terminated container \"{container}\" in pod \"{name}\" not found"
         )));
     }
-    let Some(runtime) = api.pods.get() else {
+    let Some(runtime) = api.runtime.get() else {
         return Err(ApiError::bad_request(
             "the lab's runtime has not started yet; try again in a moment",
         ));
