@@ -828,15 +828,12 @@ pub fn down(dir: &LabDir, purge: bool, user_kubeconfig: &Path) -> Result<DownRep
     })
 }
 
-/// The files an embedded lab makes in its directory, besides its log: configuration,
-/// credentials, kubeconfig, object store, and the server's PID and readiness marker.
+/// The files an embedded lab makes in its directory besides its log and its credentials
+/// ([`crate::pki::FILES`]): configuration, kubeconfig, object store, and the server's PID and
+/// readiness marker.
 const LAB_FILES: &[&str] = &[
     "config.json",
     "kubeconfig",
-    "ca.crt",
-    "apiserver.crt",
-    "apiserver.key",
-    "token",
     "store.sqlite",
     "store.sqlite-shm",
     "store.sqlite-wal",
@@ -850,7 +847,7 @@ const LAB_FILES: &[&str] = &[
 /// anew. Anything else in the directory is left alone.
 pub fn forget_unstarted(dir: &LabDir, user_kubeconfig: &Path) -> Result<()> {
     down(dir, false, user_kubeconfig)?;
-    for name in LAB_FILES {
+    for name in LAB_FILES.iter().chain(&crate::pki::FILES) {
         let path = dir.root.join(name);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

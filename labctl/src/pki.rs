@@ -28,6 +28,9 @@ const CERT: &str = "apiserver.crt";
 const KEY: &str = "apiserver.key";
 const TOKEN: &str = "token";
 
+/// The files the credentials live in, in the lab's directory.
+pub const FILES: [&str; 4] = [CA, CERT, KEY, TOKEN];
+
 /// Writes a file only its owner may read (keys, tokens, kubeconfigs).
 pub fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
