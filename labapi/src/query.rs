@@ -33,6 +33,16 @@ pub struct Query {
     pub propagation_policy: Option<String>,
     /// `gracePeriodSeconds` of a delete.
     pub grace_period_seconds: Option<i64>,
+    /// `container` of a Pod's log.
+    pub container: Option<String>,
+    /// `tailLines` of a Pod's log.
+    pub tail_lines: Option<i64>,
+    /// `limitBytes` of a Pod's log.
+    pub limit_bytes: Option<i64>,
+    /// `previous=true`: a Pod's log of its previous container.
+    pub previous: bool,
+    /// `follow=true`: a Pod's log, streamed as it grows.
+    pub follow: bool,
 }
 
 fn flag(name: &str, v: &str) -> Result<bool, ApiError> {
@@ -88,6 +98,11 @@ impl Query {
                 "gracePeriodSeconds" => {
                     q.grace_period_seconds = Some(number("gracePeriodSeconds", &v)?)
                 }
+                "container" => q.container = Some(v),
+                "tailLines" => q.tail_lines = Some(number("tailLines", &v)?),
+                "limitBytes" => q.limit_bytes = Some(number("limitBytes", &v)?),
+                "previous" => q.previous = flag("previous", &v)?,
+                "follow" => q.follow = flag("follow", &v)?,
                 _ => {}
             }
         }

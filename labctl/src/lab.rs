@@ -171,6 +171,29 @@ impl NetworkMode {
     }
 }
 
+/// For `labctl up` of an existing lab: what the lab was made with and the flag asking for
+/// something else, when `--network` or `--dataplane` (fixed when a lab is made) differs.
+pub fn fixed_flag_differs(
+    config: &LabConfig,
+    (network, dataplane): (Option<NetworkMode>, Option<Dataplane>),
+) -> Option<(String, String)> {
+    let made = match config.network {
+        NetworkMode::None => "--network none (API-only)".to_string(),
+        _ => format!("the {} dataplane", config.dataplane_word()),
+    };
+    // Kernel mode is what an `auto` lab runs in wherever it can, so asking for it is no change.
+    let same = |n: NetworkMode| {
+        n == config.network || (n == NetworkMode::Kernel && config.network == NetworkMode::Auto)
+    };
+    if let Some(n) = network.filter(|n| !same(*n)) {
+        let made = format!("--network {}", config.network.as_str());
+        return Some((made, format!("--network {}", n.as_str())));
+    }
+    dataplane
+        .filter(|d| d.as_str() != config.dataplane_word())
+        .map(|d| (made, format!("--dataplane {}", d.as_str())))
+}
+
 /// The lab that commands act on when no `--name` is given.
 pub const DEFAULT_NAME: &str = "lab";
 
@@ -250,6 +273,33 @@ impl LabDir {
 
     fn ready_path(&self) -> PathBuf {
         self.file("ready")
+    }
+
+    /// The stored configuration, or an error that says the lab does not exist and how to
+    /// make it.
+    pub fn existing_config(&self) -> Result<LabConfig> {
+        self.config()?.ok_or_else(|| {
+            anyhow!(
+                "lab {:?} does not exist under {}; run `{}` first",
+                self.name,
+                self.root.display(),
+                command_for("up", &self.name)
+            )
+        })
+    }
+
+    /// The stored configuration of a running lab, or an error that says how to make or
+    /// start it.
+    pub fn running_config(&self) -> Result<LabConfig> {
+        let config = self.existing_config()?;
+        if self.running_pid().is_none() {
+            bail!(
+                "lab {:?} is not running; `{}` starts it",
+                self.name,
+                command_for("up", &self.name)
+            );
+        }
+        Ok(config)
     }
 
     /// The stored configuration, if the lab was created.
@@ -482,14 +532,7 @@ pub async fn client(dir: &LabDir) -> Result<kube::Client> {
 
 /// Runs the lab's API server and controllers in this process until SIGTERM or SIGINT.
 pub async fn serve(dir: &LabDir) -> Result<()> {
-    let config = dir.config()?.ok_or_else(|| {
-        anyhow!(
-            "lab {:?} does not exist under {}; run `{}` first",
-            dir.name,
-            dir.root.display(),
-            command_for("up", &dir.name)
-        )
-    })?;
+    let config = dir.existing_config()?;
     let mode = resolve_mode(config.network, config.dataplane)?;
     let creds = Credentials::load_or_create(&dir.root)?;
     let store = Store::open(&dir.file("store.sqlite"))
@@ -888,6 +931,49 @@ pub fn stop(dir: &LabDir, grace: Duration) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Dataplane as D;
+    use NetworkMode as N;
+
+    fn made(network: N, dataplane: D) -> LabConfig {
+        LabConfig {
+            cluster: ClusterConfig::new("t", 1),
+            port: 1,
+            network,
+            dataplane,
+        }
+    }
+
+    #[test]
+    fn up_refuses_only_flags_that_differ_from_what_the_lab_was_made_with() {
+        let auto = made(N::Auto, D::Iptables);
+        assert_eq!(fixed_flag_differs(&auto, (None, None)), None);
+        assert_eq!(
+            fixed_flag_differs(&auto, (Some(N::Auto), Some(D::Iptables))),
+            None
+        );
+        assert_eq!(
+            fixed_flag_differs(&auto, (None, Some(D::Nftables))),
+            Some((
+                "the iptables dataplane".into(),
+                "--dataplane nftables".into()
+            ))
+        );
+        assert_eq!(fixed_flag_differs(&auto, (Some(N::Kernel), None)), None);
+        assert_eq!(
+            fixed_flag_differs(&auto, (Some(N::None), None)),
+            Some(("--network auto".into(), "--network none".into()))
+        );
+        let user = made(N::Userspace, D::Iptables);
+        assert_eq!(fixed_flag_differs(&user, (None, Some(D::Userspace))), None);
+        let api_only = made(N::None, D::Iptables);
+        assert_eq!(
+            fixed_flag_differs(&api_only, (None, Some(D::Nftables))),
+            Some((
+                "--network none (API-only)".into(),
+                "--dataplane nftables".into()
+            ))
+        );
+    }
 
     #[test]
     fn lab_names_are_checked_before_anything_is_made() {

@@ -283,30 +283,6 @@ enum Cmd {
     },
 }
 
-/// For `labctl up` of an existing lab: what the lab was made with and the flag asking for
-/// something else, when `--network` or `--dataplane` (fixed when a lab is made) differs.
-fn fixed_flag_differs(
-    config: &lab::LabConfig,
-    (network, dataplane): (Option<lab::NetworkMode>, Option<lab::Dataplane>),
-) -> Option<(String, String)> {
-    let made = match config.network {
-        lab::NetworkMode::None => "--network none (API-only)".to_string(),
-        _ => format!("the {} dataplane", config.dataplane_word()),
-    };
-    // Kernel mode is what an `auto` lab runs in wherever it can, so asking for it is no change.
-    let same = |n: lab::NetworkMode| {
-        n == config.network
-            || (n == lab::NetworkMode::Kernel && config.network == lab::NetworkMode::Auto)
-    };
-    if let Some(n) = network.filter(|n| !same(*n)) {
-        let made = format!("--network {}", config.network.as_str());
-        return Some((made, format!("--network {}", n.as_str())));
-    }
-    dataplane
-        .filter(|d| d.as_str() != config.dataplane_word())
-        .map(|d| (made, format!("--dataplane {}", d.as_str())))
-}
-
 /// Adds to a connection error what it means in the lab, and where to look.
 fn explain_unreachable(e: std::io::Error, target: std::net::SocketAddr) -> anyhow::Error {
     use std::io::ErrorKind::*;
@@ -447,7 +423,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let existing = dir.config()?;
             if let Some(config) = &existing
-                && let Some((made, flag)) = fixed_flag_differs(config, asked)
+                && let Some((made, flag)) = lab::fixed_flag_differs(config, asked)
             {
                 anyhow::bail!(
                     "lab {:?} was made with {made}, which is fixed when a lab is made; `labctl down --name {} --purge` deletes it and its objects, then `{} {flag}` makes it anew (or choose another --name)",
@@ -595,14 +571,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Kubeconfig { lab, path, merge } => {
             let dir = lab.dir();
-            if dir.config()?.is_none() {
-                anyhow::bail!(
-                    "lab {:?} does not exist under {}; run `{}` first",
-                    lab.name,
-                    dir.root.display(),
-                    lab::command_for("up", &lab.name)
-                );
-            }
+            dir.existing_config()?;
             let text = std::fs::read_to_string(dir.kubeconfig_path())
                 .with_context(|| format!("reading {}", dir.kubeconfig_path().display()))?;
             if merge && lab::user_kubeconfig() != dir.kubeconfig_path() {
@@ -669,20 +638,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Exec { lab, node, command } => {
             let dir = lab.dir();
-            let config = dir.config()?.with_context(|| {
-                format!(
-                    "lab {:?} does not exist; run `{}` first",
-                    lab.name,
-                    lab::command_for("up", &lab.name)
-                )
-            })?;
-            if dir.running_pid().is_none() {
-                anyhow::bail!(
-                    "lab {:?} is not running; `{}` starts it",
-                    lab.name,
-                    lab::command_for("up", &lab.name)
-                );
-            }
+            let config = dir.running_config()?;
             let ns = reach::namespace(&dir, &config, &node)?;
             let status = std::process::Command::new("ip")
                 .args(["netns", "exec", &ns])
@@ -776,13 +732,7 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("--significance {significance} is not a probability between 0 and 1");
             }
             let dir = lab.dir();
-            let config = dir.config()?.with_context(|| {
-                format!(
-                    "lab {:?} does not exist; run `{}` first",
-                    lab.name,
-                    lab::command_for("up", &lab.name)
-                )
-            })?;
+            let config = dir.existing_config()?;
             let request = probe::Request {
                 name: probe::parse_service(&service)?,
                 namespace,
@@ -896,51 +846,4 @@ fn check_kubeconfig_cluster() -> Result<()> {
         );
         Ok(())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use lab::{Dataplane as D, NetworkMode as N};
-
-    fn made(network: N, dataplane: D) -> lab::LabConfig {
-        lab::LabConfig {
-            cluster: labctl::cluster::ClusterConfig::new("t", 1),
-            port: 1,
-            network,
-            dataplane,
-        }
-    }
-
-    #[test]
-    fn up_refuses_only_flags_that_differ_from_what_the_lab_was_made_with() {
-        let auto = made(N::Auto, D::Iptables);
-        assert_eq!(fixed_flag_differs(&auto, (None, None)), None);
-        assert_eq!(
-            fixed_flag_differs(&auto, (Some(N::Auto), Some(D::Iptables))),
-            None
-        );
-        assert_eq!(
-            fixed_flag_differs(&auto, (None, Some(D::Nftables))),
-            Some((
-                "the iptables dataplane".into(),
-                "--dataplane nftables".into()
-            ))
-        );
-        assert_eq!(fixed_flag_differs(&auto, (Some(N::Kernel), None)), None);
-        assert_eq!(
-            fixed_flag_differs(&auto, (Some(N::None), None)),
-            Some(("--network auto".into(), "--network none".into()))
-        );
-        let user = made(N::Userspace, D::Iptables);
-        assert_eq!(fixed_flag_differs(&user, (None, Some(D::Userspace))), None);
-        let api_only = made(N::None, D::Iptables);
-        assert_eq!(
-            fixed_flag_differs(&api_only, (None, Some(D::Nftables))),
-            Some((
-                "--network none (API-only)".into(),
-                "--dataplane nftables".into()
-            ))
-        );
-    }
 }

@@ -83,20 +83,7 @@ impl Dial {
 /// Forwards until Ctrl-C (or SIGTERM). Prints `Forwarding from 127.0.0.1:LOCAL -> svc/NAME
 /// (CLUSTER-IP:PORT)` once listening, and `Handling connection for LOCAL` per connection.
 pub async fn run(dir: &LabDir, namespace: &str, forward: &Forward) -> Result<()> {
-    let config = dir.config()?.with_context(|| {
-        format!(
-            "lab {:?} does not exist; run `{}` first",
-            dir.name,
-            lab::command_for("up", &dir.name)
-        )
-    })?;
-    if dir.running_pid().is_none() {
-        bail!(
-            "lab {:?} is not running; `{}` starts it",
-            dir.name,
-            lab::command_for("up", &dir.name)
-        );
-    }
+    let config = dir.running_config()?;
     let mode = lab::running_mode(dir);
     if mode == Some(Mode::ApiOnly) {
         bail!(

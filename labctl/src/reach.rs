@@ -43,20 +43,7 @@ enum How {
 impl Reach {
     /// Resolves `origin` in the running lab `dir`, with errors that say what to do instead.
     pub fn new(dir: &LabDir, origin: &Origin) -> Result<Reach> {
-        let config = dir.config()?.with_context(|| {
-            format!(
-                "lab {:?} does not exist; run `{}` first",
-                dir.name,
-                lab::command_for("up", &dir.name)
-            )
-        })?;
-        if dir.running_pid().is_none() {
-            bail!(
-                "lab {:?} is not running; `{}` starts it",
-                dir.name,
-                lab::command_for("up", &dir.name)
-            );
-        }
+        let config = dir.running_config()?;
         match lab::running_mode(dir) {
             Some(Mode::Userspace) => Ok(Reach {
                 how: How::Loopback,

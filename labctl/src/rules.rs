@@ -490,21 +490,9 @@ fn write_verdict(out: &mut String, e: &Explanation) {
 
 /// `labctl rules`: fetches the lab's Services and EndpointSlices and renders or explains.
 pub async fn run(dir: &LabDir, args: &RulesArgs) -> Result<String> {
-    let config = dir.config()?.ok_or_else(|| {
-        anyhow!(
-            "lab {:?} does not exist under {}; run `{}` first",
-            dir.name,
-            dir.root.display(),
-            crate::lab::command_for("up", &dir.name)
-        )
-    })?;
-    if dir.running_pid().is_none() {
-        bail!(
-            "lab {:?} is not running, so its objects cannot be read; `{}` starts it",
-            dir.name,
-            crate::lab::command_for("up", &dir.name)
-        );
-    }
+    let config = dir
+        .running_config()
+        .context("`labctl rules` reads the running lab's objects")?;
     let active = match lab::running_mode(dir) {
         Some(lab::Mode::Kernel) => Some(config.dataplane),
         Some(lab::Mode::Userspace) => Some(Dataplane::Userspace),

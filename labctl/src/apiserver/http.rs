@@ -194,6 +194,7 @@ async fn resource(
     accept: String,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    let q = Query::parse(req.uri().query())?;
     if p.subresource.as_deref() == Some("log") {
         if req.method() != Method::GET {
             return Err(ApiError::method_not_allowed(format!(
@@ -201,7 +202,7 @@ async fn resource(
                 req.method()
             )));
         }
-        let log = super::logs::read(api, &p, req.uri().query())?;
+        let log = super::logs::read(api, &p, &q)?;
         let mut r = match log.follow {
             None => Response::new(full(log.now)),
             // `kubectl logs -f`: what is there, then each new line as it is written, until
@@ -222,7 +223,6 @@ async fn resource(
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return Ok(r);
     }
-    let q = Query::parse(req.uri().query())?;
     let method = req.method().clone();
     let content_type = req
         .headers()

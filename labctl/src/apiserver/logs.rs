@@ -7,6 +7,7 @@ use std::time::Duration;
 use hello_app::wasm_host::LogBuffer;
 use labapi::ApiError;
 use labapi::path::ResourcePath;
+use labapi::query::Query;
 use serde_json::Value;
 
 use super::Api;
@@ -27,39 +28,32 @@ struct LogOptions {
 }
 
 impl LogOptions {
-    fn parse(query: Option<&str>) -> Result<LogOptions, ApiError> {
-        let mut options = LogOptions::default();
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let number = |what: &str| {
-                value.parse::<i64>().map_err(|_| {
-                    ApiError::bad_request(format!("{what}: Invalid value: {value:?}: not a number"))
-                })
-            };
-            match key {
-                "container" => options.container = Some(value.to_string()),
-                "tailLines" => match usize::try_from(number("tailLines")?) {
-                    Ok(n) => options.tail_lines = Some(n),
-                    Err(_) => {
-                        return Err(ApiError::bad_request(format!(
-                            "tailLines: Invalid value: {value}: must be greater than or equal to 0"
-                        )));
-                    }
-                },
-                "limitBytes" => match usize::try_from(number("limitBytes")?) {
-                    Ok(n) if n > 0 => options.limit_bytes = Some(n),
-                    _ => {
-                        return Err(ApiError::bad_request(format!(
-                            "limitBytes: Invalid value: {value}: must be greater than 0"
-                        )));
-                    }
-                },
-                "previous" => options.previous = value == "true",
-                "follow" => options.follow = value == "true",
-                _ => {}
+    /// The log options of a parsed query, with kube-apiserver's checks of their ranges.
+    fn from_query(q: &Query) -> Result<LogOptions, ApiError> {
+        let tail_lines = match q.tail_lines.map(usize::try_from) {
+            Some(Err(_)) => {
+                return Err(ApiError::bad_request(format!(
+                    "tailLines: Invalid value: {}: must be greater than or equal to 0",
+                    q.tail_lines.unwrap_or_default()
+                )));
             }
-        }
-        Ok(options)
+            n => n.and_then(Result::ok),
+        };
+        let limit_bytes = match q.limit_bytes {
+            Some(n) if n <= 0 => {
+                return Err(ApiError::bad_request(format!(
+                    "limitBytes: Invalid value: {n}: must be greater than 0"
+                )));
+            }
+            n => n.and_then(|n| usize::try_from(n).ok()),
+        };
+        Ok(LogOptions {
+            container: q.container.clone(),
+            tail_lines,
+            limit_bytes,
+            previous: q.previous,
+            follow: q.follow,
+        })
     }
 }
 
@@ -106,8 +100,8 @@ impl Follow {
 }
 
 /// The log of the Pod at `p` (a `pods/<name>/log` path), after the query's options.
-pub fn read(api: &Api, p: &ResourcePath, query: Option<&str>) -> Result<LogRead, ApiError> {
-    let options = LogOptions::parse(query)?;
+pub fn read(api: &Api, p: &ResourcePath, q: &Query) -> Result<LogRead, ApiError> {
+    let options = LogOptions::from_query(q)?;
     let pod = api.get(&ResourcePath {
         subresource: None,
         ..p.clone()
@@ -182,10 +176,14 @@ fn trim(mut log: Vec<u8>, tail_lines: Option<usize>, limit_bytes: Option<usize>)
 mod tests {
     use super::*;
 
+    fn parse(query: &str) -> Result<LogOptions, ApiError> {
+        LogOptions::from_query(&Query::parse(Some(query))?)
+    }
+
     #[test]
     fn options_are_read_from_the_query() {
         assert_eq!(
-            LogOptions::parse(Some("container=hello-world&tailLines=2&limitBytes=10")).unwrap(),
+            parse("container=hello-world&tailLines=2&limitBytes=10").unwrap(),
             LogOptions {
                 container: Some("hello-world".into()),
                 tail_lines: Some(2),
@@ -195,20 +193,14 @@ mod tests {
             }
         );
         assert_eq!(
-            LogOptions::parse(Some("timestamps=true&sinceSeconds=10")).unwrap(),
+            parse("timestamps=true&sinceSeconds=10").unwrap(),
             LogOptions::default()
         );
-        assert_eq!(
-            LogOptions::parse(Some("tailLines=-1")).unwrap_err().code,
-            400
-        );
-        let err = LogOptions::parse(Some("tailLines=x")).unwrap_err();
+        assert_eq!(parse("tailLines=-1").unwrap_err().code, 400);
+        let err = parse("tailLines=x").unwrap_err();
         assert_eq!(err.code, 400);
         assert!(err.message.contains("tailLines"), "{}", err.message);
-        assert_eq!(
-            LogOptions::parse(Some("limitBytes=0")).unwrap_err().code,
-            400
-        );
+        assert_eq!(parse("limitBytes=0").unwrap_err().code, 400);
     }
 
     #[test]
