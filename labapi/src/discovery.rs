@@ -61,6 +61,8 @@ fn categories(info: &ResourceInfo) -> Vec<&'static str> {
 fn subresource_kind(info: &ResourceInfo, sub: &str) -> (String, String, String) {
     if sub == "scale" {
         ("autoscaling".into(), "v1".into(), "Scale".into())
+    } else if sub == "exec" {
+        ("".into(), "v1".into(), "PodExecOptions".into())
     } else {
         (
             info.group.into(),
@@ -70,12 +72,13 @@ fn subresource_kind(info: &ResourceInfo, sub: &str) -> (String, String, String) 
     }
 }
 
-/// What a subresource allows: a Pod's log is read-only, as on kube-apiserver.
+/// What a subresource allows, as on kube-apiserver: a Pod's log is read-only; an exec is a
+/// connection, opened with GET (WebSocket) or POST (SPDY).
 fn subresource_verbs(sub: &str) -> &'static [&'static str] {
-    if sub == "log" {
-        &["get"]
-    } else {
-        &["get", "patch", "update"]
+    match sub {
+        "log" => &["get"],
+        "exec" => &["create", "get"],
+        _ => &["get", "patch", "update"],
     }
 }
 
@@ -314,6 +317,14 @@ mod tests {
             .find(|r| r["name"] == "pods/log")
             .unwrap();
         assert_eq!(log["verbs"], json!(["get"]));
+        let exec = legacy["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "pods/exec")
+            .unwrap();
+        assert_eq!(exec["kind"], "PodExecOptions");
+        assert_eq!(exec["verbs"], json!(["create", "get"]));
     }
 
     #[test]

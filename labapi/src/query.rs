@@ -33,7 +33,7 @@ pub struct Query {
     pub propagation_policy: Option<String>,
     /// `gracePeriodSeconds` of a delete.
     pub grace_period_seconds: Option<i64>,
-    /// `container` of a Pod's log.
+    /// `container` of a Pod's log or exec.
     pub container: Option<String>,
     /// `tailLines` of a Pod's log.
     pub tail_lines: Option<i64>,
@@ -43,6 +43,16 @@ pub struct Query {
     pub previous: bool,
     /// `follow=true`: a Pod's log, streamed as it grows.
     pub follow: bool,
+    /// `command` of an exec, one parameter per argument, in order.
+    pub command: Vec<String>,
+    /// `stdin=true` of an exec.
+    pub stdin: bool,
+    /// `stdout=true` of an exec.
+    pub stdout: bool,
+    /// `stderr=true` of an exec.
+    pub stderr: bool,
+    /// `tty=true` of an exec.
+    pub tty: bool,
 }
 
 fn flag(name: &str, v: &str) -> Result<bool, ApiError> {
@@ -103,6 +113,11 @@ impl Query {
                 "limitBytes" => q.limit_bytes = Some(number("limitBytes", &v)?),
                 "previous" => q.previous = flag("previous", &v)?,
                 "follow" => q.follow = flag("follow", &v)?,
+                "command" => q.command.push(v),
+                "stdin" => q.stdin = flag("stdin", &v)?,
+                "stdout" => q.stdout = flag("stdout", &v)?,
+                "stderr" => q.stderr = flag("stderr", &v)?,
+                "tty" => q.tty = flag("tty", &v)?,
                 _ => {}
             }
         }
@@ -152,6 +167,18 @@ mod tests {
         );
         assert_eq!(q.resource_version.as_deref(), Some("12"));
         assert_eq!(q.timeout_seconds, Some(377));
+    }
+
+    #[test]
+    fn exec_query_keeps_the_command_in_order() {
+        // What kubectl 1.32 sends for `kubectl exec -i p1 -- sh -c 'echo a b'`.
+        let q = Query::parse(Some(
+            "command=sh&command=-c&command=echo%20a%20b&container=p1&stdin=true&stdout=true&stderr=true",
+        ))
+        .unwrap();
+        assert_eq!(q.command, ["sh", "-c", "echo a b"]);
+        assert!(q.stdin && q.stdout && q.stderr && !q.tty);
+        assert_eq!(q.container.as_deref(), Some("p1"));
     }
 
     #[test]

@@ -82,7 +82,7 @@ const ALL: &[ResourceInfo] = &[
         singular: "pod",
         namespaced: true,
         short_names: &["po"],
-        subresources: &["status", "log"],
+        subresources: &["status", "log", "exec"],
         writable: true,
     },
     ResourceInfo {

@@ -2,6 +2,7 @@
 //! bearer-token authentication in front.
 
 pub mod admission;
+mod exec;
 mod http;
 mod logs;
 pub mod select;
@@ -24,7 +25,8 @@ pub struct Api {
     pub cluster: ClusterConfig,
     /// Held from reading the allocated addresses until the Service that takes one is stored.
     alloc: Mutex<()>,
-    /// What runs the Pods, which keeps their logs; set once it exists.
+    /// What runs the Pods, which keeps their logs and knows where commands run in them; set
+    /// once it exists.
     runtime: OnceLock<Arc<dyn PodRuntime>>,
 }
 
@@ -39,9 +41,9 @@ impl Api {
         }
     }
 
-    /// Serves `pods/<name>/log` from what `runtime` keeps (before this, every Pod's log
-    /// answers that no runtime runs it).
-    pub fn read_logs_from(&self, runtime: Arc<dyn PodRuntime>) {
+    /// Serves `pods/<name>/log` and `pods/<name>/exec` through `runtime` (before this, both
+    /// answer that no runtime runs the Pod).
+    pub fn use_runtime(&self, runtime: Arc<dyn PodRuntime>) {
         let _ = self.runtime.set(runtime);
     }
 }

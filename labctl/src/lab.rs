@@ -579,7 +579,7 @@ pub async fn serve(dir: &LabDir) -> Result<()> {
             ))
         }
     };
-    api.read_logs_from(runtime.clone());
+    api.use_runtime(runtime.clone());
     controllers::start(api.clone(), runtime);
     let opts = ServeOptions {
         tls: creds.server_config()?,

@@ -10,6 +10,7 @@ pub mod kind;
 pub mod lab;
 pub mod network;
 pub mod pki;
+pub mod podexec;
 pub mod podnet;
 pub mod portforward;
 pub mod probe;

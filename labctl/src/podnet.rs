@@ -227,6 +227,11 @@ fn context(step: &str) -> impl FnOnce(io::Error) -> io::Error + '_ {
     move |e| io::Error::new(e.kind(), format!("{step}: {e}"))
 }
 
+/// Where the namespace named `name` is pinned.
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
 /// Makes an empty network namespace pinned as `name` (what `ip netns add` does, except that
 /// the thread that makes it ends there instead of switching back: in a lab user namespace,
 /// switching back to the host's namespace is not permitted).

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::cluster::NodeConfig;
 use crate::controllers::{ContainerExit, ExitSink, PodRuntime, RuntimeError};
 use crate::network::{self, Names};
+use crate::podexec::ExecPlace;
 
 /// The images the lab can run, and the version each serves.
 pub const IMAGES: &[(&str, AppVersion)] = &[
@@ -210,6 +211,32 @@ fn uid(pod: &Value) -> &str {
     pod["metadata"]["uid"].as_str().unwrap_or("")
 }
 
+/// Why the Pod's container is not running here, in the kubelet's words where it has some;
+/// `so` says what follows from that.
+fn not_running(pod: &Value, so: &str) -> String {
+    let container = pod["spec"]["containers"][0]["name"].as_str().unwrap_or("");
+    let name = pod["metadata"]["name"].as_str().unwrap_or("");
+    let state = &pod["status"]["containerStatuses"][0]["state"];
+    // The kubelet's answer for a container that has not run yet; one that ran here and
+    // stopped (or ran before the lab restarted) is not running now.
+    match state["waiting"]["reason"].as_str() {
+        Some(reason) => format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: {}",
+            match reason {
+                "ErrImagePull" => "image can't be pulled",
+                "ImagePullBackOff" => "trying and failing to pull image",
+                other => other,
+            }
+        ),
+        None if state.get("running").is_none() && state.get("terminated").is_none() => {
+            format!(
+                "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"
+            )
+        }
+        None => format!("container \"{container}\" in pod \"{name}\" is not running here, {so}"),
+    }
+}
+
 impl PodRuntime for WasmRuntime {
     fn start(&self, pod: &Value, node: &NodeConfig, ip: Ipv4Addr) -> Result<(), RuntimeError> {
         let containers = pod["spec"]["containers"]
@@ -361,29 +388,22 @@ impl PodRuntime for WasmRuntime {
         {
             return Ok(log.clone());
         }
-        let container = pod["spec"]["containers"][0]["name"].as_str().unwrap_or("");
-        let name = pod["metadata"]["name"].as_str().unwrap_or("");
-        let state = &pod["status"]["containerStatuses"][0]["state"];
-        // The kubelet's answer for a container that has not run yet; one that ran here and
-        // stopped (or ran before the lab restarted) left no log behind.
-        match state["waiting"]["reason"].as_str() {
-            Some(reason) => Err(format!(
-                "container \"{container}\" in pod \"{name}\" is waiting to start: {}",
-                match reason {
-                    "ErrImagePull" => "image can't be pulled",
-                    "ImagePullBackOff" => "trying and failing to pull image",
-                    other => other,
-                }
-            )),
-            None if state.get("running").is_none() && state.get("terminated").is_none() => {
-                Err(format!(
-                    "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"
-                ))
-            }
-            None => Err(format!(
-                "container \"{container}\" in pod \"{name}\" is not running here, so it has no log (the lab keeps a log from the container's start until the Pod stops)"
-            )),
+        Err(not_running(
+            pod,
+            "so it has no log (the lab keeps a log from the container's start until the Pod stops)",
+        ))
+    }
+
+    fn exec_place(&self, pod: &Value) -> Result<ExecPlace, String> {
+        if !self.is_running(pod) {
+            return Err(not_running(pod, "so no command can run in it"));
         }
+        Ok(match &self.placement {
+            Placement::Namespaces(names) => {
+                ExecPlace::Namespace(crate::podnet::netns_path(&names.pod(uid(pod))))
+            }
+            Placement::Loopback => ExecPlace::Host,
+        })
     }
 
     fn drain_delay(&self) -> Duration {

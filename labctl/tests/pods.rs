@@ -418,6 +418,8 @@ fn services_route_to_every_pod_from_nodes_and_the_client() {
     );
     lab.ok(&["delete", "pod", "quiet"]);
 
+    exec_runs_in_the_pods_namespace(&lab, &pod_names(&lab)[0], &cluster_ip);
+
     // Deleting a Pod under a steady stream of requests loses none: its endpoint leaves the
     // rules before it stops serving. The stream runs from a node until well after the
     // deletion, however fast the machine answers (bounded in count and time).
@@ -625,6 +627,9 @@ fn userspace_mode_serves_the_same_scenario_on_loopback() {
     until(&lab, &format!("http://{}", row[2]), "node", 20, |s| {
         s.len() == 1 && s.contains_key(&left)
     });
+    // In userspace mode a command runs on the host, where the Pods' addresses are.
+    let (code, out, err) = exec(&lab, &[&left, "--", "sh", "-c", "echo $HOSTNAME"], "");
+    assert_eq!((code, out.trim()), (Some(0), left.as_str()), "{err}");
     pod_logs_read_like_a_clusters(&lab, &left, &format!("http://{}", row[2]));
     // An address no Service has: the lab says what that means and where to look.
     let out = lab.labctl(&["curl", "http://10.96.255.254"]);
@@ -635,6 +640,145 @@ fn userspace_mode_serves_the_same_scenario_on_loopback() {
             ),
         "{out:?}"
     );
+}
+
+/// `kubectl exec` and its exit code, stdout and stderr kept apart.
+fn exec(lab: &Lab, args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
+    use std::io::Write;
+    let mut child = lab
+        .kubectl_command(&[&["exec"], args].concat())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `kubectl exec` into `pod` (kernel mode): the command sees the Pod's network and host
+/// name, reaches the Service from there, gets its input and a terminal, and kubectl exits
+/// with its exit code; what it leaves running ends with it.
+fn exec_runs_in_the_pods_namespace(lab: &Lab, pod: &str, cluster_ip: &str) {
+    let ip = lab.ok(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"]);
+    let (code, out, _) = exec(
+        lab,
+        &[
+            pod,
+            "--",
+            "sh",
+            "-c",
+            "hostname; ip -4 -o addr show dev eth0",
+        ],
+        "",
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.starts_with(&format!("{pod}\n")) && out.contains(&format!(" {ip}/24 ")),
+        "{out}"
+    );
+    // The tutorial's Service, asked from inside a Pod (bash's /dev/tcp: no client needed).
+    let get = format!(
+        "exec 3<>/dev/tcp/{cluster_ip}/80; printf 'GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3"
+    );
+    let (code, out, err) = exec(lab, &[pod, "--", "bash", "-c", &get], "");
+    assert!(
+        code == Some(0) && out.contains("Hello, world!"),
+        "{out} {err}"
+    );
+    let (code, out, err) = exec(
+        lab,
+        &[pod, "--", "sh", "-c", "echo out; echo err >&2; exit 3"],
+        "",
+    );
+    assert_eq!((code, out.as_str()), (Some(3), "out\n"), "{err}");
+    assert!(
+        err.contains("err\n") && err.contains("command terminated with exit code 3"),
+        "{err}"
+    );
+    let (code, out, _) = exec(
+        lab,
+        &["-i", pod, "--", "sh", "-c", "cat; echo done"],
+        "line 1\nline 2\n",
+    );
+    assert_eq!((code, out.as_str()), (Some(0), "line 1\nline 2\ndone\n"));
+    let (code, _, err) = exec(lab, &[pod, "--", "no-such-program"], "");
+    assert!(
+        code == Some(1)
+            && err.contains(r#"exec: "no-such-program": executable file not found in $PATH"#),
+        "{err}"
+    );
+    let (code, _, err) = exec(lab, &[pod, "-c", "other", "--", "true"], "");
+    assert!(
+        code == Some(1) && err.contains(&format!("container other is not valid for pod {pod}")),
+        "{err}"
+    );
+
+    // -it, with kubectl on a terminal (script's): the command's streams are one terminal,
+    // sized as kubectl's. script's input stays open, as a user's keyboard does.
+    let mut script = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "stty cols 91 rows 27; KUBECONFIG={} kubectl exec -it {pod} -- sh -c 'tty; stty size; exit 4'",
+            lab.kubeconfig().display()
+        ))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = script.stdin.take();
+    let out = script.wait_with_output().unwrap();
+    drop(stdin);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/") && text.contains("27 91"),
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(4), "{text}");
+
+    // A command whose kubectl goes is killed, with what it started: nothing is left in the
+    // Pod's namespace.
+    let pod_ns = std::fs::read_dir("/run/netns")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains("-pod-"))
+        .find(|n| in_netns(n, &["ip", "-4", "-o", "addr"]).contains(&format!(" {ip}/")))
+        .expect("the Pod's namespace");
+    let kubectl = lab
+        .kubectl_command(&["exec", pod, "--", "sh", "-c", "sleep 300 & sleep 301"])
+        .spawn()
+        .unwrap();
+    let pids = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "pids", &pod_ns])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .count()
+    };
+    let started = Instant::now();
+    while pids() < 3 && started.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pids(), 3, "sh and two sleeps in {pod_ns}");
+    stop(kubectl);
+    let started = Instant::now();
+    while pids() > 0 && started.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pids(), 0, "processes left in {pod_ns} after kubectl went");
 }
 
 /// `kubectl logs` of `pod`, the only Pod behind `url`, which has answered requests: its

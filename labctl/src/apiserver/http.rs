@@ -43,6 +43,11 @@ fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// An empty body (a 101's).
+pub(super) fn empty() -> Body {
+    full(Bytes::new())
+}
+
 fn json_response(code: StatusCode, value: &Value, content_type: &str) -> Response<Body> {
     let mut r = Response::new(full(value.to_string()));
     *r.status_mut() = code;
@@ -195,6 +200,18 @@ async fn resource(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let q = Query::parse(req.uri().query())?;
+    if p.subresource.as_deref() == Some("exec") {
+        // GET opens a WebSocket, POST (SPDY) is what older clients use; both are checked
+        // first, so that either gets the Pod's or the options' error.
+        if !matches!(*req.method(), Method::GET | Method::POST) {
+            return Err(ApiError::method_not_allowed(format!(
+                "pods/exec is a connection, opened with GET or POST: {} is not allowed",
+                req.method()
+            )));
+        }
+        let exec = super::exec::prepare(api, &p, &q)?;
+        return super::exec::upgrade(req, exec);
+    }
     if p.subresource.as_deref() == Some("log") {
         if req.method() != Method::GET {
             return Err(ApiError::method_not_allowed(format!(
@@ -420,8 +437,13 @@ pub async fn serve(
                 let (api, opts) = (api.clone(), opts.clone());
                 async move { Ok::<_, Infallible>(handle(api, opts, req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            // HTTP/1.1 only, as kubectl's streams need; upgrades carry `kubectl exec`'s
+            // WebSocket.
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .http1_only();
+            let conn =
+                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }

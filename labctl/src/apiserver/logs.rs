@@ -107,24 +107,9 @@ pub fn read(api: &Api, p: &ResourcePath, q: &Query) -> Result<LogRead, ApiError>
         ..p.clone()
     })?;
     let name = pod["metadata"]["name"].as_str().unwrap_or("");
-    let containers: Vec<&str> = pod["spec"]["containers"]
-        .as_array()
-        .map(|cs| cs.iter().filter_map(|c| c["name"].as_str()).collect())
-        .unwrap_or_default();
-    let first = containers.first().copied().unwrap_or("");
-    let container = match &options.container {
-        Some(c) if !containers.contains(&c.as_str()) => {
-            return Err(ApiError::bad_request(format!(
-                "container {c} is not valid for pod {name}"
-            )));
-        }
-        Some(c) if c != first => {
-            return Err(ApiError::bad_request(format!(
-                "the lab runs only the first container of a Pod ({first}); container {c} of pod {name} has no log"
-            )));
-        }
-        _ => first,
-    };
+    let container = container_of(&pod, options.container.as_deref(), "has no log")?["name"]
+        .as_str()
+        .unwrap_or("");
     if options.previous {
         // The lab's runtime keeps one log per Pod, across its container's restarts.
         return Err(ApiError::bad_request(format!(
@@ -147,6 +132,36 @@ pub fn read(api: &Api, p: &ResourcePath, q: &Query) -> Result<LogRead, ApiError>
         left: options.limit_bytes.map(|n| n - now.len()),
     });
     Ok(LogRead { now, follow })
+}
+
+/// The container a log or an exec is for: the one `asked` for, or the first. The lab runs
+/// only a Pod's first container, so another one `has_no` log or runs no command.
+pub(super) fn container_of<'p>(
+    pod: &'p Value,
+    asked: Option<&str>,
+    has_no: &str,
+) -> Result<&'p Value, ApiError> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or("");
+    let containers = pod["spec"]["containers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let named = |c: &Value| c["name"].as_str().unwrap_or("").to_string();
+    let Some(first) = containers.first() else {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} has no containers"
+        )));
+    };
+    match asked {
+        Some(c) if !containers.iter().any(|x| x["name"] == c) => Err(ApiError::bad_request(
+            format!("container {c} is not valid for pod {name}"),
+        )),
+        Some(c) if named(first) != c => Err(ApiError::bad_request(format!(
+            "the lab runs only the first container of a Pod ({}); container {c} of pod {name} {has_no}",
+            named(first)
+        ))),
+        _ => Ok(first),
+    }
 }
 
 /// The last `tail_lines` lines of `log`, then its first `limit_bytes` bytes, as kubelet

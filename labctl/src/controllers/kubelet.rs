@@ -59,6 +59,10 @@ pub trait PodRuntime: Send + Sync {
     fn logs(&self, _pod: &Value) -> Result<hello_app::wasm_host::LogBuffer, String> {
         Err("the lab runs without a network (API-only mode): its Pods run no containers, so they have no logs".into())
     }
+    /// Where a command exec'd in the Pod's container runs (`kubectl exec`), or why none can.
+    fn exec_place(&self, _pod: &Value) -> Result<crate::podexec::ExecPlace, String> {
+        Err("the lab runs without a network (API-only mode): its Pods run no containers, so no command can run in them".into())
+    }
 }
 
 /// Records a container's crash or restart in its Pod's status, as the kubelet does: while
