@@ -60,14 +60,23 @@ pub struct Started {
     pub terminal: Option<Terminal>,
 }
 
-/// The processes a command started, in a group of their own.
-#[derive(Debug, Clone, Copy)]
-pub struct ProcessGroup(rustix::process::Pid);
+/// The processes a command started, in a group of their own, killed at the latest when this
+/// is dropped (the exec ending in any way, the lab stopping among them).
+#[derive(Debug)]
+pub struct ProcessGroup(Option<rustix::process::Pid>);
 
 impl ProcessGroup {
     /// Kills every process left in the group (none left is fine).
-    pub fn kill(self) {
-        let _ = rustix::process::kill_process_group(self.0, rustix::process::Signal::KILL);
+    pub fn kill(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -197,7 +206,7 @@ pub fn spawn(spec: &ExecSpec<'_>) -> io::Result<Started> {
     let group = child
         .id()
         .and_then(|id| rustix::process::Pid::from_raw(id as i32))
-        .map(ProcessGroup)
+        .map(|pid| ProcessGroup(Some(pid)))
         .ok_or_else(|| io::Error::other("the command exited as it started"))?;
     match terminal {
         Some(master) => {

@@ -120,8 +120,9 @@ pub fn upgrade(
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if !is_websocket {
         return Err(ApiError::bad_request(format!(
-            "the lab serves exec over WebSocket ({PROTOCOL}) only, as kubectl 1.30 and later use it; \
-             this client asked for SPDY: use kubectl 1.30 or later, without KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false"
+            "the lab serves exec over WebSocket ({PROTOCOL}) only, as kubectl 1.30 and later use it, \
+             and this request is no WebSocket upgrade (SPDY, which older kubectl or \
+             KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false use, is not served)"
         )));
     }
     let offered: Vec<&str> = headers
@@ -297,7 +298,7 @@ where
     };
     let Started {
         mut child,
-        group,
+        mut group,
         stdin,
         stdout,
         stderr,
