@@ -237,8 +237,15 @@ fn not_running(pod: &Value, so: &str) -> String {
     }
 }
 
-impl PodRuntime for WasmRuntime {
-    fn start(&self, pod: &Value, node: &NodeConfig, ip: Ipv4Addr) -> Result<(), RuntimeError> {
+impl WasmRuntime {
+    /// Starts the Pod's container, writing to `log`.
+    fn start_with_log(
+        &self,
+        pod: &Value,
+        node: &NodeConfig,
+        ip: Ipv4Addr,
+        log: LogBuffer,
+    ) -> Result<(), RuntimeError> {
         let containers = pod["spec"]["containers"]
             .as_array()
             .cloned()
@@ -278,7 +285,6 @@ impl PodRuntime for WasmRuntime {
             }
         };
         let (host, version) = self.host_for(&app, image)?;
-        let log = LogBuffer::new(LOG_CAPACITY);
         let served = host.pod(
             PodSpec::new(name.clone())
                 .version(version)
@@ -359,7 +365,25 @@ impl PodRuntime for WasmRuntime {
             .insert(uid(pod).to_string(), Running { stop, done });
         Ok(())
     }
+}
 
+impl PodRuntime for WasmRuntime {
+    fn start(&self, pod: &Value, node: &NodeConfig, ip: Ipv4Addr) -> Result<(), RuntimeError> {
+        self.start_with_log(pod, node, ip, LogBuffer::new(LOG_CAPACITY))
+    }
+
+    fn replace(&self, pod: &Value, node: &NodeConfig, ip: Ipv4Addr) -> Result<(), RuntimeError> {
+        // One log per Pod, across its containers, as across crash restarts.
+        let log = self
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid(pod))
+            .cloned()
+            .unwrap_or_else(|| LogBuffer::new(LOG_CAPACITY));
+        self.stop(pod);
+        self.start_with_log(pod, node, ip, log)
+    }
     fn stop(&self, pod: &Value) {
         let running = self
             .running

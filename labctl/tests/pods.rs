@@ -419,6 +419,7 @@ fn services_route_to_every_pod_from_nodes_and_the_client() {
     lab.ok(&["delete", "pod", "quiet"]);
 
     exec_runs_in_the_pods_namespace(&lab, &pod_names(&lab)[0], &cluster_ip);
+    an_image_changed_in_place_restarts_the_container(&lab, &pod_names(&lab)[1]);
 
     // Deleting a Pod under a steady stream of requests loses none: its endpoint leaves the
     // rules before it stops serving. The stream runs from a node until well after the
@@ -779,6 +780,54 @@ fn exec_runs_in_the_pods_namespace(lab: &Lab, pod: &str, cluster_ip: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(pids(), 0, "processes left in {pod_ns} after kubectl went");
+}
+
+/// `kubectl set image pod/...`: the kubelet restarts the container with the new image at the
+/// Pod's address and counts it; an image the lab cannot run leaves it waiting, and the Pod
+/// comes back with a good one.
+fn an_image_changed_in_place_restarts_the_container(lab: &Lab, pod: &str) {
+    let ip = lab.ok(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"]);
+    let status = "jsonpath={.status.containerStatuses[0].image} {.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].ready}";
+    let version = || {
+        let out = lab.labctl(&["curl", &format!("http://{ip}:8080")]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(version(), "Version: 1.0.0");
+    let set = |image: &str| {
+        lab.ok(&[
+            "set",
+            "image",
+            &format!("pod/{pod}"),
+            &format!("hello-world={image}"),
+        ])
+    };
+    set("gcr.io/google-samples/hello-app:2.0");
+    lab.until(&["get", "pod", pod, "-o", status], WAIT, |o| {
+        o == "gcr.io/google-samples/hello-app:2.0 1 true"
+    });
+    assert_eq!(version(), "Version: 2.0.0");
+    let events = lab.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={pod}"),
+    ]);
+    assert!(
+        events.contains("Container hello-world definition changed, will be restarted"),
+        "{events}"
+    );
+    set("nginx:1.27");
+    lab.until(&["get", "pod", pod], WAIT, |o| o.contains("ErrImagePull"));
+    // A container that never started is not counted as restarted.
+    set("gcr.io/google-samples/hello-app:1.0");
+    lab.until(&["get", "pod", pod, "-o", status], WAIT, |o| {
+        o == "gcr.io/google-samples/hello-app:1.0 2 true"
+    });
+    assert_eq!(version(), "Version: 1.0.0");
 }
 
 /// `kubectl logs` of `pod`, the only Pod behind `url`, which has answered requests: its

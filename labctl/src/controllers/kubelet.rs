@@ -40,6 +40,12 @@ pub trait PodRuntime: Send + Sync {
     fn start(&self, pod: &Value, node: &NodeConfig, ip: Ipv4Addr) -> Result<(), RuntimeError>;
     /// Stops the Pod (drains, then frees its resources).
     fn stop(&self, pod: &Value);
+    /// Replaces the Pod's container with one made from its spec as it is now (an image
+    /// changed in place), at the same address.
+    fn replace(&self, pod: &Value, node: &NodeConfig, ip: Ipv4Addr) -> Result<(), RuntimeError> {
+        self.stop(pod);
+        self.start(pod, node, ip)
+    }
     /// How long a deleted Pod keeps serving after its endpoint stopped being ready, so that
     /// the dataplanes have removed it before it stops (what a preStop sleep buys on a real
     /// cluster). Zero for runtimes that serve nothing.
@@ -105,23 +111,28 @@ pub fn record_exit(
                 c["ready"] = json!(ready);
                 c["started"] = json!(ready);
             }
-            for cond in p["status"]["conditions"]
-                .as_array_mut()
-                .into_iter()
-                .flatten()
-            {
-                if cond["type"] == "Ready" || cond["type"] == "ContainersReady" {
-                    cond["status"] = json!(if ready { "True" } else { "False" });
-                    cond["lastTransitionTime"] = json!(ts);
-                    if ready {
-                        cond.as_object_mut().map(|o| o.remove("reason"));
-                    } else {
-                        cond["reason"] = json!("ContainersNotReady");
-                    }
-                }
-            }
+            set_ready(p, ready, &ts);
             Ok(true)
         });
+}
+
+/// Sets the Pod's `Ready` and `ContainersReady` conditions.
+fn set_ready(pod: &mut Value, ready: bool, ts: &str) {
+    for cond in pod["status"]["conditions"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        if cond["type"] == "Ready" || cond["type"] == "ContainersReady" {
+            cond["status"] = json!(if ready { "True" } else { "False" });
+            cond["lastTransitionTime"] = json!(ts);
+            if ready {
+                cond.as_object_mut().map(|o| o.remove("reason"));
+            } else {
+                cond["reason"] = json!("ContainersNotReady");
+            }
+        }
+    }
 }
 
 /// A runtime that serves nothing: Pods are Running and Ready in the API only.
@@ -207,6 +218,9 @@ pub fn reconcile(ctx: &Ctx, index: &PodIndex, ns: &str, name: &str) -> Result<()
     if pod["status"]["phase"] == "Running" && !ctx.runtime.is_running(&pod) {
         return restart(ctx, &pod, &node_name);
     }
+    if image_changed(&pod) {
+        return replace_container(ctx, &pod, &node_name);
+    }
     if pod["status"]["phase"] != "Pending" || pod["status"]["podIP"].is_string() {
         return Ok(());
     }
@@ -275,33 +289,11 @@ pub fn reconcile(ctx: &Ctx, index: &PodIndex, ns: &str, name: &str) -> Result<()
     match &result {
         Ok(()) => {
             for c in &containers {
-                let (cname, image) = (
+                started_events(
+                    ctx,
+                    &started,
                     c["name"].as_str().unwrap_or(""),
                     c["image"].as_str().unwrap_or(""),
-                );
-                ctx.recorder.record(
-                    Kind::Pod,
-                    &started,
-                    "Normal",
-                    "Pulled",
-                    &format!("Container image \"{image}\" already present on machine"),
-                    "kubelet",
-                );
-                ctx.recorder.record(
-                    Kind::Pod,
-                    &started,
-                    "Normal",
-                    "Created",
-                    &format!("Created container: {cname}"),
-                    "kubelet",
-                );
-                ctx.recorder.record(
-                    Kind::Pod,
-                    &started,
-                    "Normal",
-                    "Started",
-                    &format!("Started container {cname}"),
-                    "kubelet",
                 );
             }
         }
@@ -334,6 +326,110 @@ fn restart(ctx: &Ctx, pod: &Value, node_name: &str) -> Result<(), ApiError> {
             .record(Kind::Pod, pod, "Warning", "Failed", &e.message, "kubelet");
     }
     Ok(())
+}
+
+/// Whether the image of the Pod's (first, the only running) container was changed since its
+/// container was made (`kubectl set image pod/...`, `kubectl edit`).
+fn image_changed(pod: &Value) -> bool {
+    let status = &pod["status"]["containerStatuses"][0]["image"];
+    status.is_string() && *status != pod["spec"]["containers"][0]["image"]
+}
+
+/// Replaces a container whose image changed, as the kubelet does: the old one is stopped,
+/// one of the new image started at the Pod's address, and the restart counted. An image the
+/// lab cannot run leaves the container waiting (`ErrImagePull`) and the Pod not Ready.
+fn replace_container(ctx: &Ctx, pod: &Value, node_name: &str) -> Result<(), ApiError> {
+    let Some(node) = ctx.api.cluster.nodes.iter().find(|n| n.name == node_name) else {
+        return Ok(());
+    };
+    let Some(ip) = pod["status"]["podIP"]
+        .as_str()
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+    else {
+        return Ok(());
+    };
+    let container = &pod["spec"]["containers"][0];
+    let (cname, image) = (
+        container["name"].as_str().unwrap_or(""),
+        container["image"].as_str().unwrap_or(""),
+    );
+    ctx.recorder.record(
+        Kind::Pod,
+        pod,
+        "Normal",
+        "Killing",
+        &format!("Container {cname} definition changed, will be restarted"),
+        "kubelet",
+    );
+    let result = ctx.runtime.replace(pod, node, ip);
+    let ts = now();
+    let uid = meta(pod, "uid");
+    let replaced = ctx
+        .api
+        .store
+        .modify(
+            Kind::Pod,
+            meta(pod, "namespace"),
+            meta(pod, "name"),
+            |p| -> Result<bool, ()> {
+                if p["metadata"]["uid"] != uid || p["metadata"]["deletionTimestamp"].is_string() {
+                    return Ok(false);
+                }
+                let c = &mut p["status"]["containerStatuses"][0];
+                // A container that ran counts as restarted; one that never started does not.
+                if let Some(started) = c["state"]["running"]["startedAt"].as_str() {
+                    c["lastState"] = json!({"terminated": {
+                        "exitCode": 0, "reason": "Completed", "startedAt": started,
+                        "finishedAt": ts, "containerID": c["containerID"],
+                    }});
+                    c["restartCount"] = json!(c["restartCount"].as_u64().unwrap_or(0) + 1);
+                }
+                c["image"] = json!(image);
+                c["imageID"] = json!(format!("{image}@lab"));
+                c["state"] = match &result {
+                    Ok(()) => json!({"running": {"startedAt": ts}}),
+                    Err(e) => json!({"waiting": {"reason": e.reason, "message": e.message}}),
+                };
+                c["ready"] = json!(result.is_ok());
+                c["started"] = json!(result.is_ok());
+                if result.is_ok() {
+                    p["status"]["phase"] = json!("Running");
+                }
+                set_ready(p, result.is_ok(), &ts);
+                Ok(true)
+            },
+        )
+        .map_err(|_| ApiError::internal("pod status update failed"))?;
+    let Some(replaced) = replaced else {
+        return Ok(());
+    };
+    match &result {
+        Ok(()) => started_events(ctx, &replaced, cname, image),
+        Err(e) => ctx.recorder.record(
+            Kind::Pod,
+            &replaced,
+            "Warning",
+            "Failed",
+            &e.message,
+            "kubelet",
+        ),
+    }
+    Ok(())
+}
+
+/// The kubelet's events for a container it started.
+fn started_events(ctx: &Ctx, pod: &Value, cname: &str, image: &str) {
+    for (reason, message) in [
+        (
+            "Pulled",
+            format!("Container image \"{image}\" already present on machine"),
+        ),
+        ("Created", format!("Created container: {cname}")),
+        ("Started", format!("Started container {cname}")),
+    ] {
+        ctx.recorder
+            .record(Kind::Pod, pod, "Normal", reason, &message, "kubelet");
+    }
 }
 
 /// Ends a deleted Pod: once no EndpointSlice lists it as ready (bounded wait) and the
