@@ -238,13 +238,28 @@ fn not_running(pod: &Value, so: &str) -> String {
 }
 
 impl WasmRuntime {
-    /// Starts the Pod's container, writing to `log`.
+    /// Stops the Pod's server (draining it), if it runs.
+    fn stop_server(&self, pod: &Value) {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid(pod));
+        if let Some(r) = running {
+            let _ = r.stop.send(true);
+            let _ = r.done.recv_timeout(DRAIN);
+        }
+    }
+
+    /// Starts the Pod's container, writing to `log`; with `new_sandbox` it first makes the
+    /// Pod's network (kernel mode), else the container starts in the one the Pod has.
     fn start_with_log(
         &self,
         pod: &Value,
         node: &NodeConfig,
         ip: Ipv4Addr,
         log: LogBuffer,
+        new_sandbox: bool,
     ) -> Result<(), RuntimeError> {
         let containers = pod["spec"]["containers"]
             .as_array()
@@ -270,11 +285,20 @@ impl WasmRuntime {
             message,
         };
         let (listener, socket) = match &self.placement {
-            Placement::Namespaces(names) => {
+            Placement::Namespaces(names) if new_sandbox => {
                 let (ns, l) =
                     network::add_pod(names, &node.name, node.pod_cidr, uid(pod), ip, port)
                         .map_err(|e| failed(format!("setting up the Pod's network: {e}")))?;
                 (l, Socket::Namespace(ns, port))
+            }
+            Placement::Namespaces(names) => {
+                let socket = Socket::Namespace(names.pod(uid(pod)), port);
+                let l = socket.listen().map_err(|e| {
+                    failed(format!(
+                        "listening on port {port} in the Pod's network: {e}"
+                    ))
+                })?;
+                (l, socket)
             }
             Placement::Loopback => {
                 let socket = Socket::Loopback(loopback_twin(ip), port);
@@ -369,31 +393,33 @@ impl WasmRuntime {
 
 impl PodRuntime for WasmRuntime {
     fn start(&self, pod: &Value, node: &NodeConfig, ip: Ipv4Addr) -> Result<(), RuntimeError> {
-        self.start_with_log(pod, node, ip, LogBuffer::new(LOG_CAPACITY))
+        self.start_with_log(pod, node, ip, LogBuffer::new(LOG_CAPACITY), true)
     }
 
     fn replace(&self, pod: &Value, node: &NodeConfig, ip: Ipv4Addr) -> Result<(), RuntimeError> {
-        // One log per Pod, across its containers, as across crash restarts.
+        // The Pod's network stays, as a Pod's sandbox outlives its containers, and so does
+        // its log, as across crash restarts.
         let log = self
             .logs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(uid(pod))
-            .cloned()
-            .unwrap_or_else(|| LogBuffer::new(LOG_CAPACITY));
-        self.stop(pod);
-        self.start_with_log(pod, node, ip, log)
+            .cloned();
+        self.stop_server(pod);
+        // A Pod with a log had its network made by this process (a lab restarted after a
+        // crash makes its Pods' networks anew).
+        let sandbox = log.is_some()
+            && match &self.placement {
+                Placement::Namespaces(names) => {
+                    crate::podnet::netns_path(&names.pod(uid(pod))).exists()
+                }
+                Placement::Loopback => false,
+            };
+        let log = log.unwrap_or_else(|| LogBuffer::new(LOG_CAPACITY));
+        self.start_with_log(pod, node, ip, log, !sandbox)
     }
     fn stop(&self, pod: &Value) {
-        let running = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uid(pod));
-        if let Some(r) = running {
-            let _ = r.stop.send(true);
-            let _ = r.done.recv_timeout(DRAIN);
-        }
+        self.stop_server(pod);
         if let Placement::Namespaces(names) = &self.placement {
             network::remove_pod(names, uid(pod));
         }

@@ -215,11 +215,12 @@ pub fn reconcile(ctx: &Ctx, index: &PodIndex, ns: &str, name: &str) -> Result<()
         }
         return Ok(());
     }
-    if pod["status"]["phase"] == "Running" && !ctx.runtime.is_running(&pod) {
-        return restart(ctx, &pod, &node_name);
-    }
     if image_changed(&pod) {
         return replace_container(ctx, &pod, &node_name);
+    }
+    let waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"].is_object();
+    if pod["status"]["phase"] == "Running" && !waiting && !ctx.runtime.is_running(&pod) {
+        return restart(ctx, &pod, &node_name);
     }
     if pod["status"]["phase"] != "Pending" || pod["status"]["podIP"].is_string() {
         return Ok(());
