@@ -389,7 +389,7 @@ fn services_route_to_every_pod_from_nodes_and_the_client() {
         assert_eq!(sent, Some("0"), "{counter} in {pod_ns}: {snmp6}");
     }
     // A Pod that nothing has talked to is known to its node's bridge (else the first frame
-    // to it would be flooded to every port): it announced itself when it was set up.
+    // to it would be flooded to every port): its port is written down as it is set up.
     std::fs::write(
         lab.dir.path().join("quiet.yaml"),
         "apiVersion: v1\nkind: Pod\nmetadata: {name: quiet}\nspec:\n  containers:\n  - {name: app, image: gcr.io/google-samples/hello-app:1.0}\n",
@@ -750,12 +750,8 @@ fn exec_runs_in_the_pods_namespace(lab: &Lab, pod: &str, cluster_ip: &str) {
 
     // A command whose kubectl goes is killed, with what it started: nothing is left in the
     // Pod's namespace.
-    let pod_ns = std::fs::read_dir("/run/netns")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.contains("-pod-"))
-        .find(|n| in_netns(n, &["ip", "-4", "-o", "addr"]).contains(&format!(" {ip}/")))
-        .expect("the Pod's namespace");
+    let uid = lab.ok(&["get", "pod", pod, "-o", "jsonpath={.metadata.uid}"]);
+    let pod_ns = labctl::network::Names::new(&lab.name).pod(&uid);
     let kubectl = lab
         .kubectl_command(&["exec", pod, "--", "sh", "-c", "sleep 300 & sleep 301"])
         .spawn()
