@@ -179,6 +179,9 @@ mod tests {
         assert_eq!(q.command, ["sh", "-c", "echo a b"]);
         assert!(q.stdin && q.stdout && q.stderr && !q.tty);
         assert_eq!(q.container.as_deref(), Some("p1"));
+        // Go's url.Values encodes spaces as '+'.
+        let q = Query::parse(Some("command=echo+a%2Bb")).unwrap();
+        assert_eq!(q.command, ["echo a+b"]);
     }
 
     #[test]

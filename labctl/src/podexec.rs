@@ -3,6 +3,7 @@
 //! Pod is: in the Pod's network namespace and with the Pod's name as host name (kernel mode),
 //! or on the host, where userspace mode serves Pods on loopback addresses.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
@@ -12,6 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Mutex, OnceLock};
 
 use rustix::pty::OpenptFlags;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -33,6 +35,8 @@ pub struct ExecSpec<'a> {
     pub command: &'a [String],
     /// The Pod's name: its host name, and `HOSTNAME` as a container runtime sets it.
     pub pod: &'a str,
+    /// The Pod's uid: its commands end when it stops ([`end_pod_sessions`]).
+    pub pod_uid: &'a str,
     /// The container's own `env` (literal values).
     pub env: Vec<(String, String)>,
     /// Where it runs.
@@ -48,8 +52,8 @@ pub struct ExecSpec<'a> {
 pub struct Started {
     /// The process.
     pub child: Child,
-    /// The command's process group: it and what it started.
-    pub group: ProcessGroup,
+    /// The command's session: it and everything it started.
+    pub session: Session,
     /// Where the client's input goes.
     pub stdin: Option<Box<dyn AsyncWrite + Send + Unpin>>,
     /// The command's output (and its errors, on a terminal).
@@ -60,24 +64,77 @@ pub struct Started {
     pub terminal: Option<Terminal>,
 }
 
-/// The processes a command started, in a group of their own, killed at the latest when this
-/// is dropped (the exec ending in any way, the lab stopping among them).
+/// The processes a command started: its session, which job control's process groups stay
+/// in. Killed at the latest when this is dropped (the exec ending in any way, the lab
+/// stopping among them), or when its Pod stops.
 #[derive(Debug)]
-pub struct ProcessGroup(Option<rustix::process::Pid>);
+pub struct Session {
+    id: Option<i32>,
+    pod_uid: String,
+}
 
-impl ProcessGroup {
-    /// Kills every process left in the group (none left is fine).
+impl Session {
+    /// Kills every process left in the session (none left is fine).
     pub fn kill(&mut self) {
-        if let Some(pid) = self.0.take() {
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        if let Some(id) = self.id.take() {
+            kill_session(id);
+            let mut sessions = sessions().lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(ids) = sessions.get_mut(&self.pod_uid) {
+                ids.retain(|s| *s != id);
+                if ids.is_empty() {
+                    sessions.remove(&self.pod_uid);
+                }
+            }
         }
     }
 }
 
-impl Drop for ProcessGroup {
+impl Drop for Session {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The sessions of commands running in each Pod, by Pod uid.
+fn sessions() -> &'static Mutex<HashMap<String, Vec<i32>>> {
+    static SESSIONS: OnceLock<Mutex<HashMap<String, Vec<i32>>>> = OnceLock::new();
+    SESSIONS.get_or_init(Mutex::default)
+}
+
+/// Ends every command running in a Pod, as a container's processes end with it.
+pub fn end_pod_sessions(pod_uid: &str) {
+    let ids = sessions()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(pod_uid)
+        .unwrap_or_default();
+    for id in ids {
+        kill_session(id);
+    }
+}
+
+/// Kills every process of session `id`, found by the session field of `/proc/<pid>/stat`.
+fn kill_session(id: i32) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if session_of(&stat) == Some(id)
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// The session id in a `/proc/<pid>/stat` line: the fourth field after the command name,
+/// which is in parentheses and may itself hold spaces and parentheses.
+fn session_of(stat: &str) -> Option<i32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// The controlling side of a command's pseudo-terminal.
@@ -99,23 +156,31 @@ impl Terminal {
     }
 }
 
-/// What a container's environment starts with: the image's `PATH`, and `HOME` for root.
-const BASE_ENV: &[(&str, &str)] = &[
-    (
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    ),
-    ("HOME", "/root"),
-];
+/// A container image's `PATH`.
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A Pod's host name, as the kubelet makes it: at most 63 characters, without a trailing
+/// `-` or `.` once cut.
+pub fn host_name(pod: &str) -> &str {
+    if pod.len() <= 63 {
+        return pod;
+    }
+    pod[..63].trim_end_matches(['-', '.'])
+}
 
 /// The command's environment: nothing of the lab's own process, only what a container
-/// runtime gives an exec'd command.
+/// runtime gives an exec'd command (`HOME` is the lab user's own when it is not root).
 fn environment(spec: &ExecSpec<'_>) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = BASE_ENV
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    env.push(("HOSTNAME".into(), spec.pod.into()));
+    let home = if rustix::process::geteuid().is_root() {
+        "/root".to_string()
+    } else {
+        std::env::var("HOME").unwrap_or_else(|_| "/".into())
+    };
+    let mut env = vec![
+        ("PATH".to_string(), PATH.to_string()),
+        ("HOME".to_string(), home),
+        ("HOSTNAME".to_string(), host_name(spec.pod).to_string()),
+    ];
     if spec.tty {
         env.push(("TERM".into(), "xterm".into()));
     }
@@ -126,36 +191,90 @@ fn environment(spec: &ExecSpec<'_>) -> Vec<(String, String)> {
     env
 }
 
+/// Why a command did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The program is not on this machine (as a container runtime says it of an image).
+    #[error("exec: {0:?}: executable file not found in $PATH")]
+    NotFound(String),
+    /// The program is there but could not be run.
+    #[error("exec: {program:?}: {source}")]
+    Exec {
+        /// The program.
+        program: String,
+        /// What running it gave.
+        source: io::Error,
+    },
+    /// The command's place in the Pod could not be set up.
+    #[error("{what}: {source}")]
+    Setup {
+        /// What was being set up.
+        what: String,
+        /// What that gave.
+        source: io::Error,
+    },
+}
+
+/// Where `program` is, looked up on `path` as a shell or runc does; a name with a `/` is
+/// taken as it is.
+fn find_program(program: &str, path: &str) -> Option<PathBuf> {
+    let runnable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.is_file() && m.permissions().mode() & 0o111 != 0
+        })
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return runnable(&p).then_some(p);
+    }
+    path.split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|p| runnable(p))
+}
+
 /// Starts the command; an error says what failed (the program not found, the namespace
 /// not entered, ...).
-pub fn spawn(spec: &ExecSpec<'_>) -> io::Result<Started> {
+pub fn spawn(spec: &ExecSpec<'_>) -> Result<Started, SpawnError> {
+    let setup = |what: &str| {
+        let what = what.to_string();
+        move |source: io::Error| SpawnError::Setup { what, source }
+    };
     let (program, args) = spec
         .command
         .split_first()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no command"))?;
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(args)
+        .ok_or_else(|| SpawnError::Setup {
+            what: "reading the command".into(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "no command"),
+        })?;
+    let env = environment(spec);
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(PATH, |(_, v)| v.as_str());
+    // Looked up here, so that a failure of the spawn itself is known not to be this one.
+    let found = find_program(program, path).ok_or_else(|| SpawnError::NotFound(program.clone()))?;
+    let mut cmd = std::process::Command::new(found);
+    cmd.arg0(program)
+        .args(args)
         .env_clear()
-        .envs(environment(spec))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir("/");
     let netns = match spec.place {
-        ExecPlace::Namespace(path) => Some(File::open(path).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "opening the Pod's network namespace {}: {e}",
-                    path.display()
-                ),
-            )
-        })?),
+        ExecPlace::Namespace(path) => Some(File::open(path).map_err(setup(&format!(
+            "opening the Pod's network namespace {}",
+            path.display()
+        )))?),
         ExecPlace::Host => None,
     };
-    let hostname: OsString = spec.pod.into();
+    let hostname: OsString = host_name(spec.pod).into();
     let (terminal, tty) = if spec.tty {
-        let (master, slave) = open_terminal()?;
-        cmd.stdin(Stdio::from(slave.try_clone()?))
-            .stdout(Stdio::from(slave.try_clone()?))
-            .stderr(Stdio::from(slave.try_clone()?));
+        let (master, slave) = open_terminal().map_err(setup("opening a terminal"))?;
+        let end = || slave.try_clone().map_err(setup("opening a terminal"));
+        cmd.stdin(Stdio::from(end()?))
+            .stdout(Stdio::from(end()?))
+            .stderr(Stdio::from(end()?));
         (Some(master), Some(slave))
     } else {
         cmd.stdin(if spec.stdin {
@@ -182,14 +301,15 @@ pub fn spawn(spec: &ExecSpec<'_>) -> io::Result<Started> {
             }
             rustix::system::sethostname(hostname.as_encoded_bytes())?;
         }
-        // A session of its own: its process group is everything the command starts, which
-        // ends with the exec. On a terminal, that is its controlling terminal, so that
-        // shells do job control and ^C reaches the foreground command.
+        // A session of its own: everything the command starts, which ends with the exec.
+        // On a terminal, that is its controlling terminal, so that shells do job control
+        // and ^C reaches the foreground command.
         rustix::process::setsid()?;
         if let Some(slave) = &tty {
             rustix::process::ioctl_tiocsctty(slave)?;
         }
-        // The command goes with the lab: nothing is left running in a Pod's namespace.
+        // The command goes with the lab, should the lab be killed (what the command started
+        // is ended by [`Session`]).
         rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
         Ok(())
     };
@@ -200,21 +320,38 @@ pub fn spawn(spec: &ExecSpec<'_>) -> io::Result<Started> {
     }
     let mut cmd = Command::from(cmd);
     cmd.kill_on_drop(true);
-    let mut child = cmd.spawn()?;
+    // The program was found, so what fails here is running it, or the set-up before (rare:
+    // entering the namespace, naming the host), which is told apart by its error.
+    let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
+        program: program.clone(),
+        source,
+    })?;
     // The command has its copies of the terminal; ours would keep it open after it exits.
     drop(cmd);
-    let group = child
-        .id()
-        .and_then(|id| rustix::process::Pid::from_raw(id as i32))
-        .map(|pid| ProcessGroup(Some(pid)))
-        .ok_or_else(|| io::Error::other("the command exited as it started"))?;
+    // The command leads its own session (its pid is the session's id).
+    let id = child.id().map(|id| id as i32);
+    if let Some(id) = id {
+        sessions()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(spec.pod_uid.to_string())
+            .or_default()
+            .push(id);
+    }
+    let session = Session {
+        id,
+        pod_uid: spec.pod_uid.to_string(),
+    };
     match terminal {
         Some(master) => {
-            let reader = tokio::fs::File::from_std(File::from(master.try_clone()?));
-            let writer = tokio::fs::File::from_std(File::from(master.try_clone()?));
+            let end = || -> Result<tokio::fs::File, SpawnError> {
+                let fd = master.try_clone().map_err(setup("opening a terminal"))?;
+                Ok(tokio::fs::File::from_std(File::from(fd)))
+            };
+            let (reader, writer) = (end()?, end()?);
             Ok(Started {
                 child,
-                group,
+                session,
                 stdin: spec
                     .stdin
                     .then(|| Box::new(writer) as Box<dyn AsyncWrite + Send + Unpin>),
@@ -232,7 +369,7 @@ pub fn spawn(spec: &ExecSpec<'_>) -> io::Result<Started> {
                 .map(|s| Box::new(s) as Box<dyn AsyncWrite + Send + Unpin>);
             Ok(Started {
                 child,
-                group,
+                session,
                 stdin,
                 stdout: Box::new(stdout),
                 stderr: Some(Box::new(stderr)),
@@ -255,4 +392,57 @@ fn open_terminal() -> io::Result<(OwnedFd, File)> {
         .custom_flags(rustix::fs::OFlags::NOCTTY.bits() as i32)
         .open(std::ffi::OsStr::from_bytes(name.as_bytes()))?;
     Ok((master, slave))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (my (odd) prog) S 1 4240 4241 0 -1 4194560 100 0";
+        assert_eq!(session_of(stat), Some(4241));
+        assert_eq!(session_of("garbage"), None);
+    }
+
+    #[test]
+    fn long_pod_names_are_cut_to_a_host_name() {
+        assert_eq!(
+            host_name("hello-world-7f785867c-x654g"),
+            "hello-world-7f785867c-x654g"
+        );
+        let long = format!("{}-{}", "a".repeat(62), "b".repeat(10));
+        assert_eq!(host_name(&long), "a".repeat(62));
+    }
+
+    #[test]
+    fn programs_are_found_on_the_path() {
+        assert_eq!(
+            find_program("sh", PATH).map(|p| p.ends_with("sh")),
+            Some(true)
+        );
+        assert_eq!(find_program("/bin/sh", ""), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(find_program("no-such-program-here", PATH), None);
+        assert_eq!(find_program("./no/such", PATH), None);
+    }
+
+    #[test]
+    fn the_containers_env_overrides_the_base() {
+        let spec = ExecSpec {
+            command: &[],
+            pod: "p",
+            pod_uid: "u",
+            env: vec![("PATH".into(), "/opt/bin".into()), ("A".into(), "1".into())],
+            place: &ExecPlace::Host,
+            stdin: false,
+            tty: true,
+        };
+        let env = environment(&spec);
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("PATH"), Some("/opt/bin"));
+        assert_eq!(get("A"), Some("1"));
+        assert_eq!(get("HOSTNAME"), Some("p"));
+        assert_eq!(get("TERM"), Some("xterm"));
+        assert_eq!(env.iter().filter(|(n, _)| n == "PATH").count(), 1);
+    }
 }

@@ -238,8 +238,10 @@ fn not_running(pod: &Value, so: &str) -> String {
 }
 
 impl WasmRuntime {
-    /// Stops the Pod's server (draining it), if it runs.
+    /// Stops the Pod's server (draining it), if it runs, and ends the commands running in
+    /// its container (`kubectl exec`), as they end with a container.
     fn stop_server(&self, pod: &Value) {
+        crate::podexec::end_pod_sessions(uid(pod));
         let running = self
             .running
             .lock()

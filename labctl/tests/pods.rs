@@ -412,8 +412,11 @@ fn services_route_to_every_pod_from_nodes_and_the_client() {
         &["bridge", "fdb", "show", "br", "cni0"],
     );
     let mac = labctl::podnet::mac_text(ip);
+    // A static entry on the Pod's port (a permanent one would be the bridge's own address).
     assert!(
-        forwarding.lines().any(|l| l.starts_with(&mac)),
+        forwarding.lines().any(|l| l.starts_with(&mac)
+            && l.contains(" dev vp")
+            && l.ends_with(" master cni0 static")),
         "{node}'s bridge does not know {mac} ({ip}): {forwarding}"
     );
     lab.ok(&["delete", "pod", "quiet"]);
@@ -628,9 +631,23 @@ fn userspace_mode_serves_the_same_scenario_on_loopback() {
     until(&lab, &format!("http://{}", row[2]), "node", 20, |s| {
         s.len() == 1 && s.contains_key(&left)
     });
-    // In userspace mode a command runs on the host, where the Pods' addresses are.
+    // In userspace mode a command runs on the host, where the Services' twins are.
     let (code, out, err) = exec(&lab, &[&left, "--", "sh", "-c", "echo $HOSTNAME"], "");
     assert_eq!((code, out.trim()), (Some(0), left.as_str()), "{err}");
+    let twin = row[2].replacen("10.", "127.", 1);
+    let port = if rustix::process::geteuid().is_root() {
+        80
+    } else {
+        10080
+    };
+    let get = format!(
+        "exec 3<>/dev/tcp/{twin}/{port}; printf 'GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3"
+    );
+    let (code, out, err) = exec(&lab, &[&left, "--", "bash", "-c", &get], "");
+    assert!(
+        code == Some(0) && out.contains(&format!("Hostname: {left}")),
+        "{out} {err}"
+    );
     pod_logs_read_like_a_clusters(&lab, &left, &format!("http://{}", row[2]));
     // An address no Service has: the lab says what that means and where to look.
     let out = lab.labctl(&["curl", "http://10.96.255.254"]);
@@ -748,14 +765,11 @@ fn exec_runs_in_the_pods_namespace(lab: &Lab, pod: &str, cluster_ip: &str) {
     );
     assert_eq!(out.status.code(), Some(4), "{text}");
 
-    // A command whose kubectl goes is killed, with what it started: nothing is left in the
-    // Pod's namespace.
+    // A command whose kubectl goes is killed, with everything it started (a job in a process
+    // group of its own included): nothing is left in the Pod's namespace. Also while its
+    // input is held up: kubectl sends without end and the command reads nothing.
     let uid = lab.ok(&["get", "pod", pod, "-o", "jsonpath={.metadata.uid}"]);
     let pod_ns = labctl::network::Names::new(&lab.name).pod(&uid);
-    let kubectl = lab
-        .kubectl_command(&["exec", pod, "--", "sh", "-c", "sleep 300 & sleep 301"])
-        .spawn()
-        .unwrap();
     let pids = || {
         let out = std::process::Command::new("ip")
             .args(["netns", "pids", &pod_ns])
@@ -765,17 +779,51 @@ fn exec_runs_in_the_pods_namespace(lab: &Lab, pod: &str, cluster_ip: &str) {
             .split_whitespace()
             .count()
     };
-    let started = Instant::now();
-    while pids() < 3 && started.elapsed() < WAIT {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(pids(), 3, "sh and two sleeps in {pod_ns}");
+    let wait_for = |want: fn(usize) -> bool| {
+        let started = Instant::now();
+        while !want(pids()) && started.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pids()
+    };
+    let job = "perl -e 'setpgrp(0, 0); exec q(sleep), 300' & sleep 301";
+    let kubectl = lab
+        .kubectl_command(&["exec", pod, "--", "sh", "-c", job])
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_for(|n| n >= 3), 3, "sh and two sleeps in {pod_ns}");
     stop(kubectl);
-    let started = Instant::now();
-    while pids() > 0 && started.elapsed() < WAIT {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(pids(), 0, "processes left in {pod_ns} after kubectl went");
+    assert_eq!(
+        wait_for(|n| n == 0),
+        0,
+        "processes left in {pod_ns} after kubectl went"
+    );
+    let mut kubectl = lab
+        .kubectl_command(&["exec", "-i", pod, "--", "sleep", "302"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = kubectl.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        // Bounded: 64 MiB at most; it ends at once when kubectl goes.
+        let chunk = vec![b'y'; 64 * 1024];
+        for _ in 0..1024 {
+            if input.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(wait_for(|n| n >= 1), 1, "sleep in {pod_ns}");
+    // Long enough for kubectl's input to fill every buffer on the way.
+    std::thread::sleep(Duration::from_millis(500));
+    stop(kubectl);
+    feeder.join().unwrap();
+    assert_eq!(
+        wait_for(|n| n == 0),
+        0,
+        "the command ignoring its input lives on in {pod_ns} after kubectl went"
+    );
 }
 
 /// `kubectl set image pod/...`: the kubelet restarts the container with the new image at the

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::Api;
-use crate::podexec::{ExecPlace, ExecSpec, Started, Terminal};
+use crate::podexec::{ExecPlace, ExecSpec, SpawnError, Started};
 
 /// The one subprotocol kubectl's WebSocket executor speaks (1.30 and later): v4's streams
 /// plus a message that closes one of them, which is how the end of input is sent.
@@ -46,6 +46,7 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 pub struct ExecRequest {
     command: Vec<String>,
     pod: String,
+    pod_uid: String,
     env: Vec<(String, String)>,
     place: ExecPlace,
     stdin: bool,
@@ -98,6 +99,7 @@ pub fn prepare(api: &Api, p: &ResourcePath, q: &Query) -> Result<ExecRequest, Ap
     Ok(ExecRequest {
         command: q.command.clone(),
         pod: name,
+        pod_uid: pod["metadata"]["uid"].as_str().unwrap_or("").to_string(),
         env,
         place,
         stdin: q.stdin,
@@ -200,14 +202,11 @@ fn exit_status(command: &[String], code: i32) -> Value {
 }
 
 /// A command that could not start, in the container runtime's words.
-fn start_failure(command: &[String], e: &std::io::Error) -> Value {
-    let program = command.first().map(String::as_str).unwrap_or("");
-    let why = match e.kind() {
-        std::io::ErrorKind::NotFound => format!(
-            "exec: {program:?}: executable file not found in $PATH (commands run from this machine's filesystem)"
-        ),
-        std::io::ErrorKind::PermissionDenied => format!("exec: {program:?}: permission denied"),
-        _ => format!("exec: {program:?}: {e}"),
+fn start_failure(e: &SpawnError) -> Value {
+    let why = match e {
+        SpawnError::NotFound(_) => format!("{e} (commands run from this machine's filesystem)"),
+        SpawnError::Exec { .. } => e.to_string(),
+        SpawnError::Setup { .. } => format!("setting the command up in the Pod: {e}"),
     };
     json!({
         "metadata": {},
@@ -227,33 +226,49 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or(1)
 }
 
-/// Copies one of the command's outputs to the client, as messages of `stream`.
+/// Copies one of the command's outputs to the client, as messages of `stream`, or to
+/// nowhere.
 fn pump(
     mut from: Box<dyn AsyncRead + Send + Unpin>,
     stream: u8,
-    to: mpsc::Sender<Message>,
+    to: Option<mpsc::Sender<Message>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 32 * 1024];
         // A terminal's reads fail (EIO) once the command's side is closed: that is its end.
         while let Ok(n @ 1..) = from.read(&mut buf).await {
-            if to.send(frame(stream, &buf[..n])).await.is_err() {
+            if let Some(to) = &to
+                && to.send(frame(stream, &buf[..n])).await.is_err()
+            {
                 break;
             }
         }
     })
 }
 
-/// Runs the exec on an upgraded connection until the command ends or the client goes.
-async fn run<S>(ws: WebSocketStream<S>, exec: ExecRequest)
+/// How often the server pings an idle client: a write to a client that has gone fails, so
+/// the command is ended even while the client's input is held up.
+const PING_EVERY: Duration = Duration::from_secs(5);
+
+/// Sends what the command writes to the client, pinging it when idle; ends (dropping its
+/// `gone` sender) once the client cannot be written to, or after the last message.
+fn writer<S>(
+    mut sink: futures::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut out: mpsc::Receiver<Message>,
+    gone: tokio::sync::oneshot::Sender<()>,
+) -> tokio::task::JoinHandle<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sink, mut incoming) = ws.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Message>(16);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = out_rx.recv().await {
-            if sink.send(m).await.is_err() {
+    tokio::spawn(async move {
+        loop {
+            let message = match tokio::time::timeout(PING_EVERY, out.recv()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(_) => Message::Ping(Bytes::new()),
+            };
+            if sink.send(message).await.is_err() {
+                let _ = gone.send(());
                 return;
             }
         }
@@ -265,7 +280,18 @@ where
             })))
             .await;
         let _ = sink.close().await;
-    });
+    })
+}
+
+/// Runs the exec on an upgraded connection until the command ends or the client goes.
+async fn run<S>(ws: WebSocketStream<S>, exec: ExecRequest)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, mut incoming) = ws.split();
+    let (out_tx, out_rx) = mpsc::channel::<Message>(16);
+    let (gone_tx, mut gone) = tokio::sync::oneshot::channel();
+    let writer = writer(sink, out_rx, gone_tx);
     // The kubelet's first message: an empty one on the lowest stream the server writes, so
     // that the client knows the command is set up.
     let first = if exec.stdout {
@@ -279,6 +305,7 @@ where
     let spec = ExecSpec {
         command: &exec.command,
         pod: &exec.pod,
+        pod_uid: &exec.pod_uid,
         env: exec.env.clone(),
         place: &exec.place,
         stdin: exec.stdin,
@@ -287,7 +314,7 @@ where
     let started = match crate::podexec::spawn(&spec) {
         Ok(s) => s,
         Err(e) => {
-            let status = start_failure(&exec.command, &e);
+            let status = start_failure(&e);
             let _ = out_tx
                 .send(frame(ERROR, status.to_string().as_bytes()))
                 .await;
@@ -298,18 +325,18 @@ where
     };
     let Started {
         mut child,
-        mut group,
+        mut session,
         stdin,
         stdout,
         stderr,
         terminal,
     } = started;
-    let mut outputs = Vec::new();
-    if exec.stdout {
-        outputs.push(pump(stdout, STDOUT, out_tx.clone()));
-    }
-    if let Some(stderr) = stderr.filter(|_| exec.stderr) {
-        outputs.push(pump(stderr, STDERR, out_tx.clone()));
+    // An output the client did not ask for is read and dropped, so that the command never
+    // blocks on it.
+    let to = |wanted: bool| wanted.then(|| out_tx.clone());
+    let mut outputs = vec![pump(stdout, STDOUT, to(exec.stdout))];
+    if let Some(stderr) = stderr {
+        outputs.push(pump(stderr, STDERR, to(exec.stderr)));
     }
     let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(16);
     let input = stdin.map(|mut stdin| {
@@ -322,18 +349,44 @@ where
             // Dropping it is the end of the command's input.
         })
     });
-    let mut in_tx = Some(in_tx);
+    let mut in_tx = input.is_some().then_some(in_tx);
+    // Input the command has not taken yet: while there is some, the client's next messages
+    // wait, and the command's exit and the client's going are still watched.
+    let mut pending: Option<Bytes> = None;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
-            message = incoming.next() => match message {
-                Some(Ok(Message::Binary(data))) => {
-                    on_client_message(&data, &mut in_tx, terminal.as_ref()).await;
+            _ = &mut gone => {
+                session.kill();
+                let _ = child.wait().await;
+                return;
+            }
+            permit = reserve(in_tx.clone()), if pending.is_some() => match permit {
+                Some(permit) => {
+                    permit.send(pending.take().unwrap_or_default());
                 }
+                // The command's input is closed: what the client sends is dropped.
+                None => {
+                    pending = None;
+                    in_tx = None;
+                }
+            },
+            message = incoming.next(), if pending.is_none() => match message {
+                Some(Ok(Message::Binary(data))) => match client_message(&data) {
+                    ClientMessage::Input(bytes) if in_tx.is_some() => pending = Some(bytes),
+                    ClientMessage::Input(_) => {}
+                    ClientMessage::EndOfInput => in_tx = None,
+                    ClientMessage::Resize { width, height } => {
+                        if let Some(Err(e)) = terminal.as_ref().map(|t| t.resize(width, height)) {
+                            tracing::debug!("exec: resizing the terminal failed: {e}");
+                        }
+                    }
+                    ClientMessage::Other => {}
+                },
                 Some(Ok(_)) => {}
                 // The client went (kubectl ended, or the connection broke): so does the command.
                 Some(Err(_)) | None => {
-                    group.kill();
+                    session.kill();
                     let _ = child.wait().await;
                     writer.abort();
                     return;
@@ -345,6 +398,7 @@ where
     if let Some(input) = input {
         input.abort();
     }
+    let aborts: Vec<_> = outputs.iter().map(|o| o.abort_handle()).collect();
     let drained = tokio::time::timeout(OUTPUT_GRACE, futures::future::join_all(outputs)).await;
     if drained.is_err() {
         tracing::debug!(
@@ -352,8 +406,10 @@ where
             "exec: output still open after the command exited"
         );
     }
-    // What the command left running ends with it, rather than live on in the Pod's namespace.
-    group.kill();
+    // What the command left running ends with it, rather than live on in the Pod; so do the
+    // readers of outputs it held open, so that the client gets its answer.
+    session.kill();
+    aborts.iter().for_each(|a| a.abort());
     let code = match status {
         Ok(s) => exit_code(s),
         Err(e) => {
@@ -369,19 +425,29 @@ where
     let _ = writer.await;
 }
 
-/// Acts on one message from the client: input, the end of input, or a new terminal size.
-async fn on_client_message(
-    data: &[u8],
-    stdin: &mut Option<mpsc::Sender<Bytes>>,
-    terminal: Option<&Terminal>,
-) {
+/// Room for one message of input, once the command has taken the last; `None` once its
+/// input is closed.
+async fn reserve(tx: Option<mpsc::Sender<Bytes>>) -> Option<mpsc::OwnedPermit<Bytes>> {
+    tx?.reserve_owned().await.ok()
+}
+
+/// A message from the client, by its stream.
+#[derive(Debug, PartialEq)]
+enum ClientMessage {
+    /// Bytes of input.
+    Input(Bytes),
+    /// The end of input (v5's close of stream 0).
+    EndOfInput,
+    /// The client's terminal has this size.
+    Resize { width: u16, height: u16 },
+    /// Anything else (closes of other streams, unknown streams, a malformed size).
+    Other,
+}
+
+fn client_message(data: &[u8]) -> ClientMessage {
     match data {
-        [STDIN, bytes @ ..] => {
-            if let Some(tx) = stdin {
-                let _ = tx.send(Bytes::copy_from_slice(bytes)).await;
-            }
-        }
-        [CLOSE, STDIN] => *stdin = None,
+        [STDIN, bytes @ ..] => ClientMessage::Input(Bytes::copy_from_slice(bytes)),
+        [CLOSE, STDIN] => ClientMessage::EndOfInput,
         [RESIZE, size @ ..] => {
             #[derive(serde::Deserialize)]
             #[serde(rename_all = "PascalCase")]
@@ -389,13 +455,12 @@ async fn on_client_message(
                 width: u16,
                 height: u16,
             }
-            if let (Some(t), Ok(size)) = (terminal, serde_json::from_slice::<Size>(size))
-                && let Err(e) = t.resize(size.width, size.height)
-            {
-                tracing::debug!("exec: resizing the terminal failed: {e}");
+            match serde_json::from_slice::<Size>(size) {
+                Ok(Size { width, height }) => ClientMessage::Resize { width, height },
+                Err(_) => ClientMessage::Other,
             }
         }
-        _ => {}
+        _ => ClientMessage::Other,
     }
 }
 
@@ -428,8 +493,7 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_named() {
-        let e = std::io::Error::from(std::io::ErrorKind::NotFound);
-        let status = start_failure(&["nope".to_string()], &e);
+        let status = start_failure(&SpawnError::NotFound("nope".into()));
         assert_eq!(status["status"], "Failure");
         assert!(
             status["message"]
@@ -438,6 +502,36 @@ mod tests {
                 .contains("exec: \"nope\": executable file not found in $PATH"),
             "{status}"
         );
+        let setup = start_failure(&SpawnError::Setup {
+            what: "opening the Pod's network namespace /run/netns/x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        let message = setup["message"].as_str().unwrap();
+        assert!(
+            message
+                .contains("setting the command up in the Pod: opening the Pod's network namespace")
+                && !message.contains("executable file not found"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn client_messages_are_read_by_stream() {
+        assert_eq!(
+            client_message(b"\x00ls\n"),
+            ClientMessage::Input(Bytes::from_static(b"ls\n"))
+        );
+        assert_eq!(client_message(&[CLOSE, STDIN]), ClientMessage::EndOfInput);
+        assert_eq!(
+            client_message(b"\x04{\"Width\":91,\"Height\":27}"),
+            ClientMessage::Resize {
+                width: 91,
+                height: 27
+            }
+        );
+        assert_eq!(client_message(b"\x04{\"width\":1}"), ClientMessage::Other);
+        assert_eq!(client_message(&[CLOSE, STDOUT]), ClientMessage::Other);
+        assert_eq!(client_message(&[]), ClientMessage::Other);
     }
 
     #[test]

@@ -354,14 +354,20 @@ fn replace_container(ctx: &Ctx, pod: &Value, node_name: &str) -> Result<(), ApiE
         container["name"].as_str().unwrap_or(""),
         container["image"].as_str().unwrap_or(""),
     );
-    ctx.recorder.record(
-        Kind::Pod,
-        pod,
-        "Normal",
-        "Killing",
-        &format!("Container {cname} definition changed, will be restarted"),
-        "kubelet",
-    );
+    let state = &pod["status"]["containerStatuses"][0]["state"];
+    // A container that ran (even one that crashed and waits to start again) is killed and
+    // counted as restarted; one that never started is simply made anew.
+    let ran = state["running"].is_object() || state["terminated"].is_object();
+    if ran {
+        ctx.recorder.record(
+            Kind::Pod,
+            pod,
+            "Normal",
+            "Killing",
+            &format!("Container {cname} definition changed, will be restarted"),
+            "kubelet",
+        );
+    }
     let result = ctx.runtime.replace(pod, node, ip);
     let ts = now();
     let uid = meta(pod, "uid");
@@ -377,8 +383,11 @@ fn replace_container(ctx: &Ctx, pod: &Value, node_name: &str) -> Result<(), ApiE
                     return Ok(false);
                 }
                 let c = &mut p["status"]["containerStatuses"][0];
-                // A container that ran counts as restarted; one that never started does not.
-                if let Some(started) = c["state"]["running"]["startedAt"].as_str() {
+                if c["state"]["terminated"].is_object() {
+                    c["lastState"] = c["state"].clone();
+                    c["restartCount"] = json!(c["restartCount"].as_u64().unwrap_or(0) + 1);
+                } else if let Some(started) = c["state"]["running"]["startedAt"].as_str() {
+                    // hello-app drains on SIGTERM and exits 0.
                     c["lastState"] = json!({"terminated": {
                         "exitCode": 0, "reason": "Completed", "startedAt": started,
                         "finishedAt": ts, "containerID": c["containerID"],
