@@ -46,4 +46,13 @@ impl Api {
     pub fn use_runtime(&self, runtime: Arc<dyn PodRuntime>) {
         let _ = self.runtime.set(runtime);
     }
+
+    /// The Pods' runtime, once it runs.
+    fn runtime(&self) -> Result<&Arc<dyn PodRuntime>, labapi::ApiError> {
+        self.runtime.get().ok_or_else(|| {
+            labapi::ApiError::bad_request(
+                "the lab's runtime has not started yet; try again in a moment",
+            )
+        })
+    }
 }

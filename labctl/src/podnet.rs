@@ -137,6 +137,11 @@ impl Rtnl {
         // NOARP alone is a static entry; PERMANENT would mark the address as the bridge's own.
         msg.header.state = NeighbourState::Noarp;
         msg.header.flags = NeighbourFlags::Controller;
+        self.set_neighbour(msg, mac)
+    }
+
+    /// Writes neighbour entry `msg` with link-layer address `mac`, replacing one there is.
+    fn set_neighbour(&mut self, mut msg: NeighbourMessage, mac: [u8; 6]) -> io::Result<()> {
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
         self.request(
@@ -154,13 +159,7 @@ impl Rtnl {
         msg.header.state = NeighbourState::Permanent;
         msg.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-        msg.attributes
-            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-        self.request(
-            RouteNetlinkMessage::NewNeighbour(msg),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
-        .map(drop)
+        self.set_neighbour(msg, mac)
     }
 }
 

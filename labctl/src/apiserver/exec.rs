@@ -79,11 +79,7 @@ pub fn prepare(api: &Api, p: &ResourcePath, q: &Query) -> Result<ExecRequest, Ap
             "pod {name} does not have a host assigned"
         )));
     }
-    let Some(runtime) = api.runtime.get() else {
-        return Err(ApiError::bad_request(
-            "the lab's runtime has not started yet; try again in a moment",
-        ));
-    };
+    let runtime = api.runtime()?;
     let place = runtime.exec_place(&pod).map_err(ApiError::bad_request)?;
     let env = container["env"]
         .as_array()

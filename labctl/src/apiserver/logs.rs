@@ -116,11 +116,7 @@ pub fn read(api: &Api, p: &ResourcePath, q: &Query) -> Result<LogRead, ApiError>
             "previous terminated container \"{container}\" in pod \"{name}\" not found"
         )));
     }
-    let Some(runtime) = api.runtime.get() else {
-        return Err(ApiError::bad_request(
-            "the lab's runtime has not started yet; try again in a moment",
-        ));
-    };
+    let runtime = api.runtime()?;
     let log = runtime.logs(&pod).map_err(ApiError::bad_request)?;
     let (now, at) = log.since(0);
     let now = trim(now, options.tail_lines, options.limit_bytes);

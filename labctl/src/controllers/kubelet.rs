@@ -310,16 +310,17 @@ pub fn reconcile(ctx: &Ctx, index: &PodIndex, ns: &str, name: &str) -> Result<()
     Ok(())
 }
 
+/// The node and address of a Pod that has both.
+fn placed<'c>(ctx: &'c Ctx, pod: &Value, node_name: &str) -> Option<(&'c NodeConfig, Ipv4Addr)> {
+    let node = ctx.api.cluster.nodes.iter().find(|n| n.name == node_name)?;
+    let ip = pod["status"]["podIP"].as_str()?.parse().ok()?;
+    Some((node, ip))
+}
+
 /// Starts a Running Pod again at its address (the lab process restarted), so that it keeps
 /// its name and IP as a Pod does when its node reboots.
 fn restart(ctx: &Ctx, pod: &Value, node_name: &str) -> Result<(), ApiError> {
-    let Some(node) = ctx.api.cluster.nodes.iter().find(|n| n.name == node_name) else {
-        return Ok(());
-    };
-    let Some(ip) = pod["status"]["podIP"]
-        .as_str()
-        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
-    else {
+    let Some((node, ip)) = placed(ctx, pod, node_name) else {
         return Ok(());
     };
     if let Err(e) = ctx.runtime.start(pod, node, ip) {
@@ -340,13 +341,7 @@ fn image_changed(pod: &Value) -> bool {
 /// one of the new image started at the Pod's address, and the restart counted. An image the
 /// lab cannot run leaves the container waiting (`ErrImagePull`) and the Pod not Ready.
 fn replace_container(ctx: &Ctx, pod: &Value, node_name: &str) -> Result<(), ApiError> {
-    let Some(node) = ctx.api.cluster.nodes.iter().find(|n| n.name == node_name) else {
-        return Ok(());
-    };
-    let Some(ip) = pod["status"]["podIP"]
-        .as_str()
-        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
-    else {
+    let Some((node, ip)) = placed(ctx, pod, node_name) else {
         return Ok(());
     };
     let container = &pod["spec"]["containers"][0];
