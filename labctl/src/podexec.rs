@@ -225,7 +225,8 @@ fn find_program(program: &str, path: &str) -> Option<PathBuf> {
         })
     };
     if program.contains('/') {
-        let p = PathBuf::from(program);
+        // Relative to the command's working directory, the root.
+        let p = std::path::Path::new("/").join(program);
         return runnable(&p).then_some(p);
     }
     path.split(':')
@@ -320,8 +321,8 @@ pub fn spawn(spec: &ExecSpec<'_>) -> Result<Started, SpawnError> {
     }
     let mut cmd = Command::from(cmd);
     cmd.kill_on_drop(true);
-    // The program was found, so what fails here is running it, or the set-up before (rare:
-    // entering the namespace, naming the host), which is told apart by its error.
+    // The program was found, so what fails here is running it or, rarely, the set-up in
+    // the child before that (entering the namespace, naming the host), reported alike.
     let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
         program: program.clone(),
         source,
@@ -424,6 +425,7 @@ mod tests {
         assert_eq!(find_program("/bin/sh", ""), Some(PathBuf::from("/bin/sh")));
         assert_eq!(find_program("no-such-program-here", PATH), None);
         assert_eq!(find_program("./no/such", PATH), None);
+        assert_eq!(find_program("bin/sh", ""), Some(PathBuf::from("/bin/sh")));
     }
 
     #[test]

@@ -420,6 +420,7 @@ impl PodRuntime for WasmRuntime {
         let log = log.unwrap_or_else(|| LogBuffer::new(LOG_CAPACITY));
         self.start_with_log(pod, node, ip, log, !sandbox)
     }
+
     fn stop(&self, pod: &Value) {
         self.stop_server(pod);
         if let Placement::Namespaces(names) = &self.placement {

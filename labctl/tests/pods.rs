@@ -872,6 +872,33 @@ fn an_image_changed_in_place_restarts_the_container(lab: &Lab, pod: &str) {
         o == "gcr.io/google-samples/hello-app:1.0 2 true"
     });
     assert_eq!(version(), "Version: 1.0.0");
+
+    // A Pod that never ran, fixed in place, starts as if new: Ready, no restart counted.
+    std::fs::write(
+        lab.dir.path().join("late.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: late}\nspec:\n  containers:\n  - {name: app, image: nginx:1.27}\n",
+    )
+    .unwrap();
+    lab.ok(&["apply", "-f", "late.yaml"]);
+    lab.until(&["get", "pod", "late"], WAIT, |o| {
+        o.contains("ErrImagePull")
+    });
+    lab.ok(&[
+        "set",
+        "image",
+        "pod/late",
+        "app=gcr.io/google-samples/hello-app:2.0",
+    ]);
+    lab.until(&["get", "pod", "late", "-o", status], WAIT, |o| {
+        o == "gcr.io/google-samples/hello-app:2.0 0 true"
+    });
+    let late_ip = lab.ok(&["get", "pod", "late", "-o", "jsonpath={.status.podIP}"]);
+    let out = lab.labctl(&["curl", &format!("http://{late_ip}:8080")]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Version: 2.0.0\nHostname: late\n"),
+        "{out:?}"
+    );
+    lab.ok(&["delete", "pod", "late"]);
 }
 
 /// `kubectl logs` of `pod`, the only Pod behind `url`, which has answered requests: its
