@@ -23,8 +23,8 @@ use netlink_packet_core::{
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoKind, InfoPortData,
+    InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -128,6 +128,20 @@ impl Rtnl {
 }
 
 impl Rtnl {
+    /// Lets bridge port `index` send a frame back out of the port it came in on, as the CNI
+    /// bridge plugin's `hairpinMode` does: a Pod that reaches itself through a Service.
+    fn hairpin(&mut self, index: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                true,
+            )])),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(msg), 0).map(drop)
+    }
+
     /// A static entry in a bridge's forwarding table: `mac` is behind port `index`, so that
     /// frames to it go there without being learned first (and never age out).
     fn static_forwarding(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
@@ -310,6 +324,13 @@ pub fn add(pod: &PodNet<'_>) -> io::Result<TcpListener> {
             // first request cost 0.6-0.7 ms more than later ones). Learning it from a frame
             // the Pod sent at once raced the port's carrier coming up, and sometimes lost.
             let port = node.rtnl.index(&host_link)?;
+            // With bridge-nf-call-iptables on, a connection a Pod makes to a Service that is
+            // DNATed to the Pod itself is bridged back to the port it came from, which a
+            // bridge drops unless the port is in hairpin mode (the masquerade rule that
+            // kube-proxy adds for it then makes the answer come back the same way).
+            node.rtnl
+                .hairpin(port)
+                .map_err(context(&format!("setting hairpin mode on {host_link}")))?;
             node.rtnl
                 .static_forwarding(port, mac_of(ip))
                 .map_err(context(&format!(
