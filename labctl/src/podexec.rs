@@ -216,23 +216,29 @@ pub enum SpawnError {
 }
 
 /// Where `program` is, looked up on `path` as a shell or runc does; a name with a `/` is
-/// taken as it is.
-fn find_program(program: &str, path: &str) -> Option<PathBuf> {
-    let runnable = |p: &std::path::Path| {
-        std::fs::metadata(p).is_ok_and(|m| {
-            use std::os::unix::fs::PermissionsExt;
-            m.is_file() && m.permissions().mode() & 0o111 != 0
-        })
-    };
+/// taken as it is, relative to the command's working directory (the root).
+fn find_program(program: &str, path: &str) -> Result<PathBuf, SpawnError> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |m: &std::fs::Metadata| m.is_file() && m.permissions().mode() & 0o111 != 0;
     if program.contains('/') {
-        // Relative to the command's working directory, the root.
         let p = std::path::Path::new("/").join(program);
-        return runnable(&p).then_some(p);
+        return match std::fs::metadata(&p) {
+            Ok(m) if runnable(&m) => Ok(p),
+            Ok(_) => Err(SpawnError::Exec {
+                program: program.to_string(),
+                source: io::Error::from(io::ErrorKind::PermissionDenied),
+            }),
+            Err(source) => Err(SpawnError::Exec {
+                program: program.to_string(),
+                source,
+            }),
+        };
     }
     path.split(':')
         .filter(|dir| !dir.is_empty())
         .map(|dir| std::path::Path::new(dir).join(program))
-        .find(|p| runnable(p))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| runnable(&m)))
+        .ok_or_else(|| SpawnError::NotFound(program.to_string()))
 }
 
 /// Starts the command; an error says what failed (the program not found, the namespace
@@ -255,7 +261,7 @@ pub fn spawn(spec: &ExecSpec<'_>) -> Result<Started, SpawnError> {
         .find(|(k, _)| k == "PATH")
         .map_or(PATH, |(_, v)| v.as_str());
     // Looked up here, so that a failure of the spawn itself is known not to be this one.
-    let found = find_program(program, path).ok_or_else(|| SpawnError::NotFound(program.clone()))?;
+    let found = find_program(program, path)?;
     let mut cmd = std::process::Command::new(found);
     cmd.arg0(program)
         .args(args)
@@ -418,14 +424,35 @@ mod tests {
 
     #[test]
     fn programs_are_found_on_the_path() {
+        assert!(find_program("sh", PATH).unwrap().ends_with("sh"));
         assert_eq!(
-            find_program("sh", PATH).map(|p| p.ends_with("sh")),
-            Some(true)
+            find_program("/bin/sh", "").unwrap(),
+            PathBuf::from("/bin/sh")
         );
-        assert_eq!(find_program("/bin/sh", ""), Some(PathBuf::from("/bin/sh")));
-        assert_eq!(find_program("no-such-program-here", PATH), None);
-        assert_eq!(find_program("./no/such", PATH), None);
-        assert_eq!(find_program("bin/sh", ""), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(
+            find_program("bin/sh", "").unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        let missing = find_program("no-such-program-here", PATH).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "exec: \"no-such-program-here\": executable file not found in $PATH"
+        );
+        // Named by path, a file is missing or not executable, as runc says.
+        let gone = find_program("/no/such", PATH).unwrap_err().to_string();
+        assert!(
+            gone.starts_with("exec: \"/no/such\": No such file or directory"),
+            "{gone}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data");
+        std::fs::write(&file, "not a program").unwrap();
+        let name = file.to_str().unwrap();
+        let plain = find_program(name, PATH).unwrap_err().to_string();
+        assert!(
+            plain.starts_with(&format!("exec: {name:?}: permission denied")),
+            "{plain}"
+        );
     }
 
     #[test]

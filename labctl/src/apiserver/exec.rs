@@ -200,8 +200,9 @@ fn exit_status(command: &[String], code: i32) -> Value {
 /// A command that could not start, in the container runtime's words.
 fn start_failure(e: &SpawnError) -> Value {
     let why = match e {
-        SpawnError::NotFound(_) => format!("{e} (commands run from this machine's filesystem)"),
-        SpawnError::Exec { .. } => e.to_string(),
+        SpawnError::NotFound(_) | SpawnError::Exec { .. } => {
+            format!("{e} (commands run from this machine's filesystem)")
+        }
         SpawnError::Setup { .. } => format!("setting the command up in the Pod: {e}"),
     };
     json!({

@@ -254,7 +254,7 @@ pub fn reconcile(ctx: &Ctx, index: &PodIndex, ns: &str, name: &str) -> Result<()
                 Err(e) => json!({"waiting": {"reason": e.reason, "message": e.message}}),
             };
             json!({
-                "name": c["name"], "image": image, "imageID": format!("{image}@lab"),
+                "name": c["name"], "image": image, "imageID": image_id(image, result.is_ok()),
                 "containerID": format!("wasm://{}-{}", meta(&pod, "uid"), c["name"].as_str().unwrap_or("")),
                 "ready": result.is_ok(), "started": result.is_ok(), "restartCount": 0,
                 "lastState": {}, "state": state,
@@ -330,6 +330,15 @@ fn restart(ctx: &Ctx, pod: &Value, node_name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A container's `imageID`: empty until its image was "pulled" (the container started).
+fn image_id(image: &str, started: bool) -> String {
+    if started {
+        format!("{image}@lab")
+    } else {
+        String::new()
+    }
+}
+
 /// Whether the image of the Pod's (first, the only running) container was changed since its
 /// container was made (`kubectl set image pod/...`, `kubectl edit`).
 fn image_changed(pod: &Value) -> bool {
@@ -390,7 +399,7 @@ fn replace_container(ctx: &Ctx, pod: &Value, node_name: &str) -> Result<(), ApiE
                     c["restartCount"] = json!(c["restartCount"].as_u64().unwrap_or(0) + 1);
                 }
                 c["image"] = json!(image);
-                c["imageID"] = json!(format!("{image}@lab"));
+                c["imageID"] = json!(image_id(image, result.is_ok()));
                 c["state"] = match &result {
                     Ok(()) => json!({"running": {"startedAt": ts}}),
                     Err(e) => json!({"waiting": {"reason": e.reason, "message": e.message}}),
