@@ -294,35 +294,27 @@ mod tests {
         assert_eq!(groups, ["discovery.k8s.io", "apps"]);
         let deploy = &apis["items"][1]["versions"][0]["resources"][0];
         assert_eq!(deploy["subresources"][1]["responseKind"]["kind"], "Scale");
+        // The entry of `list` whose `key` is `value`.
+        fn entry<'v>(list: &'v Value, key: &str, value: &str) -> &'v Value {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e[key] == value)
+                .unwrap()
+        }
         // A Pod's log is read-only, in both forms of discovery.
         let core = aggregated(true);
-        let pods = core["items"][0]["versions"][0]["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["resource"] == "pods")
-            .unwrap();
-        let log = pods["subresources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["subresource"] == "log")
-            .unwrap();
+        let pods = entry(
+            &core["items"][0]["versions"][0]["resources"],
+            "resource",
+            "pods",
+        );
+        let log = entry(&pods["subresources"], "subresource", "log");
         assert_eq!(log["verbs"], json!(["get"]));
         let legacy = legacy_resources("", "v1");
-        let log = legacy["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == "pods/log")
-            .unwrap();
+        let log = entry(&legacy["resources"], "name", "pods/log");
         assert_eq!(log["verbs"], json!(["get"]));
-        let exec = legacy["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == "pods/exec")
-            .unwrap();
+        let exec = entry(&legacy["resources"], "name", "pods/exec");
         assert_eq!(exec["kind"], "PodExecOptions");
         assert_eq!(exec["verbs"], json!(["create", "get"]));
     }

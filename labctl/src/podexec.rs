@@ -76,15 +76,22 @@ pub struct Session {
 impl Session {
     /// Kills every process left in the session (none left is fine).
     pub fn kill(&mut self) {
-        if let Some(id) = self.id.take() {
-            kill_session(id);
+        let Some(id) = self.id.take() else { return };
+        let registered = {
             let mut sessions = sessions().lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(ids) = sessions.get_mut(&self.pod_uid) {
+            let ids = sessions.get_mut(&self.pod_uid);
+            let found = ids.as_ref().is_some_and(|ids| ids.contains(&id));
+            if let Some(ids) = ids {
                 ids.retain(|s| *s != id);
                 if ids.is_empty() {
                     sessions.remove(&self.pod_uid);
                 }
             }
+            found
+        };
+        // A session no longer registered was ended with its Pod ([`end_pod_sessions`]).
+        if registered {
+            kill_session(id);
         }
     }
 }

@@ -205,39 +205,7 @@ impl WasmRuntime {
         hosts.insert(path.clone(), (modified, host.clone()));
         Ok((host, AppVersion::V1))
     }
-}
 
-fn uid(pod: &Value) -> &str {
-    pod["metadata"]["uid"].as_str().unwrap_or("")
-}
-
-/// Why the Pod's container is not running here, in the kubelet's words where it has some;
-/// `so` says what follows from that.
-fn not_running(pod: &Value, so: &str) -> String {
-    let container = pod["spec"]["containers"][0]["name"].as_str().unwrap_or("");
-    let name = pod["metadata"]["name"].as_str().unwrap_or("");
-    let state = &pod["status"]["containerStatuses"][0]["state"];
-    // The kubelet's answer for a container that has not run yet; one that ran here and
-    // stopped (or ran before the lab restarted) is not running now.
-    match state["waiting"]["reason"].as_str() {
-        Some(reason) => format!(
-            "container \"{container}\" in pod \"{name}\" is waiting to start: {}",
-            match reason {
-                "ErrImagePull" => "image can't be pulled",
-                "ImagePullBackOff" => "trying and failing to pull image",
-                other => other,
-            }
-        ),
-        None if state.get("running").is_none() && state.get("terminated").is_none() => {
-            format!(
-                "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"
-            )
-        }
-        None => format!("container \"{container}\" in pod \"{name}\" is not running here, {so}"),
-    }
-}
-
-impl WasmRuntime {
     /// Stops the Pod's server (draining it), if it runs, and ends the commands running in
     /// its container (`kubectl exec`), as they end with a container.
     fn stop_server(&self, pod: &Value) {
@@ -390,6 +358,36 @@ impl WasmRuntime {
             .unwrap_or_else(|e| e.into_inner())
             .insert(uid(pod).to_string(), Running { stop, done });
         Ok(())
+    }
+}
+
+fn uid(pod: &Value) -> &str {
+    pod["metadata"]["uid"].as_str().unwrap_or("")
+}
+
+/// Why the Pod's container is not running here, in the kubelet's words where it has some;
+/// `so` says what follows from that.
+fn not_running(pod: &Value, so: &str) -> String {
+    let container = pod["spec"]["containers"][0]["name"].as_str().unwrap_or("");
+    let name = pod["metadata"]["name"].as_str().unwrap_or("");
+    let state = &pod["status"]["containerStatuses"][0]["state"];
+    // The kubelet's answer for a container that has not run yet; one that ran here and
+    // stopped (or ran before the lab restarted) is not running now.
+    match state["waiting"]["reason"].as_str() {
+        Some(reason) => format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: {}",
+            match reason {
+                "ErrImagePull" => "image can't be pulled",
+                "ImagePullBackOff" => "trying and failing to pull image",
+                other => other,
+            }
+        ),
+        None if state.get("running").is_none() && state.get("terminated").is_none() => {
+            format!(
+                "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"
+            )
+        }
+        None => format!("container \"{container}\" in pod \"{name}\" is not running here, {so}"),
     }
 }
 
